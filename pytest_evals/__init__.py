@@ -1,0 +1,42 @@
+"""pytest-evals: LLM evaluations as pytest tests.
+
+Importing this package imports nothing heavy (no torch, transformers, vllm or pynvml).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .backends.base import BackendError, Reply, ToolCall
+
+__version__ = "0.1.0"
+__all__ = ["BackendError", "Reply", "ToolCall", "load_jsonl", "__version__"]
+
+
+def load_jsonl(anchor: str | Path, name: str | None = None) -> list[dict[str, Any]]:
+    """Read a JSONL file into a list of dicts.
+
+    ``load_jsonl(__file__, "cases.jsonl")`` reads the file beside the calling module; with one
+    argument the path is used as given. A bad line raises ``ValueError`` naming file and line.
+    """
+    path = Path(anchor)
+    if name is not None:
+        path = path.parent / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: each line must be a JSON object")
+        rows.append(row)
+    return rows

@@ -1,0 +1,198 @@
+"""The batch-first backend protocol and the values that cross it.
+
+A backend receives a *list* of requests and returns a list of results in the same order, even while
+the ``model`` fixture sends one request at a time: batching across cases can then be added above the
+backends without touching them. Nothing here imports a heavy library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+from ..specs import ModelSpec, SpecError
+
+Message = dict[str, Any]  # OpenAI chat format: {"role": ..., "content": ...}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What ``model.generate`` and ``model.chat`` return.
+
+    Token counts come from the server's ``usage`` where it reports one, else from the tokenizer.
+    Timings are wall-clock seconds; for a request served in a batch they are the batch's.
+    ``None`` means the figure does not exist for this backend or call, never "zero".
+    """
+
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    cost_usd: float | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+    backend: str | None = None  # the spec that answered
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    max_tokens: int = 256
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    context: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class Loglikelihood:
+    logprob: float  # sum over the continuation's tokens
+    is_greedy: bool | None = None  # every continuation token was the argmax
+    context_tokens: int | None = None
+    continuation_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Transport settings: they change how a backend runs, never what it answers."""
+
+    timeout_s: float | None = None
+    batch_size: int = 8
+
+
+class BackendError(RuntimeError):
+    """An infrastructure fault: the case ends as ``error``, never as a wrong answer."""
+
+
+class UnsupportedTask(BackendError):
+    """The backend cannot serve this kind of request (e.g. loglikelihood over a chat-only API)."""
+
+
+def split_whitespace(context: str, continuation: str) -> tuple[str, str]:
+    """Move the context's trailing whitespace to the continuation (lm-evaluation-harness's rule)."""
+    stripped = context.rstrip()
+    return stripped, context[len(stripped):] + continuation
+
+
+def tpot(latency_s: float, ttft_s: float | None, completion_tokens: int | None) -> float | None:
+    """Time per output token after the first."""
+    if ttft_s is None or not completion_tokens or completion_tokens < 2:
+        return None
+    return max(latency_s - ttft_s, 0.0) / (completion_tokens - 1)
+
+
+def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest stop string; True when one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class Backend:
+    """Base class: subclasses override what they can serve and list it in ``capabilities``."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        """Cheap start-up validation (package installed, path exists, server answers).
+
+        Raise :class:`SpecError` naming the problem and the fix. Must not load the model.
+        """
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
+        raise UnsupportedTask(f"{self.spec.label} cannot serve generate")
+
+    def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
+        raise UnsupportedTask(f"{self.spec.label} cannot serve chat")
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        raise UnsupportedTask(f"{self.spec.label} cannot serve loglikelihood")
+
+    def fingerprint(self) -> str | None:
+        """What identifies the served weights (a hash, a revision); None when unknown."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class Stopwatch:
+    """Wall-clock timing of one backend call, with a mark for the first token."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None
+
+    def mark_first(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+BackendFactory = Callable[[ModelSpec, BackendSettings], Backend]
+
+BUILTIN_BACKENDS: dict[str, str] = {
+    "hf": "pytest_evals.backends.hf:HFBackend",
+    "vllm": "pytest_evals.backends.vllm:VLLMBackend",
+    "openai": "pytest_evals.backends.openai:OpenAIBackend",
+}
+
+
+class BackendRegistry:
+    """Spec prefix -> backend class, imported only when a spec of that prefix is used."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, str | type[Backend]] = dict(BUILTIN_BACKENDS)
+
+    def register(self, prefix: str, backend: str | type[Backend]) -> None:
+        """Register a backend class (or a lazy ``"module:Class"`` path) for ``prefix:`` specs."""
+        self._entries[prefix] = backend
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def resolve(self, prefix: str) -> type[Backend]:
+        entry = self._entries.get(prefix)
+        if entry is None:
+            raise SpecError(f"no backend registered for {prefix!r} specs")
+        if isinstance(entry, str):
+            module_name, _, attr = entry.partition(":")
+            entry = getattr(importlib.import_module(module_name), attr)
+            self._entries[prefix] = entry
+        return entry

@@ -1,0 +1,282 @@
+"""transformers backend: ``hf:`` specs and the embedded default ``smollm2``.
+
+torch and transformers are imported when a model loads, never at module import. Loading is
+offline-safe: only local files are read (a hub id must already be in the Hugging Face cache).
+``loglikelihood`` reproduces lm-evaluation-harness's ``hf`` backend: context and continuation are
+encoded together, the continuation's tokens are those past the context's, the context's trailing
+whitespace moves to the continuation, and an empty context is replaced by the prefix (BOS) token.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..specs import ModelSpec, SpecError
+from .base import (
+    Backend,
+    BackendError,
+    BackendSettings,
+    ChatRequest,
+    GenerateRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    Reply,
+    Stopwatch,
+    apply_stop,
+    split_whitespace,
+    tpot,
+)
+from .gguf_cache import dequantized_copy, embedded_gguf
+
+HF_PACKAGES = ("torch", "transformers", "accelerate")
+INSTALL_HINT = "pip install 'pytest-evals[hf]'"
+
+
+def _missing(packages: Sequence[str]) -> list[str]:
+    return [p for p in packages if importlib.util.find_spec(p) is None]
+
+
+def _is_pathlike(target: str) -> bool:
+    return target.startswith(("/", ".", "~")) or target.endswith(".gguf") or os.sep in target[:1]
+
+
+def resolve_source(spec: ModelSpec) -> tuple[str, Path | None]:
+    """(folder or hub id to load from, GGUF file or None). Raises SpecError with the fix."""
+    if spec.embedded:
+        return "", embedded_gguf()
+    target = spec.target
+    if _is_pathlike(target):
+        path = Path(target).expanduser()
+        if target.endswith(".gguf"):
+            if not path.is_file():
+                raise SpecError(f"--model {spec.raw}: no such GGUF file {path}; check the path")
+            return "", path
+        if not path.is_dir():
+            raise SpecError(f"--model {spec.raw}: no such model folder {path}; check the path")
+        if not (path / "config.json").is_file():
+            raise SpecError(f"--model {spec.raw}: {path} has no config.json; point at a transformers model folder")
+        return str(path), None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(target, "config.json")
+    if not isinstance(cached, str):
+        raise SpecError(
+            f"--model {spec.raw}: {target} is not in the local Hugging Face cache and models are never "
+            f"downloaded during a run; fetch it once with `hf download {target}`, or pass a local folder"
+        )
+    return target, None
+
+
+class HFBackend(Backend):
+    capabilities = frozenset({"generate", "chat", "loglikelihood"})
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        missing = _missing(HF_PACKAGES)
+        if missing:
+            raise SpecError(f"--model {spec.raw} needs {', '.join(missing)}; install with: {INSTALL_HINT}")
+        _, gguf = resolve_source(spec)
+        if gguf is not None and _missing(["gguf"]):
+            raise SpecError(f"--model {spec.raw}: loading a GGUF file needs the gguf package; install with: {INSTALL_HINT}")
+        dtype = spec.option("dtype", "auto")
+        if dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise SpecError(f"--model {spec.raw}: dtype={dtype} is not one of auto, float32, float16, bfloat16")
+
+    def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
+        super().__init__(spec, settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch warns about the pynvml shim
+            import torch
+            import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        source, gguf = resolve_source(spec)
+        if gguf is not None:
+            source = str(dequantized_copy(gguf))
+        device = str(spec.option("device", "cuda" if torch.cuda.is_available() else "cpu"))
+        dtype_name = str(spec.option("dtype", "auto"))
+        dtype: Any = dtype_name if dtype_name == "auto" else getattr(torch, dtype_name)
+        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **{dtype_kw: dtype})
+        self.model.to(device).eval()
+        self.device = self.model.device
+        self.source = source
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = int(spec.option("batch_size", settings.batch_size))
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            self.capabilities = frozenset({"generate", "loglikelihood"})
+
+    # --- shared helpers -------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence the model takes (lm-evaluation-harness's rule)."""
+        config = self.model.config
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            if hasattr(config, attr):
+                return int(getattr(config, attr))
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return int(limit) if limit and limit < 1e9 else 2048
+
+    @property
+    def prefix_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    # --- generate / chat ------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
+        return self._complete([(r.prompt, r) for r in requests])
+
+    def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
+        if "chat" not in self.capabilities:
+            return super().chat(requests)
+        prompts = []
+        for r in requests:
+            text = self.tokenizer.apply_chat_template(list(r.messages), add_generation_prompt=True, tokenize=False)
+            prompts.append((text, GenerateRequest(text, r.max_tokens, r.temperature)))
+        return self._complete(prompts)
+
+    def _complete(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
+        replies: list[Reply | None] = [None] * len(items)
+        # Greedy and sampled requests cannot share a generate() call; long prompts batch with long ones.
+        order = sorted(range(len(items)), key=lambda i: (items[i][1].temperature, -len(items[i][0])))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            temperature = items[chunk[0]][1].temperature
+            same = [i for i in chunk if items[i][1].temperature == temperature]
+            rest = [i for i in chunk if i not in same]
+            for group in (same, rest):
+                if group:
+                    for i, reply in zip(group, self._generate_batch([items[i] for i in group])):
+                        replies[i] = reply
+        return [r for r in replies if r is not None]
+
+    def _generate_batch(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
+        torch = self.torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tok = self.tokenizer
+        tok.padding_side = "left"  # decoder-only: new tokens must follow every prompt directly
+        encoded = tok([p for p, _ in items], add_special_tokens=False, padding=True, return_tensors="pt").to(self.device)
+        prompt_len = encoded.input_ids.shape[1]
+        requests = [r for _, r in items]
+        limits = [r.max_tokens for r in requests]
+        watch = Stopwatch()
+        eos_ids = {tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))} - {None}
+
+        class Watch(StoppingCriteria):
+            """Marks the first token's time and stops each row at its own limit or stop string."""
+
+            def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001
+                watch.mark_first()
+                generated = input_ids[:, prompt_len:]
+                done = []
+                for row, request in zip(generated, requests):
+                    n = row.shape[0]
+                    hit = n >= request.max_tokens or int(row[-1]) in eos_ids
+                    if not hit and request.stop:
+                        tail = tok.decode(row[-16:], skip_special_tokens=True)
+                        hit = any(s in tail for s in request.stop)
+                    done.append(hit)
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        temperature = requests[0].temperature
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max(limits),
+            stopping_criteria=StoppingCriteriaList([Watch()]),
+            pad_token_id=tok.pad_token_id,
+            do_sample=temperature > 0,
+        )
+        if temperature > 0:
+            kwargs["temperature"] = temperature
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.settings.timeout_s:
+            kwargs["max_time"] = self.settings.timeout_s
+        with torch.inference_mode():
+            output = self.model.generate(**encoded, **kwargs)
+        latency = watch.elapsed()
+        if self.settings.timeout_s and latency >= self.settings.timeout_s:
+            raise BackendError(f"{self.spec.label}: generation passed the {self.settings.timeout_s:g} s deadline")
+
+        replies = []
+        for row, mask, request in zip(output, encoded.attention_mask, requests):
+            generated = row[prompt_len:].tolist()[: request.max_tokens]
+            finish = "length"
+            for k, token in enumerate(generated):
+                if token in eos_ids:
+                    generated, finish = generated[: k + 1], "stop"
+                    break
+            text, stopped = apply_stop(tok.decode(generated, skip_special_tokens=True), request.stop)
+            completion_tokens = len(generated)
+            ttft = watch.ttft()
+            replies.append(Reply(
+                text=text,
+                prompt_tokens=int(mask.sum()),
+                completion_tokens=completion_tokens,
+                latency_s=latency,
+                ttft_s=ttft,
+                tpot_s=tpot(latency, ttft, completion_tokens),
+                finish_reason="stop" if stopped else finish,
+                backend=self.spec.raw,
+            ))
+        return replies
+
+    # --- loglikelihood --------------------------------------------------------------------------
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context == "":
+            return [self.prefix_token_id], self.encode(continuation)
+        context, continuation = split_whitespace(context, continuation)
+        if context == "":
+            return [self.prefix_token_id], self.encode(continuation)
+        whole = self.encode(context + continuation)
+        context_ids = self.encode(context)
+        return context_ids, whole[len(context_ids):]
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        torch = self.torch
+        import torch.nn.functional as F
+
+        pairs = [self.encode_pair(r.context, r.continuation) for r in requests]
+        limit = self.max_length + 1
+        inputs = [(ctx + cont)[-limit:][:-1] for ctx, cont in pairs]
+        results: list[Loglikelihood | None] = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: -len(inputs[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            width = max(len(inputs[i]) for i in chunk)
+            # Right padding and no attention mask, as lm-evaluation-harness does: under causal
+            # attention the padding after a sequence cannot change its logits.
+            batch = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                batch[row, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
+            with torch.inference_mode():
+                logprobs = F.log_softmax(self.model(batch.to(self.device)).logits, dim=-1)
+            for row, i in enumerate(chunk):
+                ctx, cont = pairs[i]
+                n = len(inputs[i])
+                selected = logprobs[row, n - len(cont): n]
+                target = torch.tensor(cont, dtype=torch.long, device=selected.device)
+                greedy = bool((selected.argmax(dim=-1) == target).all())
+                total = float(selected.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum())
+                results[i] = Loglikelihood(total, greedy, len(ctx), len(cont))
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

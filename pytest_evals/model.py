@@ -1,0 +1,119 @@
+"""The object behind the ``model`` fixture: one case's view of a loaded backend.
+
+Every call goes to the backend as a one-element batch and is logged as one ``calls`` row. A backend
+exception becomes :class:`BackendError`, so the case ends as ``error`` and is never scored as wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence, TypeVar
+
+from .backends.base import (
+    Backend,
+    BackendError,
+    ChatRequest,
+    GenerateRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    Message,
+    Reply,
+    Stopwatch,
+)
+from .store import CallRow, now
+
+T = TypeVar("T")
+
+
+class Model:
+    def __init__(self, backend: Backend, calls: list[CallRow]) -> None:
+        self._backend = backend
+        self._calls = calls
+
+    @property
+    def spec(self) -> str:
+        return self._backend.spec.raw
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self._backend.capabilities
+
+    def __repr__(self) -> str:
+        return f"<Model {self._backend.spec.label}>"
+
+    # --- the public calls -------------------------------------------------------------------------
+    def generate(self, prompt: str, *, max_tokens: int = 256, temperature: float = 0.0,
+                 stop: str | Sequence[str] | None = None) -> Reply:
+        """Raw completion of ``prompt`` (no chat template)."""
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        request = GenerateRequest(prompt, max_tokens=max_tokens, temperature=temperature, stop=stops)
+        reply = self._call("generate", prompt, lambda: self._backend.generate([request])[0])
+        return reply
+
+    def chat(self, messages: str | Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
+             tools: Sequence[Callable[..., Any]] | None = None, tool_choice: str = "auto") -> Reply:
+        """One assistant turn for ``messages`` (OpenAI format; a string is one user message)."""
+        if tools:
+            raise NotImplementedError("tools= is not supported by this version of pytest-evals")
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        request = ChatRequest(tuple(dict(m) for m in messages), max_tokens=max_tokens, temperature=temperature)
+        shown = "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in request.messages)
+        return self._call("chat", shown, lambda: self._backend.chat([request])[0])
+
+    def loglikelihood(self, context: str, continuation: str) -> float:
+        """Sum of the log-probabilities of ``continuation``'s tokens after ``context``."""
+        request = LoglikelihoodRequest(context, continuation)
+        result = self._call("loglikelihood", context + continuation,
+                            lambda: self._backend.loglikelihood([request])[0])
+        return result.logprob
+
+    def choose(self, context: str, choices: Sequence[str]) -> int:
+        """Index of the most likely continuation among ``choices`` (ties go to the first)."""
+        if not choices:
+            raise ValueError("choose() needs at least one choice")
+        requests = [LoglikelihoodRequest(context, c) for c in choices]
+        shown = context + "\n" + "\n".join(f"[{i}] {c}" for i, c in enumerate(choices))
+        results = self._call("choose", shown, lambda: self._backend.loglikelihood(requests))
+        scores = [r.logprob for r in results]
+        return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+    # --- logging ----------------------------------------------------------------------------------
+    def _call(self, kind: str, shown_input: str, run: Callable[[], T]) -> T:
+        row = CallRow(kind=kind, model=self._backend.spec.label, input_text=shown_input, started_at=now())
+        self._calls.append(row)
+        watch = Stopwatch()
+        try:
+            result = run()
+        except Exception as exc:  # a fault of the backend, not of the answer
+            row.latency_s = watch.elapsed()
+            row.error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, BackendError):
+                raise
+            raise BackendError(f"{self._backend.spec.label}: {type(exc).__name__}: {exc}") from exc
+        row.latency_s = watch.elapsed()
+        _fill(row, result)
+        return result
+
+
+def _fill(row: CallRow, result: object) -> None:
+    if isinstance(result, Reply):
+        row.output_text = result.text
+        row.input_tokens = result.prompt_tokens
+        row.output_tokens = result.completion_tokens
+        row.ttft_s = result.ttft_s
+        row.tpot_s = result.tpot_s
+        row.cost_usd = result.cost_usd
+        if result.latency_s is not None:
+            row.latency_s = result.latency_s
+    elif isinstance(result, Loglikelihood):
+        _fill_loglikelihoods(row, [result])
+    elif isinstance(result, list) and all(isinstance(r, Loglikelihood) for r in result):
+        _fill_loglikelihoods(row, result)
+
+
+def _fill_loglikelihoods(row: CallRow, results: list[Loglikelihood]) -> None:
+    row.output_text = " ".join(f"{r.logprob:.6f}" if math.isfinite(r.logprob) else str(r.logprob) for r in results)
+    counts = [(r.context_tokens or 0) + (r.continuation_tokens or 0) for r in results]
+    row.input_tokens = sum(counts) if all(r.context_tokens is not None for r in results) else None
+    row.output_tokens = 0

@@ -1,0 +1,207 @@
+"""pytest11 entry point: options, fixtures, parametrization by model, and wiring of the feature plugins.
+
+The modules this file wires do the work: ``specs`` (parsing), ``backends`` (serving), ``model`` (the
+fixture's object), ``recorder`` (records on reports), ``session`` (the store and the run, controller
+only), ``report`` (the summary table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from . import hookspecs
+from .backends.base import BackendError, BackendRegistry, BackendSettings
+from .model import Model
+from .pool import BackendPool
+from .recorder import CaseLog, RecorderPlugin, case_log_key
+from .specs import ModelSpec, SpecError, parse_specs, spec_ids
+
+DEFAULT_DB = ".evals/evals.sqlite"
+
+
+@dataclass(frozen=True)
+class EvalsConfig:
+    specs: tuple[ModelSpec, ...]
+    explicit_models: bool  # the user named --model (else the embedded default serves)
+    db_path: Path
+    db_explicit: bool
+    settings: BackendSettings
+
+
+evals_config_key = pytest.StashKey[EvalsConfig]()
+registry_key = pytest.StashKey[BackendRegistry]()
+pool_key = pytest.StashKey[BackendPool]()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("evals", "LLM evaluations (pytest-evals)")
+    group.addoption(
+        "--model", action="append", dest="evals_models", metavar="SPEC", default=None,
+        help="model to evaluate (repeatable; every eval case runs once per model): smollm2 (default), "
+        "hf:ORG/NAME, hf:/dir, hf:/file.gguf, vllm:ORG/NAME, openai:MODEL[@http://HOST:PORT/v1]; "
+        "options after '?', e.g. hf:NAME?dtype=bfloat16&device=cuda. ini: evals_models",
+    )
+    group.addoption(
+        "--evals-db", dest="evals_db", metavar="PATH", default=None,
+        help=f"SQLite database for runs, cases and calls (default: {DEFAULT_DB} under rootdir). ini: evals_db",
+    )
+    group.addoption(
+        "--evals-timeout", dest="evals_timeout", metavar="S", type=float, default=None,
+        help="deadline in seconds for one model call (HTTP read timeout; generation time limit for "
+        "local backends). ini: evals_timeout",
+    )
+    group.addoption(
+        "--evals-batch-size", dest="evals_batch_size", metavar="N", type=int, default=None,
+        help="most requests a local backend runs in one forward pass (default 8). ini: evals_batch_size",
+    )
+    parser.addini("evals_models", "default --model specs, one per line", type="linelist", default=[])
+    parser.addini("evals_db", "default --evals-db path (relative to rootdir)", default="")
+    parser.addini("evals_timeout", "default --evals-timeout in seconds", default="")
+    parser.addini("evals_batch_size", "default --evals-batch-size", default="")
+
+
+def _setting(config: pytest.Config, option: str, cast: Callable[[str], Any], default: Any) -> Any:
+    """Command line first, then the ini key of the same name, then the default."""
+    value = config.getoption(option)
+    if value is not None:
+        return value
+    raw = config.getini(option)
+    if raw in ("", None, []):
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise pytest.UsageError(f"ini {option} = {raw!r}: not a valid value") from None
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    registry = BackendRegistry()
+    config.hook.pytest_evals_register_backends(register=registry.register)
+    config.stash[registry_key] = registry
+
+    texts = config.getoption("evals_models") or config.getini("evals_models") or None
+    try:
+        specs = parse_specs(texts, registry.prefixes)
+    except SpecError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+    db_option = _setting(config, "evals_db", str, None)
+    db_path = Path(db_option) if db_option else Path(DEFAULT_DB)
+    if not db_path.is_absolute():
+        base = Path.cwd() if config.getoption("evals_db") else config.rootpath
+        db_path = base / db_path
+    batch_size = _setting(config, "evals_batch_size", int, 8)
+    timeout = _setting(config, "evals_timeout", float, None)
+    if batch_size < 1:
+        raise pytest.UsageError(f"--evals-batch-size {batch_size}: must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise pytest.UsageError(f"--evals-timeout {timeout}: must be a positive number of seconds")
+
+    evals = EvalsConfig(
+        specs=tuple(specs),
+        explicit_models=bool(texts),
+        db_path=db_path,
+        db_explicit=db_option is not None,
+        settings=BackendSettings(timeout_s=timeout, batch_size=batch_size),
+    )
+    config.stash[evals_config_key] = evals
+    config.stash[pool_key] = BackendPool(registry, evals.settings)
+
+    worker_id = config.workerinput["workerid"] if is_worker(config) else None
+    session_plugin = None
+    if not is_worker(config):
+        from .session import SessionPlugin
+
+        session_plugin = SessionPlugin(config, evals)
+        config.pluginmanager.register(session_plugin, "evals-session")
+    config.pluginmanager.register(
+        RecorderPlugin(worker_id, session_plugin.record if session_plugin else None), "evals-recorder"
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    pool = config.stash.get(pool_key, None)
+    if pool is not None:
+        pool.close()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses ``model`` once per --model spec; the id carries the model."""
+    if "model" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", "")
+        if "model" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return  # the user parametrizes it themselves
+    specs = list(metafunc.config.stash[evals_config_key].specs)
+    metafunc.parametrize("model", specs, ids=spec_ids(specs), indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check the implicit default model only once we know eval cases will run."""
+    evals = config.stash[evals_config_key]
+    if evals.explicit_models or not any(_spec_of(item) for item in items):
+        return
+    pool = config.stash[pool_key]
+    problem = pool.availability_problem(evals.specs[0])
+    if problem is None:
+        return
+    if not is_worker(config):
+        raise pytest.UsageError(problem)
+    # Under xdist the controller does not collect; each eval case fails at setup with the one line.
+
+
+def _spec_of(item: pytest.Item) -> ModelSpec | None:
+    callspec = getattr(item, "callspec", None)
+    spec = callspec.params.get("model") if callspec is not None else None
+    return spec if isinstance(spec, ModelSpec) else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    spec = _spec_of(item)
+    if spec is not None:
+        item.stash[case_log_key] = CaseLog(model=spec.label)
+
+
+@pytest.fixture
+def model(request: pytest.FixtureRequest) -> Model:
+    """The model under evaluation (one per --model spec): generate, chat, loglikelihood, choose."""
+    spec = getattr(request, "param", None)
+    if not isinstance(spec, ModelSpec):
+        pytest.fail("the model fixture is parametrized by pytest-evals; do not request it indirectly "
+                    "with your own parameters", pytrace=False)
+    try:
+        backend = request.config.stash[pool_key].get(spec)
+    except BackendError as exc:  # one line per case, no traceback: the message names the fix
+        pytest.fail(str(exc), pytrace=False)
+    return Model(backend, request.node.stash[case_log_key].calls)
+
+
+@pytest.fixture
+def evals_score(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Record named metrics for this case: ``evals_score(f1=0.8, rouge_l=0.4)``."""
+    log = request.node.stash.get(case_log_key, None)
+
+    def record(**metrics: float) -> None:
+        if log is None:
+            raise RuntimeError("evals_score records metrics of eval cases: use it in a test that uses `model`")
+        for name, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"evals_score({name}=...): expected a number, got {value!r}")
+            log.scores[name] = float(value)
+
+    return record

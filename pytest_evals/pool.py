@@ -1,0 +1,47 @@
+"""Loaded backends, one per spec per process, shared by every case that process runs."""
+
+from __future__ import annotations
+
+from .backends.base import Backend, BackendError, BackendRegistry, BackendSettings
+from .specs import ModelSpec, SpecError
+
+
+class BackendPool:
+    def __init__(self, registry: BackendRegistry, settings: BackendSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._loaded: dict[ModelSpec, Backend] = {}
+        self._failed: dict[ModelSpec, str] = {}  # a load that failed fails every later case at once
+        self._checked: dict[ModelSpec, str | None] = {}
+
+    def availability_problem(self, spec: ModelSpec) -> str | None:
+        """The one-line reason ``spec`` cannot be served here (package, path, server), or None."""
+        if spec not in self._checked:
+            try:
+                self.registry.resolve(spec.backend).check(spec)
+                self._checked[spec] = None
+            except SpecError as exc:
+                self._checked[spec] = str(exc)
+        return self._checked[spec]
+
+    def get(self, spec: ModelSpec) -> Backend:
+        if spec in self._loaded:
+            return self._loaded[spec]
+        problem = self._failed.get(spec) or self.availability_problem(spec)
+        if problem:
+            raise BackendError(problem)
+        try:
+            backend = self.registry.resolve(spec.backend)(spec, self.settings)
+        except Exception as exc:
+            self._failed[spec] = f"{spec.label}: could not load the model: {type(exc).__name__}: {exc}"
+            raise BackendError(self._failed[spec]) from exc
+        self._loaded[spec] = backend
+        return backend
+
+    def close(self) -> None:
+        for backend in self._loaded.values():
+            try:
+                backend.close()
+            except Exception:
+                pass
+        self._loaded.clear()

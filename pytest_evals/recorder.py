@@ -1,0 +1,119 @@
+"""Per-case records: built where the case runs, carried on the test report, written by the controller.
+
+xdist re-fires every worker report through ``pytest_runtest_logreport`` on the controller, and the
+report's ``__dict__`` travels with it; the item stash does not. So the worker puts the finished
+case's record (plain dicts) on its teardown report, and the one process that owns the database
+(the controller, or the lone pytest process) writes it, one transaction per case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+
+from .store import CallRow, CaseRow, now
+
+RECORD_ATTR = "evals_record"
+_PARAMS = re.compile(r"\[.*\]$", re.S)
+
+
+def benchmark_of(nodeid: str) -> str:
+    """The benchmark a case belongs to: its nodeid without the ``[...]`` part."""
+    return _PARAMS.sub("", nodeid)
+
+
+@dataclass
+class CaseLog:
+    """What one eval case gathers while it runs (where it runs)."""
+
+    model: str
+    calls: list[CallRow] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    started_at: str = field(default_factory=now)
+    outcome: str = "passed"
+    error: str | None = None
+    duration_s: float = 0.0
+
+    def note_phase(self, report: pytest.TestReport, call: pytest.CallInfo[Any]) -> None:
+        self.duration_s += report.duration
+        if report.when == "setup":
+            if report.failed:
+                self._end("error", call)
+            elif report.skipped:
+                self._end("skipped", call)
+        elif report.when == "call":
+            if report.failed:
+                wrong = call.excinfo is not None and call.excinfo.errisinstance(AssertionError)
+                self._end("failed" if wrong else "error", call)
+            elif report.skipped:
+                self._end("failed" if hasattr(report, "wasxfail") else "skipped", call)
+        elif report.when == "teardown" and report.failed and self.outcome == "passed":
+            self._end("error", call)
+
+    def _end(self, outcome: str, call: pytest.CallInfo[Any]) -> None:
+        self.outcome = outcome
+        if call.excinfo is not None:
+            self.error = call.excinfo.exconly().strip()[:2000]
+
+    def to_record(self, nodeid: str, worker: str | None) -> dict[str, Any]:
+        ok_calls = [c for c in self.calls if c.error is None]
+        case = CaseRow(
+            nodeid=nodeid,
+            benchmark=benchmark_of(nodeid),
+            model=self.model,
+            outcome=self.outcome,
+            duration_s=round(self.duration_s, 6),
+            input_text=_join(c.input_text for c in self.calls),
+            output_text=_join(c.output_text for c in ok_calls),
+            error=self.error,
+            scores=dict(self.scores) or None,
+            worker=worker,
+            started_at=self.started_at,
+            ended_at=now(),
+        )
+        return {"case": dataclasses.asdict(case), "calls": [dataclasses.asdict(c) for c in self.calls]}
+
+
+def _join(parts: Any) -> str | None:
+    texts = [p for p in parts if p]
+    return "\n\n".join(texts) if texts else None
+
+
+def record_from_report(report: pytest.TestReport) -> tuple[CaseRow, list[CallRow]] | None:
+    data = getattr(report, RECORD_ATTR, None)
+    if not data:
+        return None
+    return CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]]
+
+
+case_log_key = pytest.StashKey[CaseLog]()
+
+
+class RecorderPlugin:
+    """Runs wherever cases run: follows each eval case's phases and puts its record on the report."""
+
+    def __init__(self, worker_id: str | None, on_record: Callable[[CaseRow, list[CallRow]], None] | None) -> None:
+        self.worker_id = worker_id
+        self.on_record = on_record  # set where this process owns the database
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]):
+        report = yield
+        log = item.stash.get(case_log_key, None)
+        if log is not None:
+            log.note_phase(report, call)
+            if report.when == "teardown":
+                setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.worker_id))
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Fires for local reports and, on the xdist controller, for every worker's report.
+        if self.on_record is None or report.when != "teardown":
+            return
+        record = record_from_report(report)
+        if record is not None:
+            self.on_record(*record)

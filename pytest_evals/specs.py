@@ -1,0 +1,129 @@
+"""Parse and validate ``--model`` specs.
+
+A spec names a backend and what it serves, with options after ``?``::
+
+    smollm2
+    hf:HuggingFaceTB/SmolLM2-135M-Instruct?dtype=bfloat16&device=cuda
+    hf:/models/smol            hf:/models/smol.gguf
+    vllm:/models/smol?tensor_parallel_size=2
+    openai:gpt-4o-mini         openai:smollm2@http://127.0.0.1:8080/v1
+
+Parsing is pure (no I/O, no imports of backends): it runs in every process, xdist workers included.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+DEFAULT_SPEC = "smollm2"
+KNOWN_PREFIXES = ("hf", "vllm", "openai")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be served; the message names the spec and the fix."""
+
+
+def _typed(value: str) -> object:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    raw: str  # as the user wrote it (credentials in a URL removed)
+    backend: str  # "hf", "vllm", "openai", or a prefix a plugin registered
+    target: str  # model id, folder, file or API model name
+    base_url: str | None = None  # openai only
+    options: tuple[tuple[str, object], ...] = field(default=())
+    embedded: bool = False  # the built-in default model
+
+    @property
+    def label(self) -> str:
+        """Short name for test ids and tables: the spec without URL and options."""
+        if self.embedded:
+            return self.raw
+        return f"{self.backend}:{self.target}"
+
+    def option(self, name: str, default: object = None) -> object:
+        return dict(self.options).get(name, default)
+
+    def __str__(self) -> str:
+        return self.raw
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
+
+
+def parse_spec(text: str, known_prefixes: tuple[str, ...] = KNOWN_PREFIXES) -> ModelSpec:
+    text = text.strip()
+    if not text:
+        raise SpecError("--model: empty spec; try --model=smollm2 or --model=hf:ORG/NAME")
+    body, _, query = text.partition("?")
+    try:
+        options = tuple(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError:
+        raise SpecError(f"--model {text!r}: options after '?' must be key=value pairs joined by '&'") from None
+    typed_options = tuple((k, _typed(v)) for k, v in options)
+
+    if body == DEFAULT_SPEC:
+        return ModelSpec(raw=text, backend="hf", target=DEFAULT_SPEC, options=typed_options, embedded=True)
+
+    prefix, sep, target = body.partition(":")
+    if not sep or prefix not in known_prefixes:
+        choices = ", ".join(f"{p}:" for p in known_prefixes)
+        raise SpecError(
+            f"--model {text!r}: unknown spec; use {DEFAULT_SPEC!r} or one of the prefixes {choices} "
+            "(e.g. hf:HuggingFaceTB/SmolLM2-135M-Instruct, openai:MODEL@http://HOST:PORT/v1)"
+        )
+    if not target:
+        raise SpecError(f"--model {text!r}: nothing after '{prefix}:'; name a model, e.g. {prefix}:ORG/NAME")
+
+    base_url = None
+    if prefix == "openai":
+        name, at, url = target.partition("@")
+        if at:
+            if not url.startswith(("http://", "https://")):
+                raise SpecError(f"--model {text!r}: the URL after '@' must start with http:// or https://")
+            base_url = _strip_credentials(url).rstrip("/")
+        else:
+            env_url = os.environ.get("OPENAI_BASE_URL")
+            base_url = (env_url or "https://api.openai.com/v1").rstrip("/")
+        if not name:
+            raise SpecError(f"--model {text!r}: name the model before '@', e.g. openai:gpt-4o-mini@{url}")
+        target = name
+        raw = f"openai:{name}@{base_url}" + (f"?{query}" if query else "")
+    else:
+        raw = text
+    return ModelSpec(raw=raw, backend=prefix, target=target, base_url=base_url, options=typed_options)
+
+
+def parse_specs(texts: list[str] | None, known_prefixes: tuple[str, ...] = KNOWN_PREFIXES) -> list[ModelSpec]:
+    """Parse the repeated --model values; the embedded default when none is given. Duplicates collapse."""
+    specs: list[ModelSpec] = []
+    for text in texts or [DEFAULT_SPEC]:
+        spec = parse_spec(text, known_prefixes)
+        if spec not in specs:
+            specs.append(spec)
+    return specs
+
+
+def spec_ids(specs: list[ModelSpec]) -> list[str]:
+    """Ids that carry the model: the short label, or the full spec where two labels collide."""
+    labels = [s.label for s in specs]
+    return [s.label if labels.count(s.label) == 1 else s.raw for s in specs]

@@ -1,0 +1,246 @@
+"""The SQLite store: schema, append-only migrations, writes and queries. No pytest import.
+
+Tables (columns say their unit):
+
+- ``runs``: one row per pytest session.
+- ``cases``: one row per case per model: outcome, duration, input/output text, error, scores.
+- ``calls``: one row per model call: kind, latency, tokens, error.
+
+Only one process writes (the xdist controller, or the lone pytest process). Each case is committed
+with its calls in one transaction as soon as it ends, in WAL mode, so a killed run loses at most the
+cases in flight and never leaves a half-written case.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import sqlite_utils
+
+MIGRATIONS_TABLE = "_evals_migrations"
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message names the file and the fix."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --- migrations: append only; never edit or reorder one that has shipped -------------------------
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "ended_at": str,
+            "status": str,  # running | finished | interrupted
+            "exit_status": int,
+            "args": str,  # JSON list of the command-line arguments
+            "rootdir": str,
+            "git_revision": str,
+            "models": str,  # JSON list of specs
+            "hostname": str,
+            "plugin_version": str,
+        },
+        pk="id",
+    )
+    db["cases"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "nodeid": str,
+            "benchmark": str,  # nodeid without the [...] part
+            "model": str,
+            "outcome": str,  # passed | failed | error | skipped
+            "duration_s": float,
+            "input_text": str,
+            "output_text": str,
+            "error": str,
+            "scores": str,  # JSON object of named metrics
+            "worker": str,
+            "started_at": str,
+            "ended_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["cases"].create_index(["run_id", "nodeid"], unique=True)
+    db["cases"].create_index(["run_id", "benchmark", "model"])
+    db["calls"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "case_id": int,
+            "model": str,
+            "kind": str,  # generate | chat | loglikelihood | choose
+            "input_text": str,
+            "output_text": str,
+            "input_tokens": int,
+            "output_tokens": int,
+            "latency_s": float,
+            "ttft_s": float,
+            "tpot_s": float,
+            "cost_usd": float,
+            "attempt": int,
+            "error": str,
+            "started_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id"), ("case_id", "cases", "id")],
+    )
+    db["calls"].create_index(["case_id"])
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("001_initial", _m001_initial),
+]
+
+
+@dataclass
+class CallRow:
+    kind: str
+    model: str
+    input_text: str | None = None
+    output_text: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    cost_usd: float | None = None
+    attempt: int = 1
+    error: str | None = None
+    started_at: str | None = None
+
+
+@dataclass
+class CaseRow:
+    nodeid: str
+    benchmark: str
+    model: str
+    outcome: str
+    duration_s: float | None = None
+    input_text: str | None = None
+    output_text: str | None = None
+    error: str | None = None
+    scores: dict[str, float] | None = None
+    worker: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=5.0)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+            self.db.enable_wal()
+        except StoreError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            if "locked" in str(exc):
+                raise StoreError(
+                    f"{self.path}: database is locked by another running session; "
+                    "wait for it to end or pass another --evals-db PATH"
+                ) from None
+            raise StoreError(
+                f"{self.path}: not a usable SQLite database ({exc}); move it aside or pass another --evals-db PATH"
+            ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot create the database ({exc.strerror or exc}); "
+                "pass a writable --evals-db PATH"
+            ) from None
+
+    # --- schema ---------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        table = self.db[MIGRATIONS_TABLE]
+        if not table.exists():
+            self.db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name")
+        applied = {row["name"] for row in self.db[MIGRATIONS_TABLE].rows}
+        known = {name for name, _ in MIGRATIONS}
+        unknown = sorted(applied - known)
+        if unknown:
+            raise StoreError(
+                f"{self.path}: written by a newer pytest-evals (schema {unknown[-1]}); "
+                "upgrade pytest-evals or pass another --evals-db PATH"
+            )
+        for name, migration in MIGRATIONS:
+            if name in applied:
+                continue
+            with self.db.conn:
+                migration(self.db)
+                self.db[MIGRATIONS_TABLE].insert({"name": name, "applied_at": now()})
+
+    @property
+    def schema_version(self) -> int:
+        return self.db[MIGRATIONS_TABLE].count
+
+    # --- writes (the controller only) -------------------------------------------------------------
+    def start_run(self, *, args: list[str], rootdir: str, git_revision: str | None, models: list[str],
+                  hostname: str, plugin_version: str) -> int:
+        with self.db.conn:
+            cursor = self.db.execute(
+                "INSERT INTO runs (started_at, status, args, rootdir, git_revision, models, hostname, plugin_version)"
+                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+                [now(), json.dumps(args), rootdir, git_revision, json.dumps(models), hostname, plugin_version],
+            )
+        return int(cursor.lastrowid)
+
+    def finish_run(self, run_id: int, *, exit_status: int, status: str = "finished") -> None:
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE runs SET ended_at = ?, status = ?, exit_status = ? WHERE id = ?",
+                [now(), status, exit_status, run_id],
+            )
+
+    def record_case(self, run_id: int, case: CaseRow, calls: Iterable[CallRow]) -> int:
+        """Insert one finished case and its calls in one transaction; a case seen again replaces it."""
+        row = dict(case.__dict__)
+        row["scores"] = json.dumps(case.scores) if case.scores else None
+        with self.db.conn:
+            old = self.db.execute(
+                "SELECT id FROM cases WHERE run_id = ? AND nodeid = ?", [run_id, case.nodeid]
+            ).fetchone()
+            if old:
+                self.db.execute("DELETE FROM calls WHERE case_id = ?", [old[0]])
+                self.db.execute("DELETE FROM cases WHERE id = ?", [old[0]])
+            columns = ["run_id", *row]
+            cursor = self.db.execute(
+                f"INSERT INTO cases ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                [run_id, *row.values()],
+            )
+            case_id = int(cursor.lastrowid)
+            for call in calls:
+                crow = dict(call.__dict__)
+                ccolumns = ["run_id", "case_id", *crow]
+                self.db.execute(
+                    f"INSERT INTO calls ({', '.join(ccolumns)}) VALUES ({', '.join('?' for _ in ccolumns)})",
+                    [run_id, case_id, *crow.values()],
+                )
+        return case_id
+
+    # --- queries --------------------------------------------------------------------------------
+    def runs(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM runs ORDER BY id"))
+
+    def cases(self, run_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM cases WHERE run_id = ? ORDER BY id", [run_id]))
+
+    def calls(self, run_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM calls WHERE run_id = ? ORDER BY id", [run_id]))
+
+    def close(self) -> None:
+        self.db.conn.close()

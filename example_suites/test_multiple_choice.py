@@ -1,0 +1,14 @@
+"""Multiple choice by loglikelihood: the most likely answer among the choices must be the right one."""
+
+import pytest
+
+from pytest_evals import load_jsonl
+
+CASES = load_jsonl(__file__, "multiple_choice.jsonl")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["id"])
+def test_multiple_choice(model, case):
+    context = f"Question: {case['question']}\nAnswer:"
+    picked = model.choose(context, [f" {choice}" for choice in case["choices"]])
+    assert case["choices"][picked] == case["choices"][case["answer"]]

@@ -1,0 +1,186 @@
+"""Any OpenAI-compatible HTTP server (OpenAI, vLLM serve, llama.cpp server, TGI) through httpx.
+
+Chat and completions are streamed, so time to first token is the arrival of the first content.
+Loglikelihood uses the legacy completions API with ``echo`` and ``logprobs``, where the server
+returns prompt log-probabilities. The API key comes from ``OPENAI_API_KEY`` and is sent only in
+the request header: it is never part of a spec, a record or a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator, Sequence
+
+import httpx
+
+from ..specs import ModelSpec, SpecError
+from .base import (
+    Backend,
+    BackendError,
+    BackendSettings,
+    ChatRequest,
+    GenerateRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    Reply,
+    Stopwatch,
+    UnsupportedTask,
+    apply_stop,
+    split_whitespace,
+    tpot,
+)
+
+PROBE_TIMEOUT_S = 3.0
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def _headers() -> dict[str, str]:
+    key = os.environ.get("OPENAI_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+class OpenAIBackend(Backend):
+    capabilities = frozenset({"generate", "chat", "loglikelihood"})
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        url = f"{spec.base_url}/models"
+        try:
+            response = httpx.get(url, headers=_headers(), timeout=PROBE_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            raise SpecError(
+                f"--model {spec.raw}: no OpenAI-compatible server answers at {spec.base_url} "
+                f"({type(exc).__name__}); start the server or fix the URL after '@' (or OPENAI_BASE_URL)"
+            ) from None
+        if response.status_code in (401, 403):
+            raise SpecError(f"--model {spec.raw}: the server refused the API key (HTTP {response.status_code}); set OPENAI_API_KEY")
+        if response.status_code >= 400:
+            raise SpecError(f"--model {spec.raw}: GET {url} answered HTTP {response.status_code}; is {spec.base_url} an OpenAI-compatible /v1 URL?")
+
+    def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
+        super().__init__(spec, settings)
+        read = settings.timeout_s or DEFAULT_TIMEOUT_S
+        self.client = httpx.Client(
+            base_url=spec.base_url or "",
+            headers=_headers(),
+            timeout=httpx.Timeout(read, connect=min(read, 10.0)),
+        )
+        # Extra request fields from the spec's options, e.g. openai:NAME@URL?top_p=0.9
+        self.extra = {k: v for k, v in spec.options}
+
+    # --- streaming ------------------------------------------------------------------------------
+    def _stream(self, path: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        try:
+            with self.client.stream("POST", path, json=payload) as response:
+                if response.status_code >= 400:
+                    body = response.read().decode("utf-8", "replace")[:300]
+                    raise BackendError(f"{self.spec.label}: POST {path} answered HTTP {response.status_code}: {body}")
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        yield json.loads(data)
+                    except json.JSONDecodeError:
+                        raise BackendError(f"{self.spec.label}: malformed stream chunk from {path}: {data[:200]}") from None
+        except httpx.HTTPError as exc:
+            raise BackendError(f"{self.spec.label}: {type(exc).__name__} on POST {path}: {exc}") from exc
+
+    def _complete(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+        payload = {**self.extra, **payload, "model": self.spec.target, "stream": True,
+                   "stream_options": {"include_usage": True}}
+        watch = Stopwatch()
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        finish = None
+        for chunk in self._stream(path, payload):
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or []:
+                piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+                if piece:
+                    watch.mark_first()
+                    parts.append(piece)
+                finish = choice.get("finish_reason") or finish
+        latency = watch.elapsed()
+        text, stopped = apply_stop("".join(parts), stop)
+        completion_tokens = usage.get("completion_tokens")
+        ttft = watch.ttft()
+        return Reply(
+            text=text,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=completion_tokens,
+            latency_s=latency,
+            ttft_s=ttft,
+            tpot_s=tpot(latency, ttft, completion_tokens),
+            finish_reason="stop" if stopped else finish,
+            backend=self.spec.raw,
+        )
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
+        return [
+            self._complete(
+                "/completions",
+                {"prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": r.temperature,
+                 **({"stop": list(r.stop)} if r.stop else {})},
+                r.stop,
+            )
+            for r in requests
+        ]
+
+    def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
+        return [
+            self._complete(
+                "/chat/completions",
+                {"messages": list(r.messages), "max_tokens": r.max_tokens, "temperature": r.temperature},
+                (),
+            )
+            for r in requests
+        ]
+
+    # --- loglikelihood --------------------------------------------------------------------------
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        return [self._loglikelihood_one(r) for r in requests]
+
+    def _loglikelihood_one(self, request: LoglikelihoodRequest) -> Loglikelihood:
+        context, continuation = split_whitespace(request.context, request.continuation)
+        prompt = context + continuation
+        payload = {"model": self.spec.target, "prompt": prompt, "max_tokens": 1, "temperature": 0,
+                   "echo": True, "logprobs": 1}
+        try:
+            response = self.client.post("/completions", json=payload)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"{self.spec.label}: {type(exc).__name__} on POST /completions: {exc}") from exc
+        if response.status_code >= 400:
+            raise BackendError(f"{self.spec.label}: POST /completions answered HTTP {response.status_code}: {response.text[:300]}")
+        choice = (response.json().get("choices") or [{}])[0]
+        logprobs = choice.get("logprobs") or {}
+        tokens = logprobs.get("tokens")
+        values = logprobs.get("token_logprobs")
+        offsets = logprobs.get("text_offset")
+        top = logprobs.get("top_logprobs") or []
+        if not tokens or values is None or offsets is None:
+            raise UnsupportedTask(
+                f"{self.spec.label}: the server at {self.spec.base_url} returns no prompt logprobs "
+                "(completions with echo+logprobs); use an hf: or vllm: spec for loglikelihood"
+            )
+        total, greedy, n_context, n_continuation = 0.0, True, 0, 0
+        for k, (token, value, offset) in enumerate(zip(tokens, values, offsets)):
+            if offset >= len(prompt):
+                break  # the generated token after the echo
+            if offset < len(context):
+                n_context += 1
+                continue
+            if value is None:
+                raise UnsupportedTask(f"{self.spec.label}: no logprob for the first token; give a non-empty context")
+            total += float(value)
+            n_continuation += 1
+            alternatives = top[k] if k < len(top) and top[k] else {}
+            if alternatives and max(alternatives.values()) > float(value) + 1e-6:
+                greedy = False
+        return Loglikelihood(total, greedy if top else None, n_context, n_continuation)
+
+    def close(self) -> None:
+        self.client.close()

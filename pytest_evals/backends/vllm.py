@@ -1,0 +1,126 @@
+"""vLLM's offline engine (``vllm.LLM``), imported only when a ``vllm:`` spec loads.
+
+Spec options other than the few read here go to ``LLM(...)`` as keyword arguments, e.g.
+``vllm:ORG/NAME?tensor_parallel_size=2&gpu_memory_utilization=0.8``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Sequence
+
+from ..specs import ModelSpec, SpecError
+from .base import (
+    Backend,
+    BackendSettings,
+    ChatRequest,
+    GenerateRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    Reply,
+    Stopwatch,
+    apply_stop,
+    split_whitespace,
+    tpot,
+)
+
+INSTALL_HINT = "pip install 'pytest-evals[vllm]' (needs a CUDA GPU)"
+
+
+class VLLMBackend(Backend):
+    capabilities = frozenset({"generate", "chat", "loglikelihood"})
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise SpecError(f"--model {spec.raw} needs vllm; install with: {INSTALL_HINT}")
+
+    def __init__(self, spec: ModelSpec, settings: BackendSettings, llm: Any = None) -> None:
+        super().__init__(spec, settings)
+        import vllm
+
+        self.vllm = vllm
+        if llm is None:
+            options = dict(spec.options)
+            options.setdefault("disable_log_stats", False)  # keeps per-request metrics (first token time)
+            llm = vllm.LLM(model=spec.target, **options)
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+
+    def _params(self, max_tokens: int, temperature: float, stop: Sequence[str] = (), **extra: Any) -> Any:
+        return self.vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                                        stop=list(stop) or None, **extra)
+
+    def _replies(self, outputs: Sequence[Any], stops: Sequence[Sequence[str]], watch: Stopwatch) -> list[Reply]:
+        latency = watch.elapsed()
+        replies = []
+        for output, stop in zip(outputs, stops):
+            completion = output.outputs[0]
+            text, _ = apply_stop(completion.text, stop)
+            n_out = len(completion.token_ids)
+            ttft = _first_token_s(output)
+            replies.append(Reply(
+                text=text,
+                prompt_tokens=len(output.prompt_token_ids or []),
+                completion_tokens=n_out,
+                latency_s=latency,
+                ttft_s=ttft,
+                tpot_s=tpot(latency, ttft, n_out),
+                finish_reason=completion.finish_reason,
+                backend=self.spec.raw,
+            ))
+        return replies
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
+        # vLLM schedules a whole list at once; one SamplingParams per request keeps their settings.
+        params = [self._params(r.max_tokens, r.temperature, r.stop) for r in requests]
+        watch = Stopwatch()
+        outputs = self.llm.generate([r.prompt for r in requests], params, use_tqdm=False)
+        return self._replies(outputs, [r.stop for r in requests], watch)
+
+    def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
+        params = [self._params(r.max_tokens, r.temperature) for r in requests]
+        watch = Stopwatch()
+        outputs = self.llm.chat([list(r.messages) for r in requests], params, use_tqdm=False)
+        return self._replies(outputs, [() for _ in requests], watch)
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        """Prompt logprobs of context+continuation, scored on the tokens past the context's."""
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        prompts, spans = [], []
+        for r in requests:
+            context, continuation = split_whitespace(r.context, r.continuation)
+            if context:
+                context_ids = encode(context)
+                whole = encode(context + continuation)
+            else:
+                prefix = self.tokenizer.bos_token_id
+                prefix = prefix if prefix is not None else self.tokenizer.eos_token_id
+                context_ids = [prefix]
+                whole = context_ids + encode(continuation)
+            prompts.append({"prompt_token_ids": whole})
+            spans.append((len(context_ids), whole))
+        params = self._params(1, 0.0, prompt_logprobs=1)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for output, (n_context, whole) in zip(outputs, spans):
+            total, greedy = 0.0, True
+            for position in range(n_context, len(whole)):
+                entry = output.prompt_logprobs[position]  # token id -> Logprob(logprob, rank, ...)
+                chosen = entry[whole[position]]
+                total += float(chosen.logprob)
+                greedy = greedy and getattr(chosen, "rank", 1) == 1
+            results.append(Loglikelihood(total, greedy, n_context, len(whole) - n_context))
+        return results
+
+
+def _first_token_s(output: Any) -> float | None:
+    """Time to first token from vLLM's request metrics, when the engine keeps them."""
+    metrics = getattr(output, "metrics", None)
+    if metrics is None:
+        return None
+    first = getattr(metrics, "first_token_time", None)
+    arrival = getattr(metrics, "arrival_time", None)
+    if first is None or arrival is None:
+        return None
+    return max(float(first) - float(arrival), 0.0)

@@ -1,0 +1,135 @@
+"""Fixtures shared by the test suite: a fake backend for plugin logic, the real llama.cpp server."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest_plugins = ["pytester"]
+
+# A backend for tests of the plugin's own logic (ids, records, outcomes, summary). It never stands
+# in for a backend a feature claims to support: those are tested on real models and servers.
+FAKE_BACKEND = '''
+from pytest_evals.backends.base import Backend, Loglikelihood, Reply
+from pytest_evals.specs import SpecError
+
+
+class FakeBackend(Backend):
+    capabilities = frozenset({"generate", "chat", "loglikelihood"})
+
+    @classmethod
+    def check(cls, spec):
+        if spec.target == "missing":
+            raise SpecError(f"--model {spec.raw}: fake model is missing; pick another")
+
+    def generate(self, requests):
+        replies = []
+        for r in requests:
+            if "boom" in r.prompt:
+                raise ConnectionError("server went away")
+            replies.append(Reply(text=f"{self.spec.target}:{r.prompt.upper()}", prompt_tokens=len(r.prompt),
+                                 completion_tokens=3, latency_s=0.001, ttft_s=0.0005))
+        return replies
+
+    def chat(self, requests):
+        return [Reply(text=r.messages[-1]["content"][::-1], prompt_tokens=1, completion_tokens=1)
+                for r in requests]
+
+    def loglikelihood(self, requests):
+        # shorter continuations are more likely
+        return [Loglikelihood(-float(len(r.continuation)), True, 1, 1) for r in requests]
+
+
+def pytest_evals_register_backends(register):
+    register("fake", FakeBackend)
+'''
+
+
+@pytest.fixture
+def fake_project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester project whose conftest registers the ``fake:`` backend."""
+    pytester.makeconftest(FAKE_BACKEND)
+    return pytester
+
+
+def _required(module: str, install: str) -> None:
+    """Skip when a real part is missing locally; in CI (CI=true) a missing part is a failure."""
+    if importlib.util.find_spec(module) is None:
+        message = f"{module} is not installed ({install})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def embedded_gguf_path() -> Path:
+    _required("transformers", "pip install -e '.[hf]'")
+    try:
+        from pytest_evals.backends.gguf_cache import embedded_gguf
+
+        return embedded_gguf()
+    except Exception as exc:  # SpecError: the package is missing
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_llama_server(gguf: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", "2048", *extra],
+            stdout=handle, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"llama.cpp server did not answer within 120 s; see {log}")
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory):
+    """The real OpenAI-compatible llama.cpp server on a free loopback port, serving SmolLM2."""
+    _required("llama_cpp", "pip install 'llama-cpp-python[server]'")
+    gguf = embedded_gguf_path()
+    proc, url = start_llama_server(gguf, tmp_path_factory.mktemp("llama") / "server.log")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded default, loaded once per test process through the transformers backend."""
+    embedded_gguf_path()
+    from pytest_evals.backends.base import BackendSettings
+    from pytest_evals.backends.hf import HFBackend
+    from pytest_evals.specs import parse_spec
+
+    return HFBackend(parse_spec("smollm2"), BackendSettings(batch_size=8))

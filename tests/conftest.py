@@ -60,6 +60,18 @@ def fake_project(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """gpu-marked tests skip cleanly on machines without a CUDA GPU (before their fixtures load)."""
+    if item.get_closest_marker("gpu") is None:
+        return
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("needs a CUDA GPU (torch is not installed)")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+
 def _required(module: str, install: str) -> None:
     """Skip when a real part is missing locally; in CI (CI=true) a missing part is a failure."""
     if importlib.util.find_spec(module) is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sqlite3
 
@@ -173,6 +174,15 @@ def test_bad_input_is_one_usage_error_line(fake_project: pytest.Pytester, args: 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_missing_optional_package_is_a_usage_error(fake_project: pytest.Pytester) -> None:
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest("--model=vllm:ORG/NAME")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --model vllm:ORG/NAME needs vllm; install with: pip install 'pytest-evals[vllm]'*"])
 
 
 def test_corrupt_or_newer_database_is_a_usage_error_and_is_not_touched(fake_project: pytest.Pytester) -> None:

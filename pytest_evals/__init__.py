@@ -19,7 +19,8 @@ def load_jsonl(anchor: str | Path, name: str | None = None) -> list[dict[str, An
     """Read a JSONL file into a list of dicts.
 
     ``load_jsonl(__file__, "cases.jsonl")`` reads the file beside the calling module; with one
-    argument the path is used as given. A bad line raises ``ValueError`` naming file and line.
+    argument the path is used as given. A missing or empty file, or a bad line, raises ``ValueError``
+    naming the file (and line), so the suite's collection error says what to fix.
     """
     path = Path(anchor)
     if name is not None:
@@ -39,4 +40,6 @@ def load_jsonl(anchor: str | Path, name: str | None = None) -> list[dict[str, An
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{number}: each line must be a JSON object")
         rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no cases (the file has no JSON lines)")
     return rows

@@ -26,9 +26,10 @@ T = TypeVar("T")
 
 
 class Model:
-    def __init__(self, backend: Backend, calls: list[CallRow]) -> None:
+    def __init__(self, backend: Backend, calls: list[CallRow], name: str | None = None) -> None:
         self._backend = backend
         self._calls = calls
+        self._name = name or backend.spec.label
 
     @property
     def spec(self) -> str:
@@ -39,7 +40,7 @@ class Model:
         return self._backend.capabilities
 
     def __repr__(self) -> str:
-        return f"<Model {self._backend.spec.label}>"
+        return f"<Model {self._name}>"
 
     # --- the public calls -------------------------------------------------------------------------
     def generate(self, prompt: str, *, max_tokens: int = 256, temperature: float = 0.0,
@@ -80,7 +81,7 @@ class Model:
 
     # --- logging ----------------------------------------------------------------------------------
     def _call(self, kind: str, shown_input: str, run: Callable[[], T]) -> T:
-        row = CallRow(kind=kind, model=self._backend.spec.label, input_text=shown_input, started_at=now())
+        row = CallRow(kind=kind, model=self._name, input_text=shown_input, started_at=now())
         self._calls.append(row)
         watch = Stopwatch()
         try:
@@ -90,7 +91,7 @@ class Model:
             row.error = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, BackendError):
                 raise
-            raise BackendError(f"{self._backend.spec.label}: {type(exc).__name__}: {exc}") from exc
+            raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
         row.latency_s = watch.elapsed()
         _fill(row, result)
         return result

@@ -17,7 +17,7 @@ from . import hookspecs
 from .backends.base import BackendError, BackendRegistry, BackendSettings
 from .model import Model
 from .pool import BackendPool
-from .recorder import CaseLog, RecorderPlugin, case_log_key
+from .recorder import ERROR_ATTR, CaseLog, RecorderPlugin, case_log_key
 from .specs import ModelSpec, SpecError, parse_specs, spec_ids
 
 DEFAULT_DB = ".evals/evals.sqlite"
@@ -26,6 +26,7 @@ DEFAULT_DB = ".evals/evals.sqlite"
 @dataclass(frozen=True)
 class EvalsConfig:
     specs: tuple[ModelSpec, ...]
+    names: dict[ModelSpec, str]  # what ids, records and the summary call each model
     explicit_models: bool  # the user named --model (else the embedded default serves)
     db_path: Path
     db_explicit: bool
@@ -91,11 +92,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.hook.pytest_evals_register_backends(register=registry.register)
     config.stash[registry_key] = registry
 
-    texts = config.getoption("evals_models") or config.getini("evals_models") or None
+    from_command_line = config.getoption("evals_models")
+    texts = from_command_line or config.getini("evals_models") or None
     try:
         specs = parse_specs(texts, registry.prefixes)
     except SpecError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        message = str(exc)
+        if texts and not from_command_line:
+            message = message.replace("--model", "ini evals_models:", 1)
+        raise pytest.UsageError(message) from None
 
     db_option = _setting(config, "evals_db", str, None)
     db_path = Path(db_option) if db_option else Path(DEFAULT_DB)
@@ -111,6 +116,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     evals = EvalsConfig(
         specs=tuple(specs),
+        names=dict(zip(specs, spec_ids(specs))),
         explicit_models=bool(texts),
         db_path=db_path,
         db_explicit=db_option is not None,
@@ -146,8 +152,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         names = mark.args[0] if mark.args else mark.kwargs.get("argnames", "")
         if "model" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
             return  # the user parametrizes it themselves
-    specs = list(metafunc.config.stash[evals_config_key].specs)
-    metafunc.parametrize("model", specs, ids=spec_ids(specs), indirect=True)
+    evals = metafunc.config.stash[evals_config_key]
+    metafunc.parametrize("model", list(evals.specs), ids=[evals.names[s] for s in evals.specs], indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -174,7 +180,14 @@ def _spec_of(item: pytest.Item) -> ModelSpec | None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     spec = _spec_of(item)
     if spec is not None:
-        item.stash[case_log_key] = CaseLog(model=spec.label)
+        item.stash[case_log_key] = CaseLog(model=item.config.stash[evals_config_key].names[spec])
+
+
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple[str, dict]] | None:
+    """An infrastructure fault in a test body shows as ERROR, not as a wrong answer (FAILED)."""
+    if report.when == "call" and report.failed and getattr(report, ERROR_ATTR, False):
+        return "error", "E", ("ERROR", {"red": True})
+    return None
 
 
 @pytest.fixture
@@ -188,7 +201,8 @@ def model(request: pytest.FixtureRequest) -> Model:
         backend = request.config.stash[pool_key].get(spec)
     except BackendError as exc:  # one line per case, no traceback: the message names the fix
         pytest.fail(str(exc), pytrace=False)
-    return Model(backend, request.node.stash[case_log_key].calls)
+    log = request.node.stash[case_log_key]
+    return Model(backend, log.calls, log.model)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 from .store import CallRow, CaseRow, now
 
 RECORD_ATTR = "evals_record"
+ERROR_ATTR = "evals_error"  # on a call report whose failure is an infrastructure fault
 _PARAMS = re.compile(r"\[.*\]$", re.S)
 
 
@@ -106,6 +107,8 @@ class RecorderPlugin:
         log = item.stash.get(case_log_key, None)
         if log is not None:
             log.note_phase(report, call)
+            if report.when == "call" and log.outcome == "error":
+                setattr(report, ERROR_ATTR, True)
             if report.when == "teardown":
                 setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.worker_id))
         return report

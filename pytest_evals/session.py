@@ -8,16 +8,18 @@ creates the database file.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import sqlite3
 import subprocess
-import time
+import tempfile
 from typing import TYPE_CHECKING
 
 import pytest
 
 from . import __version__
 from .report import HEADER, Summary, format_table
-from .store import CallRow, CaseRow, Store, StoreError
+from .store import CallRow, CaseRow, Store, StoreError, now
 
 if TYPE_CHECKING:
     from .plugin import EvalsConfig
@@ -31,13 +33,25 @@ def git_revision(path: str) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _check_writable(path: "os.PathLike[str]") -> str | None:
-    """Why a database could not be created at ``path`` (without creating anything), or None."""
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+
+
+def redact(arg: str) -> str:
+    """Drop credentials from any URL in a command-line argument before it is stored."""
+    return _URL_CREDENTIALS.sub(r"\1", arg)
+
+
+def _check_creatable(path: "os.PathLike[str]") -> str | None:
+    """Why a database could not be created at ``path``, or None. Leaves nothing behind."""
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path}: cannot create the database ({parent} is not a writable directory); pass a writable --evals-db PATH"
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        return (f"{path}: cannot create the database ({parent}: {exc.strerror or exc}); "
+                "pass a writable --evals-db PATH")
     return None
 
 
@@ -48,13 +62,16 @@ class SessionPlugin:
         self.store: Store | None = None
         self.run_id: int | None = None
         self.summary = Summary()
-        self.started = time.time()
+        self.started_at = now()
+        self.session: pytest.Session | None = None
+        self.write_error: str | None = None
 
     # --- start-up ---------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         from .plugin import pool_key
 
+        self.session = session
         if self.evals.explicit_models:
             pool = self.config.stash[pool_key]
             for spec in self.evals.specs:
@@ -65,7 +82,7 @@ class SessionPlugin:
         if path.exists():
             self._open()  # an unusable existing file is reported now, before any case runs
         else:
-            problem = _check_writable(path)
+            problem = _check_creatable(path)
             if problem:
                 raise pytest.UsageError(problem)
 
@@ -81,25 +98,39 @@ class SessionPlugin:
         if self.run_id is None:
             store = self._open()
             self.run_id = store.start_run(
-                args=list(self.config.invocation_params.args),
+                args=[redact(a) for a in self.config.invocation_params.args],
                 rootdir=str(self.config.rootpath),
                 git_revision=git_revision(str(self.config.rootpath)),
                 models=[s.raw for s in self.evals.specs],
                 hostname=socket.gethostname(),
                 plugin_version=__version__,
+                started_at=self.started_at,
             )
         return self.run_id
 
     # --- cases --------------------------------------------------------------------------------------
     def record(self, case: CaseRow, calls: list[CallRow]) -> None:
-        self._open().record_case(self._run(), case, calls)
         self.summary.add(case.benchmark, case.model, case.outcome)
+        if self.write_error:
+            return
+        try:
+            self._open().record_case(self._run(), case, calls)
+        except (StoreError, pytest.UsageError, sqlite3.Error) as exc:
+            # The database went away mid-run (disk full, file removed, lock held too long): stop
+            # the session with one line; every case recorded so far stays committed.
+            error = exc if isinstance(exc, (StoreError, pytest.UsageError)) else self._open().error(exc)
+            self.write_error = str(error)
+            if self.session is not None:
+                self.session.shouldfail = f"evals: cannot record cases: {self.write_error}"
 
     # --- end ----------------------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.store is not None and self.run_id is not None:
             status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "finished"
-            self.store.finish_run(self.run_id, exit_status=int(exitstatus), status=status)
+            try:
+                self.store.finish_run(self.run_id, exit_status=int(exitstatus), status=status)
+            except sqlite3.Error:
+                pass  # already reported by record(); the cases written so far are committed
 
     def pytest_unconfigure(self) -> None:
         if self.store is not None:
@@ -113,6 +144,8 @@ class SessionPlugin:
         if not self.summary:
             return
         tr = terminalreporter
+        if self.write_error:
+            tr.write_line(f"evals: cases after the first failed write are not stored: {self.write_error}", red=True)
         tr.write_sep("=", "evals summary")
         for line in format_table(HEADER, self.summary.rows()):
             tr.write_line(line)

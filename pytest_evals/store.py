@@ -143,27 +143,36 @@ class Store:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=5.0)
+            conn = sqlite3.connect(str(self.path), timeout=2.0)
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
             self.db.enable_wal()
+            # Take the write lock once now, so a database held by another session is reported at
+            # start-up rather than when the first case ends.
+            with self.transaction():
+                pass
+            conn.execute("PRAGMA busy_timeout = 30000")  # mid-run, wait out a reader's checkpoint
         except StoreError:
             raise
-        except sqlite3.DatabaseError as exc:
-            if "locked" in str(exc):
-                raise StoreError(
-                    f"{self.path}: database is locked by another running session; "
-                    "wait for it to end or pass another --evals-db PATH"
-                ) from None
-            raise StoreError(
-                f"{self.path}: not a usable SQLite database ({exc}); move it aside or pass another --evals-db PATH"
-            ) from None
+        except sqlite3.Error as exc:
+            raise self.error(exc) from None
         except OSError as exc:
             raise StoreError(
-                f"{self.path}: cannot create the database ({exc.strerror or exc}); "
-                "pass a writable --evals-db PATH"
+                f"{self.path}: cannot create the database ({exc.strerror or exc}); pass a writable --evals-db PATH"
             ) from None
+
+    def error(self, exc: BaseException) -> StoreError:
+        """One line naming what went wrong with the file and what to do."""
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return StoreError(f"{self.path}: database is locked by another running session; "
+                              "wait for it to end or pass another --evals-db PATH")
+        if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+            return StoreError(f"{self.path}: cannot write the database ({text}); "
+                              "check the file's permissions or pass another --evals-db PATH")
+        return StoreError(f"{self.path}: not a usable SQLite database ({text}); "
+                          "move it aside or pass another --evals-db PATH")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -203,12 +212,12 @@ class Store:
 
     # --- writes (the controller only) -------------------------------------------------------------
     def start_run(self, *, args: list[str], rootdir: str, git_revision: str | None, models: list[str],
-                  hostname: str, plugin_version: str) -> int:
+                  hostname: str, plugin_version: str, started_at: str | None = None) -> int:
         with self.transaction():
             cursor = self.db.execute(
                 "INSERT INTO runs (started_at, status, args, rootdir, git_revision, models, hostname, plugin_version)"
                 " VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
-                [now(), json.dumps(args), rootdir, git_revision, json.dumps(models), hostname, plugin_version],
+                [started_at or now(), json.dumps(args), rootdir, git_revision, json.dumps(models), hostname, plugin_version],
             )
         return int(cursor.lastrowid)
 

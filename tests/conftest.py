@@ -104,7 +104,9 @@ def start_llama_server(gguf: Path, log: Path, *extra: str) -> tuple[subprocess.P
     with open(log, "w") as handle:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "2048", *extra],
+             "--port", str(port), "--n_ctx", "2048",
+             # by default a new request cuts the stream in progress; xdist workers send concurrently
+             *(extra or ("--interrupt_requests", "False"))],
             stdout=handle, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/v1"

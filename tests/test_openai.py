@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from pytest_evals.backends.base import BackendError, BackendSettings, ChatRequest, GenerateRequest, LoglikelihoodRequest
-from pytest_evals.backends.openai import OpenAIBackend
+from pytest_evals.backends.base import UnsupportedTask
+from pytest_evals.backends.openai import OpenAIBackend, echo_is_shifted, score_echo
 from pytest_evals.specs import SpecError, parse_spec
 
 pytestmark = pytest.mark.slow
@@ -53,14 +54,29 @@ def test_chat_streams(backend, llama_server) -> None:
     assert 0 < reply.ttft_s <= reply.latency_s
 
 
-def test_loglikelihood_reads_the_continuation_tokens_of_the_echo(backend, llama_server) -> None:
-    (result,) = backend.loglikelihood([LoglikelihoodRequest("The capital of France is", " Paris")])
-    echo = plain(llama_server, "/completions", {"prompt": "The capital of France is Paris", "max_tokens": 1,
-                                                "temperature": 0, "echo": True, "logprobs": 1})["choices"][0]["logprobs"]
+def echo_of(url: str, prompt: str) -> dict:
+    return plain(url, "/completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0,
+                                       "echo": True, "logprobs": 1})["choices"][0]["logprobs"]
+
+
+def test_score_echo_reads_the_continuation_tokens(llama_server) -> None:
+    prompt = "The capital of France is Paris"
+    echo = echo_of(llama_server, prompt)
+    result = score_echo(echo, "The capital of France is", prompt, "openai:smollm2")
     # " Paris" is the last echoed prompt token; the one generated token after it is not scored.
     paris = echo["tokens"].index(" Paris")
     assert result.continuation_tokens == 1 and result.context_tokens == paris
     assert result.logprob == pytest.approx(echo["token_logprobs"][paris])
+
+
+def test_llama_cpp_echo_is_one_token_off_and_loglikelihood_is_refused(backend, llama_server) -> None:
+    echo = echo_of(llama_server, "One, two, three, four, five, six, seven, eight")
+    assert echo_is_shifted(echo["tokens"], echo["top_logprobs"])
+    # Read one position later, the same alternatives line up with the tokens they predict.
+    realigned = [None, *echo["top_logprobs"][:-1]]
+    assert not echo_is_shifted(echo["tokens"], realigned)
+    with pytest.raises(UnsupportedTask, match="scores each echoed prompt token with the distribution that follows"):
+        backend.loglikelihood([LoglikelihoodRequest("The capital of France is", " Paris")])
 
 
 def test_a_dead_server_is_a_backend_error(llama_server) -> None:
@@ -86,13 +102,49 @@ def test_suite_against_the_server_under_xdist(pytester: pytest.Pytester, llama_s
 
         def test_chat(model):
             assert model.chat("Say hello.", max_tokens=8).text
+
+        def test_choose(model):
+            assert model.choose("The capital of France is", [" Paris", " Rome"]) == 0
         """
     )
     result = pytester.runpytest_subprocess("-n", "2", f"--model=openai:smollm2@{llama_server}", "-v")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=3, errors=1)  # llama.cpp's loglikelihoods are refused, not scored
+    result.stdout.fnmatch_lines(["*ERROR*test_choose*"])
     result.stdout.fnmatch_lines(["*PASSED*test_capital[[]The capital of France is-openai:smollm2[]]*"])
     con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
     rows = con.execute("SELECT c.model, k.kind, k.ttft_s, k.latency_s, k.output_tokens FROM cases c "
                        "JOIN calls k ON k.case_id = c.id").fetchall()
-    assert len(rows) == 3 and {r[0] for r in rows} == {"openai:smollm2"}
-    assert all(0 < r[2] <= r[3] and r[4] > 0 for r in rows)
+    assert len(rows) == 4 and {r[0] for r in rows} == {"openai:smollm2"}
+    assert all(0 < r[2] <= r[3] and r[4] > 0 for r in rows if r[1] != "choose")
+    (outcome,) = con.execute("SELECT outcome FROM cases WHERE nodeid LIKE '%test_choose%'").fetchone()
+    assert outcome == "error"
+
+
+def test_a_stream_cut_by_the_server_is_a_backend_error(tmp_path) -> None:
+    """llama-cpp-python's default server cuts a stream when another request arrives: a real fault."""
+    import threading
+    import time
+
+    from conftest import embedded_gguf_path, start_llama_server
+
+    proc, url = start_llama_server(embedded_gguf_path(), tmp_path / "server.log", "--interrupt_requests", "True")
+    try:
+        spec = parse_spec(f"openai:smollm2@{url}")
+        long, short = OpenAIBackend(spec, BackendSettings()), OpenAIBackend(spec, BackendSettings())
+        outcome: dict = {}
+
+        def run_long() -> None:
+            try:
+                outcome["reply"] = long.generate([GenerateRequest("Once upon a time", max_tokens=400)])[0]
+            except BackendError as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run_long)
+        thread.start()
+        time.sleep(1.0)
+        short.generate([GenerateRequest("Hi", max_tokens=2)])
+        thread.join(timeout=120)
+        assert "interrupted" in str(outcome.get("error")), outcome
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -91,7 +91,9 @@ def test_a_backend_fault_is_an_error_not_a_wrong_answer(fake_project: pytest.Pyt
         """
     )
     result = fake_project.runpytest("--model=fake:a")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)  # reported as ERROR, not FAILED; the run still fails
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["ERROR test_boom.py::test_boom[[]fake:a[]] - *BackendErr*"])
     ((outcome, error),) = rows(fake_project, "SELECT outcome, error FROM cases")
     assert outcome == "error"
     assert "server went away" in error
@@ -150,9 +152,21 @@ def test_evals_db_option_and_ini(fake_project: pytest.Pytester) -> None:
 def test_api_key_is_never_written(fake_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
     fake_project.makepyfile(test_suite=SUITE)
-    fake_project.runpytest("--model=fake:a")
-    data = (fake_project.path / ".evals" / "evals.sqlite").read_bytes()
-    assert b"sk-test-secret" not in data
+    # credentials in a URL anywhere on the command line are dropped before the run is stored
+    fake_project.runpytest("--model=fake:a", "--junit-prefix=http://user:sk-url-secret@127.0.0.1/")
+    data = b"".join(p.read_bytes() for p in (fake_project.path / ".evals").iterdir())
+    assert b"sk-test-secret" not in data and b"sk-url-secret" not in data
+    ((args,),) = rows(fake_project, "SELECT args FROM runs")
+    assert "http://127.0.0.1/" in args
+
+
+def test_same_model_name_on_two_servers_stays_two_models(fake_project: pytest.Pytester) -> None:
+    # Same label ("fake:m"), different specs: ids, records and the summary use the full specs.
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest("--model=fake:m", "--model=fake:m?port=2")
+    result.stdout.fnmatch_lines(["*test_echo*fake:m *4*", "*test_echo*fake:m?port=2*4*"])
+    models = {m for (m,) in rows(fake_project, "SELECT DISTINCT model FROM cases")}
+    assert models == {"fake:m", "fake:m?port=2"}
 
 
 @pytest.mark.parametrize(
@@ -207,6 +221,27 @@ def test_corrupt_or_newer_database_is_a_usage_error_and_is_not_touched(fake_proj
     con = sqlite3.connect(newer)
     assert con.execute("SELECT count(*) FROM cases").fetchone()[0] == 4  # nothing recorded was lost
     con.close()
+
+
+def test_locked_or_uncreatable_database_stops_the_run_before_any_case(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_suite=SUITE)
+    fake_project.runpytest("--model=fake:a").assert_outcomes(passed=4, failed=1)
+    holder = sqlite3.connect(fake_project.path / ".evals" / "evals.sqlite")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = fake_project.runpytest("--model=fake:a")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *evals.sqlite: database is locked by another running session*"])
+    assert "passed" not in result.stdout.str()
+    assert len(rows(fake_project, "SELECT * FROM cases")) == 4  # nothing recorded was lost
+
+    result = fake_project.runpytest("--model=fake:a", "--evals-db=/proc/evals.sqlite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: /proc/evals.sqlite: cannot create the database*--evals-db PATH"])
+    assert "passed" not in result.stdout.str()
 
 
 def test_missing_default_model_package_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -60,13 +60,26 @@ def test_locked_database_is_reported(tmp_path) -> None:
     path = tmp_path / "evals.sqlite"
     Store(path).close()
     holder = sqlite3.connect(path)
-    holder.execute("PRAGMA journal_mode=DELETE")
-    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # another session writing
     try:
         with pytest.raises(StoreError, match="locked by another running session"):
-            Store(path).start_run(args=[], rootdir="", git_revision=None, models=[], hostname="", plugin_version="")
-    except sqlite3.OperationalError as exc:  # locked after opening: still one clear reason
-        assert "locked" in str(exc)
+            Store(path)
     finally:
         holder.rollback()
         holder.close()
+    Store(path).close()  # free again: opens
+
+
+@pytest.mark.parametrize(
+    "sqlite_message, expected",
+    [
+        ("attempt to write a readonly database", "cannot write the database"),
+        ("unable to open database file", "cannot write the database"),
+        ("database is locked", "locked by another running session"),
+        ("file is not a database", "not a usable SQLite database"),
+    ],
+)
+def test_sqlite_errors_become_one_line_with_the_fix(tmp_path, sqlite_message: str, expected: str) -> None:
+    store = Store(tmp_path / "evals.sqlite")
+    message = str(store.error(sqlite3.OperationalError(sqlite_message)))
+    assert expected in message and "--evals-db PATH" in message and "\n" not in message

@@ -34,6 +34,7 @@ from .base import (
 from .gguf_cache import dequantized_copy, embedded_gguf
 
 HF_PACKAGES = ("torch", "transformers", "accelerate")
+HF_OPTIONS = ("dtype", "device", "batch_size")
 INSTALL_HINT = "pip install 'pytest-evals[hf]'"
 
 
@@ -83,6 +84,10 @@ class HFBackend(Backend):
         _, gguf = resolve_source(spec)
         if gguf is not None and _missing(["gguf"]):
             raise SpecError(f"--model {spec.raw}: loading a GGUF file needs the gguf package; install with: {INSTALL_HINT}")
+        unknown = sorted(set(dict(spec.options)) - set(HF_OPTIONS))
+        if unknown:
+            raise SpecError(f"--model {spec.raw}: unknown option {', '.join(unknown)}; "
+                            f"hf: specs take {', '.join(HF_OPTIONS)}")
         dtype = spec.option("dtype", "auto")
         if dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise SpecError(f"--model {spec.raw}: dtype={dtype} is not one of auto, float32, float16, bfloat16")
@@ -106,6 +111,8 @@ class HFBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **{dtype_kw: dtype})
         self.model.to(device).eval()
+        if self.model.device.type == "cpu":
+            _share_cores(torch)
         self.device = self.model.device
         self.source = source
         if self.tokenizer.pad_token_id is None:
@@ -185,7 +192,7 @@ class HFBackend(Backend):
                     n = row.shape[0]
                     hit = n >= request.max_tokens or int(row[-1]) in eos_ids
                     if not hit and request.stop:
-                        tail = tok.decode(row[-16:], skip_special_tokens=True)
+                        tail = tok.decode(row[-16:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
                         hit = any(s in tail for s in request.stop)
                     done.append(hit)
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
@@ -217,7 +224,7 @@ class HFBackend(Backend):
                 if token in eos_ids:
                     generated, finish = generated[: k + 1], "stop"
                     break
-            text, stopped = apply_stop(tok.decode(generated, skip_special_tokens=True), request.stop)
+            text, stopped = apply_stop(tok.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False), request.stop)
             completion_tokens = len(generated)
             ttft = watch.ttft()
             replies.append(Reply(
@@ -274,6 +281,16 @@ class HFBackend(Backend):
 
     def close(self) -> None:
         self.model = None
+
+
+def _share_cores(torch: Any) -> None:
+    """Split the CPU cores between xdist workers: N workers each using every core thrash.
+
+    An explicit OMP_NUM_THREADS is the user's choice and is left alone.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -32,6 +32,8 @@ from .base import (
 )
 
 PROBE_TIMEOUT_S = 3.0
+ALIGNMENT_PROBE = ("One, two, three, four, five, six, seven, eight, nine, ten. Monday, Tuesday, Wednesday, "
+                   "Thursday, Friday, Saturday, Sunday. January, February, March, April, May, June.")
 DEFAULT_TIMEOUT_S = 600.0
 
 
@@ -68,6 +70,7 @@ class OpenAIBackend(Backend):
         )
         # Extra request fields from the spec's options, e.g. openai:NAME@URL?top_p=0.9
         self.extra = {k: v for k, v in spec.options}
+        self._aligned: bool | None = None  # whether echoed prompt logprobs can be trusted
 
     # --- streaming ------------------------------------------------------------------------------
     def _stream(self, path: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -107,6 +110,11 @@ class OpenAIBackend(Backend):
                     chunks_with_content += 1
                 finish = choice.get("finish_reason") or finish
         latency = watch.elapsed()
+        if finish is None:
+            # Every OpenAI-compatible server ends a stream with a finish_reason; without one the
+            # stream was cut (llama-cpp-python interrupts a stream when another request arrives).
+            raise BackendError(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
+                               f"after {len(parts)} chunks (interrupted)")
         text, stopped = apply_stop("".join(parts), stop)
         # Servers that send no usage in streams (llama.cpp) stream one token per chunk.
         completion_tokens = usage.get("completion_tokens", chunks_with_content)
@@ -145,11 +153,16 @@ class OpenAIBackend(Backend):
 
     # --- loglikelihood --------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
-        return [self._loglikelihood_one(r) for r in requests]
+        self._check_alignment()
+        results = []
+        for r in requests:
+            context, continuation = split_whitespace(r.context, r.continuation)
+            results.append(score_echo(self._echo(context + continuation), context, context + continuation,
+                                      self.spec.label))
+        return results
 
-    def _loglikelihood_one(self, request: LoglikelihoodRequest) -> Loglikelihood:
-        context, continuation = split_whitespace(request.context, request.continuation)
-        prompt = context + continuation
+    def _echo(self, prompt: str) -> dict[str, Any]:
+        """The server's log-probabilities of ``prompt``'s own tokens (completions with echo)."""
         payload = {"model": self.spec.target, "prompt": prompt, "max_tokens": 1, "temperature": 0,
                    "echo": True, "logprobs": 1}
         try:
@@ -160,30 +173,60 @@ class OpenAIBackend(Backend):
             raise BackendError(f"{self.spec.label}: POST /completions answered HTTP {response.status_code}: {response.text[:300]}")
         choice = (response.json().get("choices") or [{}])[0]
         logprobs = choice.get("logprobs") or {}
-        tokens = logprobs.get("tokens")
-        values = logprobs.get("token_logprobs")
-        offsets = logprobs.get("text_offset")
-        top = logprobs.get("top_logprobs") or []
-        if not tokens or values is None or offsets is None:
+        if not logprobs.get("tokens") or logprobs.get("token_logprobs") is None or logprobs.get("text_offset") is None:
             raise UnsupportedTask(
                 f"{self.spec.label}: the server at {self.spec.base_url} returns no prompt logprobs "
                 "(completions with echo+logprobs); use an hf: or vllm: spec for loglikelihood"
             )
-        total, greedy, n_context, n_continuation = 0.0, True, 0, 0
-        for k, (token, value, offset) in enumerate(zip(tokens, values, offsets)):
-            if offset >= len(prompt):
-                break  # the generated token after the echo
-            if offset < len(context):
-                n_context += 1
-                continue
-            if value is None:
-                raise UnsupportedTask(f"{self.spec.label}: no logprob for the first token; give a non-empty context")
-            total += float(value)
-            n_continuation += 1
-            alternatives = top[k] if k < len(top) and top[k] else {}
-            if alternatives and max(alternatives.values()) > float(value) + 1e-6:
-                greedy = False
-        return Loglikelihood(total, greedy if top else None, n_context, n_continuation)
+        return logprobs
+
+    def _check_alignment(self) -> None:
+        """Refuse servers whose echoed logprobs are one token off (llama-cpp-python 0.3.x does this).
+
+        Asked once per backend, on a text any model predicts well: if the top-ranked token at each
+        position matches the *next* prompt token more often than the token at that position, every
+        score would be read against the wrong distribution.
+        """
+        if self._aligned is None:
+            logprobs = self._echo(ALIGNMENT_PROBE)
+            self._aligned = not echo_is_shifted(logprobs["tokens"], logprobs.get("top_logprobs") or [])
+        if not self._aligned:
+            raise UnsupportedTask(
+                f"{self.spec.label}: the server at {self.spec.base_url} scores each echoed prompt token with "
+                "the distribution that follows it (a known llama-cpp-python bug), so its loglikelihoods would "
+                "be wrong; use an hf: or vllm: spec for loglikelihood and choose"
+            )
 
     def close(self) -> None:
         self.client.close()
+
+
+def _top1(alternatives: dict[str, float] | None) -> str | None:
+    return max(alternatives, key=alternatives.__getitem__) if alternatives else None
+
+
+def echo_is_shifted(tokens: Sequence[str], top: Sequence[dict[str, float] | None]) -> bool:
+    """True when position k's top alternatives predict token k+1 rather than token k."""
+    aligned = sum(1 for k in range(1, min(len(tokens), len(top))) if _top1(top[k]) == tokens[k])
+    shifted = sum(1 for k in range(1, min(len(tokens) - 1, len(top))) if _top1(top[k]) == tokens[k + 1])
+    return shifted > aligned
+
+
+def score_echo(logprobs: dict[str, Any], context: str, prompt: str, label: str) -> Loglikelihood:
+    """Sum the logprobs of the echoed tokens that start at or after the end of ``context``."""
+    tokens, values, offsets = logprobs["tokens"], logprobs["token_logprobs"], logprobs["text_offset"]
+    top = logprobs.get("top_logprobs") or []
+    total, greedy, n_context, n_continuation = 0.0, True, 0, 0
+    for k, (value, offset) in enumerate(zip(values, offsets)):
+        if offset >= len(prompt):
+            break  # the generated token after the echo
+        if offset < len(context):
+            n_context += 1
+            continue
+        if value is None:
+            raise UnsupportedTask(f"{label}: the server gives no logprob for the first token; give a non-empty context")
+        total += float(value)
+        n_continuation += 1
+        if k < len(top) and _top1(top[k]) not in (None, tokens[k]):
+            greedy = False
+    return Loglikelihood(total, greedy if top else None, n_context, n_continuation)

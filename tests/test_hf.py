@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,32 @@ def test_hf_gguf_spec_uses_the_same_cached_copy(pytester: pytest.Pytester) -> No
     result = pytester.runpytest_subprocess(f"--model=hf:{gguf}", "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_gguf[[]hf:*SmolLM2-135M-Instruct.Q4_1.gguf[]] PASSED*"])
+
+
+def test_hub_id_loads_offline_from_the_hugging_face_cache(pytester: pytest.Pytester, smollm2, tmp_path) -> None:
+    """hf:ORG/NAME reads the local hub cache only; an id that is not cached is a usage error."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--Example--Smol" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for item in Path(smollm2.source).iterdir():
+        if not item.name.startswith("."):
+            (snapshot / item.name).symlink_to(item)
+    (cache / "models--Example--Smol" / "refs").mkdir()
+    (cache / "models--Example--Smol" / "refs" / "main").write_text("0123abcd")
+    pytester.makepyfile(
+        """
+        def test_capital(model):
+            assert "Paris" in model.generate("The capital of France is", max_tokens=5).text
+        """
+    )
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        result = pytester.runpytest_subprocess("--model=hf:Example/Smol", "-v")
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(["*test_capital[[]hf:Example/Smol[]] PASSED*"])
+        result = pytester.runpytest_subprocess("--model=hf:Example/NotCached")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["ERROR: --model hf:Example/NotCached: Example/NotCached is not in the local "
+                                     "Hugging Face cache*`hf download Example/NotCached`*"])

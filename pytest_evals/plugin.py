@@ -29,12 +29,10 @@ class EvalsConfig:
     names: dict[ModelSpec, str]  # what ids, records and the summary call each model
     explicit_models: bool  # the user named --model (else the embedded default serves)
     db_path: Path
-    db_explicit: bool
     settings: BackendSettings
 
 
 evals_config_key = pytest.StashKey[EvalsConfig]()
-registry_key = pytest.StashKey[BackendRegistry]()
 pool_key = pytest.StashKey[BackendPool]()
 
 
@@ -90,7 +88,6 @@ def is_worker(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     registry = BackendRegistry()
     config.hook.pytest_evals_register_backends(register=registry.register)
-    config.stash[registry_key] = registry
 
     from_command_line = config.getoption("evals_models")
     texts = from_command_line or config.getini("evals_models") or None
@@ -119,7 +116,6 @@ def pytest_configure(config: pytest.Config) -> None:
         names=dict(zip(specs, spec_ids(specs))),
         explicit_models=bool(texts),
         db_path=db_path,
-        db_explicit=db_option is not None,
         settings=BackendSettings(timeout_s=timeout, batch_size=batch_size),
     )
     config.stash[evals_config_key] = evals
@@ -180,7 +176,7 @@ def _spec_of(item: pytest.Item) -> ModelSpec | None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     spec = _spec_of(item)
     if spec is not None:
-        item.stash[case_log_key] = CaseLog(model=item.config.stash[evals_config_key].names[spec])
+        item.stash[case_log_key] = CaseLog(model=item.config.stash[evals_config_key].names.get(spec, spec.label))
 
 
 def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple[str, dict]] | None:

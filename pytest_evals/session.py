@@ -113,15 +113,16 @@ class SessionPlugin:
         self.summary.add(case.benchmark, case.model, case.outcome)
         if self.write_error:
             return
+        # If the database fails mid-run (disk full, a lock held too long), stop the session with one
+        # line; every case recorded before stays committed.
         try:
             self._open().record_case(self._run(), case, calls)
-        except (StoreError, pytest.UsageError, sqlite3.Error) as exc:
-            # The database went away mid-run (disk full, file removed, lock held too long): stop
-            # the session with one line; every case recorded so far stays committed.
-            error = exc if isinstance(exc, (StoreError, pytest.UsageError)) else self._open().error(exc)
-            self.write_error = str(error)
-            if self.session is not None:
-                self.session.shouldfail = f"evals: cannot record cases: {self.write_error}"
+        except (StoreError, pytest.UsageError) as exc:
+            self.write_error = str(exc)
+        except sqlite3.Error as exc:
+            self.write_error = str(self._open().error(exc))
+        if self.write_error and self.session is not None:
+            self.session.shouldfail = f"evals: cannot record cases: {self.write_error}"
 
     # --- end ----------------------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -144,9 +145,10 @@ class SessionPlugin:
         if not self.summary:
             return
         tr = terminalreporter
-        if self.write_error:
-            tr.write_line(f"evals: cases after the first failed write are not stored: {self.write_error}", red=True)
         tr.write_sep("=", "evals summary")
         for line in format_table(HEADER, self.summary.rows()):
             tr.write_line(line)
-        tr.write_line(f"run {self.run_id} stored in {self.evals.db_path}")
+        if self.write_error:
+            tr.write_line(f"evals: the cases after the first failed write are not stored: {self.write_error}", red=True)
+        if self.run_id is not None:
+            tr.write_line(f"run {self.run_id} stored in {self.evals.db_path}")

@@ -139,6 +139,8 @@ class CaseRow:
 
 
 class Store:
+    BUSY_TIMEOUT_MS = 30_000  # mid-run, how long a write waits for another connection's lock
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
@@ -152,7 +154,7 @@ class Store:
             # start-up rather than when the first case ends.
             with self.transaction():
                 pass
-            conn.execute("PRAGMA busy_timeout = 30000")  # mid-run, wait out a reader's checkpoint
+            conn.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT_MS)}")
         except StoreError:
             raise
         except sqlite3.Error as exc:

@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 import pytest
+from conftest import FAKE_BACKEND
 
 SUITE = """
 import pytest
@@ -242,6 +243,28 @@ def test_locked_or_uncreatable_database_stops_the_run_before_any_case(fake_proje
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: /proc/evals.sqlite: cannot create the database*--evals-db PATH"])
     assert "passed" not in result.stdout.str()
+
+
+def test_a_database_that_fails_mid_run_stops_the_session_and_keeps_what_was_written(
+        fake_project: pytest.Pytester) -> None:
+    fake_project.makeconftest(FAKE_BACKEND + """
+import sqlite3
+from pytest_evals.store import Store
+
+Store.BUSY_TIMEOUT_MS = 200
+HOLDER = []
+
+def pytest_runtest_setup(item):
+    if "c1" in item.name and not HOLDER:  # another process takes the write lock and keeps it
+        HOLDER.append(sqlite3.connect(item.config.rootpath / ".evals" / "evals.sqlite"))
+        HOLDER[0].execute("BEGIN EXCLUSIVE")
+""")
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest_subprocess("--model=fake:a")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*evals: cannot record cases: *evals.sqlite: database is locked by another*"])
+    assert "c2" not in result.stdout.str()  # the session stopped
+    assert [n for (n,) in rows(fake_project, "SELECT nodeid FROM cases")] == ["test_suite.py::test_echo[c0-fake:a]"]
 
 
 def test_missing_default_model_package_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -138,10 +138,6 @@ class Backend:
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         raise UnsupportedTask(f"{self.spec.label} cannot serve loglikelihood")
 
-    def fingerprint(self) -> str | None:
-        """What identifies the served weights (a hash, a revision); None when unknown."""
-        return None
-
     def close(self) -> None:
         pass
 

@@ -46,6 +46,7 @@ class Model:
     def generate(self, prompt: str, *, max_tokens: int = 256, temperature: float = 0.0,
                  stop: str | Sequence[str] | None = None) -> Reply:
         """Raw completion of ``prompt`` (no chat template)."""
+        __tracebackhide__ = True
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         request = GenerateRequest(prompt, max_tokens=max_tokens, temperature=temperature, stop=stops)
         reply = self._call("generate", prompt, lambda: self._backend.generate([request])[0])
@@ -54,6 +55,7 @@ class Model:
     def chat(self, messages: str | Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
              tools: Sequence[Callable[..., Any]] | None = None, tool_choice: str = "auto") -> Reply:
         """One assistant turn for ``messages`` (OpenAI format; a string is one user message)."""
+        __tracebackhide__ = True
         if tools:
             raise NotImplementedError("tools= is not supported by this version of pytest-evals")
         if isinstance(messages, str):
@@ -64,6 +66,7 @@ class Model:
 
     def loglikelihood(self, context: str, continuation: str) -> float:
         """Sum of the log-probabilities of ``continuation``'s tokens after ``context``."""
+        __tracebackhide__ = True
         request = LoglikelihoodRequest(context, continuation)
         result = self._call("loglikelihood", context + continuation,
                             lambda: self._backend.loglikelihood([request])[0])
@@ -71,6 +74,7 @@ class Model:
 
     def choose(self, context: str, choices: Sequence[str]) -> int:
         """Index of the most likely continuation among ``choices`` (ties go to the first)."""
+        __tracebackhide__ = True
         if not choices:
             raise ValueError("choose() needs at least one choice")
         requests = [LoglikelihoodRequest(context, c) for c in choices]
@@ -81,6 +85,7 @@ class Model:
 
     # --- logging ----------------------------------------------------------------------------------
     def _call(self, kind: str, shown_input: str, run: Callable[[], T]) -> T:
+        __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
         row = CallRow(kind=kind, model=self._name, input_text=shown_input, started_at=now())
         self._calls.append(row)
         watch = Stopwatch()

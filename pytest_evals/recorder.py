@@ -84,6 +84,24 @@ def _join(parts: Any) -> str | None:
     return "\n\n".join(texts) if texts else None
 
 
+def _shorten_backend_error(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> None:
+    """A backend fault shows as the test's line and the one-line reason, not the client's internals.
+
+    Only with the default ``--tb=auto``; any explicit ``--tb`` style shows everything.
+    """
+    from .backends.base import BackendError
+
+    excinfo = call.excinfo
+    if excinfo is None or not excinfo.errisinstance(BackendError):
+        return
+    if item.config.getoption("tbstyle", "auto") != "auto" or item.config.getoption("fulltrace", False):
+        return
+    in_test_file = excinfo.traceback.filter(lambda entry: str(entry.path) == str(item.path))
+    if len(in_test_file):
+        excinfo.traceback = in_test_file
+    report.longrepr = excinfo.getrepr(style="short", chain=False)
+
+
 def record_from_report(report: pytest.TestReport) -> tuple[CaseRow, list[CallRow]] | None:
     data = getattr(report, RECORD_ATTR, None)
     if not data:
@@ -109,6 +127,7 @@ class RecorderPlugin:
             log.note_phase(report, call)
             if report.when == "call" and log.outcome == "error":
                 setattr(report, ERROR_ATTR, True)
+                _shorten_backend_error(item, call, report)
             if report.when == "teardown":
                 setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.worker_id))
         return report

@@ -95,6 +95,10 @@ def test_a_backend_fault_is_an_error_not_a_wrong_answer(fake_project: pytest.Pyt
     result.assert_outcomes(errors=1)  # reported as ERROR, not FAILED; the run still fails
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["ERROR test_boom.py::test_boom[[]fake:a[]] - *BackendErr*"])
+    # the report shows the test's line and the reason, not the plugin's or the client's internals
+    result.stdout.fnmatch_lines(["test_boom.py:2: in test_boom", "    model.generate(*", "E   *BackendError: fake:a: "
+                                 "ConnectionError: server went away"])
+    assert "model.py" not in result.stdout.str() and "conftest.py" not in result.stdout.str()
     ((outcome, error),) = rows(fake_project, "SELECT outcome, error FROM cases")
     assert outcome == "error"
     assert "server went away" in error

@@ -15,9 +15,11 @@ import pytest
 
 from . import hookspecs
 from .backends.base import BackendError, BackendRegistry, BackendSettings
+from .gates import MARKER, Gates, threshold_from_marker
 from .model import Model
 from .pool import BackendPool
 from .recorder import ERROR_ATTR, CaseLog, RecorderPlugin, case_log_key
+from .scoring import Threshold
 from .specs import ModelSpec, SpecError, parse_specs, spec_ids
 
 DEFAULT_DB = ".evals/evals.sqlite"
@@ -34,6 +36,7 @@ class EvalsConfig:
 
 evals_config_key = pytest.StashKey[EvalsConfig]()
 pool_key = pytest.StashKey[BackendPool]()
+threshold_key = pytest.StashKey[Threshold]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -61,7 +64,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--evals-batch-size", dest="evals_batch_size", metavar="N", type=int, default=None,
         help="most requests a local backend runs in one forward pass (default 8). ini: evals_batch_size",
     )
+    group.addoption(
+        "--evals-threshold", action="append", dest="evals_threshold", metavar="'GLOB MIN [METRIC=MIN ...]'",
+        default=None,
+        help="gate for benchmarks whose nodeid matches GLOB, e.g. '*::test_arithmetic 0.6 f1=0.5' "
+        "(repeatable; an evals_threshold marker wins over it, and it wins over ini evals_thresholds)",
+    )
+    group.addoption(
+        "--evals-max-error-rate", dest="evals_max_error_rate", metavar="RATE", type=float, default=None,
+        help="share of a benchmark's cases that may end in error (infrastructure) before its gate fails "
+        "(default 0). ini: evals_max_error_rate",
+    )
+    group.addoption(
+        "--evals-baseline", dest="evals_baseline", metavar="RUN_ID|latest", default=None,
+        help="fail a benchmark that is significantly worse than this stored run on the cases both have. "
+        "ini: evals_baseline",
+    )
+    group.addoption(
+        "--evals-alpha", dest="evals_alpha", metavar="A", type=float, default=None,
+        help="significance level of the baseline gate (default 0.05). ini: evals_alpha",
+    )
+    group.addoption(
+        "--evals-margin", dest="evals_margin", metavar="M", type=float, default=None,
+        help="a drop no larger than this is not a regression (default 0). ini: evals_margin",
+    )
     parser.addini("evals_models", "default --model specs, one per line", type="linelist", default=[])
+    parser.addini("evals_thresholds", "benchmark gates, one 'GLOB MIN [METRIC=MIN ...]' per line",
+                  type="linelist", default=[])
+    parser.addini("evals_max_error_rate", "default --evals-max-error-rate", default="")
+    parser.addini("evals_baseline", "default --evals-baseline", default="")
+    parser.addini("evals_alpha", "default --evals-alpha", default="")
+    parser.addini("evals_margin", "default --evals-margin", default="")
     parser.addini("evals_db", "default --evals-db path (relative to rootdir)", default="")
     parser.addini("evals_timeout", "default --evals-timeout in seconds", default="")
     parser.addini("evals_batch_size", "default --evals-batch-size", default="")
@@ -86,6 +119,12 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(min_pass_rate=None, **metric_minimums): the benchmark's gate: the session exits 0 while "
+        "its pass rate and the means of named metrics (evals_score) reach these minimums, even if single "
+        "cases fail. Without one, every case must pass.",
+    )
     registry = BackendRegistry()
     config.hook.pytest_evals_register_backends(register=registry.register)
 
@@ -111,6 +150,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if timeout is not None and timeout <= 0:
         raise pytest.UsageError(f"--evals-timeout {timeout}: must be a positive number of seconds")
 
+    max_error_rate = _setting(config, "evals_max_error_rate", float, 0.0)
+    alpha = _setting(config, "evals_alpha", float, 0.05)
+    margin = _setting(config, "evals_margin", float, 0.0)
+    if not 0 <= max_error_rate <= 1:
+        raise pytest.UsageError(f"--evals-max-error-rate {max_error_rate}: must be between 0 and 1")
+    if not 0 < alpha < 1:
+        raise pytest.UsageError(f"--evals-alpha {alpha}: must be between 0 and 1")
+    if margin < 0:
+        raise pytest.UsageError(f"--evals-margin {margin}: must not be negative")
+    gates = Gates(config.getoption("evals_threshold") or [], config.getini("evals_thresholds"),
+                  max_error_rate, alpha, margin)
+
     evals = EvalsConfig(
         specs=tuple(specs),
         names=dict(zip(specs, spec_ids(specs))),
@@ -126,7 +177,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not is_worker(config):
         from .session import SessionPlugin
 
-        session_plugin = SessionPlugin(config, evals)
+        session_plugin = SessionPlugin(config, evals, gates, _setting(config, "evals_baseline", str, None))
         config.pluginmanager.register(session_plugin, "evals-session")
     config.pluginmanager.register(
         RecorderPlugin(worker_id, session_plugin.record if session_plugin else None), "evals-recorder"
@@ -153,8 +204,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Check the implicit default model only once we know eval cases will run."""
+    """Read each eval case's threshold marker (bad use is a usage error); check the implicit default
+    model only once we know eval cases will run."""
     evals = config.stash[evals_config_key]
+    seen: dict[object, object] = {}
+    for item in items:
+        mark = item.get_closest_marker(MARKER)
+        if mark is not None and _spec_of(item):
+            key = id(mark)
+            if key not in seen:
+                seen[key] = threshold_from_marker(mark, item.nodeid.split("[")[0])
+            item.stash[threshold_key] = seen[key]
     if evals.explicit_models or not any(_spec_of(item) for item in items):
         return
     pool = config.stash[pool_key]
@@ -176,7 +236,10 @@ def _spec_of(item: pytest.Item) -> ModelSpec | None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     spec = _spec_of(item)
     if spec is not None:
-        item.stash[case_log_key] = CaseLog(model=item.config.stash[evals_config_key].names.get(spec, spec.label))
+        item.stash[case_log_key] = CaseLog(
+            model=item.config.stash[evals_config_key].names.get(spec, spec.label),
+            threshold=item.stash.get(threshold_key, None),
+        )
 
 
 def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple[str, dict]] | None:

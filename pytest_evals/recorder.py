@@ -15,9 +15,11 @@ from typing import Any, Callable
 
 import pytest
 
+from .scoring import Threshold
 from .store import CallRow, CaseRow, now
 
 RECORD_ATTR = "evals_record"
+CASE_ATTR = "evals_case"  # on every report of an eval case
 ERROR_ATTR = "evals_error"  # on a call report whose failure is an infrastructure fault
 _PARAMS = re.compile(r"\[.*\]$", re.S)
 
@@ -32,6 +34,7 @@ class CaseLog:
     """What one eval case gathers while it runs (where it runs)."""
 
     model: str
+    threshold: Threshold | None = None  # from the case's evals_threshold marker
     calls: list[CallRow] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
     started_at: str = field(default_factory=now)
@@ -76,7 +79,11 @@ class CaseLog:
             started_at=self.started_at,
             ended_at=now(),
         )
-        return {"case": dataclasses.asdict(case), "calls": [dataclasses.asdict(c) for c in self.calls]}
+        return {
+            "case": dataclasses.asdict(case),
+            "calls": [dataclasses.asdict(c) for c in self.calls],
+            "threshold": [list(self.threshold.minimums), self.threshold.source] if self.threshold else None,
+        }
 
 
 def _join(parts: Any) -> str | None:
@@ -102,11 +109,13 @@ def _shorten_backend_error(item: pytest.Item, call: pytest.CallInfo[Any], report
     report.longrepr = excinfo.getrepr(style="short", chain=False)
 
 
-def record_from_report(report: pytest.TestReport) -> tuple[CaseRow, list[CallRow]] | None:
+def record_from_report(report: pytest.TestReport) -> tuple[CaseRow, list[CallRow], Threshold | None] | None:
     data = getattr(report, RECORD_ATTR, None)
     if not data:
         return None
-    return CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]]
+    threshold = data.get("threshold")
+    marker = Threshold(tuple((n, float(v)) for n, v in threshold[0]), threshold[1]) if threshold else None
+    return CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]], marker
 
 
 case_log_key = pytest.StashKey[CaseLog]()
@@ -115,7 +124,8 @@ case_log_key = pytest.StashKey[CaseLog]()
 class RecorderPlugin:
     """Runs wherever cases run: follows each eval case's phases and puts its record on the report."""
 
-    def __init__(self, worker_id: str | None, on_record: Callable[[CaseRow, list[CallRow]], None] | None) -> None:
+    def __init__(self, worker_id: str | None,
+                 on_record: Callable[[CaseRow, list[CallRow], Threshold | None], None] | None) -> None:
         self.worker_id = worker_id
         self.on_record = on_record  # set where this process owns the database
 
@@ -124,12 +134,16 @@ class RecorderPlugin:
         report = yield
         log = item.stash.get(case_log_key, None)
         if log is not None:
+            setattr(report, CASE_ATTR, True)
             log.note_phase(report, call)
             if report.when == "call" and log.outcome == "error":
                 setattr(report, ERROR_ATTR, True)
                 _shorten_backend_error(item, call, report)
             if report.when == "teardown":
                 setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.worker_id))
+                # JUnit XML writes the teardown report's properties on the test case
+                report.user_properties.append(("evals.outcome", log.outcome))
+                report.user_properties.extend((f"evals.score.{k}", v) for k, v in log.scores.items())
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -1,60 +1,62 @@
-"""What the run tells a person: the per-benchmark summary table in the terminal."""
+"""What the run tells a person: the per-benchmark summary table, gate reasons and flipped cases."""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-OUTCOMES = ("passed", "failed", "error", "skipped")
+from .scoring import PASS_RATE
 
+if TYPE_CHECKING:
+    from .gates import Verdict
 
-@dataclass
-class BenchmarkTally:
-    counts: Counter = field(default_factory=Counter)
-
-    @property
-    def cases(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def pass_rate(self) -> float | None:
-        """passed / (passed + failed): errors and skips are not answers, so they are not scored."""
-        scored = self.counts["passed"] + self.counts["failed"]
-        return self.counts["passed"] / scored if scored else None
+HEADER = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict"]
+NAME_COLUMNS = 3  # left-aligned; the rest are numbers
+FLIPS_SHOWN = 5
 
 
-class Summary:
-    """Outcome counts per (benchmark, model), in the order benchmarks were first seen."""
-
-    def __init__(self) -> None:
-        self.tallies: dict[tuple[str, str], BenchmarkTally] = {}
-
-    def add(self, benchmark: str, model: str, outcome: str) -> None:
-        self.tallies.setdefault((benchmark, model), BenchmarkTally()).counts[outcome] += 1
-
-    def __bool__(self) -> bool:
-        return bool(self.tallies)
-
-    def rows(self) -> list[list[str]]:
-        rows = []
-        for (benchmark, model), tally in self.tallies.items():
-            rate = tally.pass_rate
+def verdict_rows(verdicts: list["Verdict"]) -> list[list[str]]:
+    rows = []
+    for v in verdicts:
+        minimums = dict(v.threshold.minimums)
+        for position, (metric, estimate) in enumerate(v.estimates.items()):
+            if metric != PASS_RATE and metric not in minimums and estimate.value is None:
+                continue
+            percent = metric == PASS_RATE
+            minimum = minimums.get(metric)
             rows.append([
-                benchmark, model, str(tally.cases),
-                *(str(tally.counts[o]) for o in OUTCOMES[:3]),
-                "-" if rate is None else f"{rate:.1%}",
+                v.benchmark if position == 0 else "",
+                v.model if position == 0 else "",
+                metric,
+                str(estimate.n),
+                str(v.errors) if position == 0 else "",
+                estimate.format(percent),
+                estimate.format_interval(percent),
+                "-" if minimum is None else (f">={minimum:.0%}" if percent else f">={minimum:g}"),
+                ("PASS" if v.holds else "FAIL") if position == 0 else "",
             ])
-        return rows
+    return rows
 
 
-HEADER = ["benchmark", "model", "cases", "passed", "failed", "errors", "pass rate"]
+def reason_lines(verdicts: list["Verdict"]) -> list[str]:
+    lines = []
+    for v in verdicts:
+        for reason in (*v.usage_errors, *v.reasons):
+            lines.append(f"FAIL {v.benchmark} [{v.model}]: {reason}")
+        c = v.comparison
+        if c is not None and (c.to_fail or c.to_pass):
+            for label, flips in (("now fail", c.to_fail), ("now pass", c.to_pass)):
+                if flips:
+                    shown = ", ".join(n.rsplit("::", 1)[-1] for n in flips[:FLIPS_SHOWN])
+                    more = f" and {len(flips) - FLIPS_SHOWN} more" if len(flips) > FLIPS_SHOWN else ""
+                    lines.append(f"  {v.benchmark} [{v.model}] vs baseline: {len(flips)} {label}: {shown}{more}")
+    return lines
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def format_table(header: list[str], rows: list[list[str]], name_columns: int = NAME_COLUMNS) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        # First two columns are names (left-aligned); the rest are numbers (right-aligned).
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < name_columns else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]

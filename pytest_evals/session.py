@@ -1,8 +1,8 @@
 """The run, on the one process that owns the database (xdist controller or lone pytest process).
 
-It validates explicit ``--model`` specs at start-up, opens the store, writes each case as its report
-arrives, ends the run row, and prints the summary table. A session without eval cases never
-creates the database file.
+It validates explicit ``--model`` specs and the baseline at start-up, opens the store, writes each
+case as its report arrives, decides the gates and the exit status, ends the run row, and prints the
+summary table. A session without eval cases never creates the database file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from . import __version__
-from .report import HEADER, Summary, format_table
+from .gates import Gates, Verdict
+from .recorder import CASE_ATTR
+from .report import HEADER, format_table, reason_lines, verdict_rows
+from .scoring import BenchmarkScores, Threshold, scores_of
 from .store import CallRow, CaseRow, Store, StoreError, now
 
 if TYPE_CHECKING:
@@ -56,12 +59,17 @@ def _check_creatable(path: "os.PathLike[str]") -> str | None:
 
 
 class SessionPlugin:
-    def __init__(self, config: pytest.Config, evals: "EvalsConfig") -> None:
+    def __init__(self, config: pytest.Config, evals: "EvalsConfig", gates: Gates, baseline: str | None) -> None:
         self.config = config
         self.evals = evals
+        self.gates = gates
+        self.baseline_ref = baseline
+        self.baseline: dict[tuple[str, str], BenchmarkScores] | None = None
+        self.baseline_id: int | None = None
+        self.verdicts: list[Verdict] = []
+        self.other_failures = 0  # failed tests that are not eval cases keep pytest's meaning
         self.store: Store | None = None
         self.run_id: int | None = None
-        self.summary = Summary()
         self.started_at = now()
         self.session: pytest.Session | None = None
         self.write_error: str | None = None
@@ -85,7 +93,30 @@ class SessionPlugin:
             problem = _check_creatable(path)
             if problem:
                 raise pytest.UsageError(problem)
+        if self.baseline_ref:
+            self._load_baseline()
 
+    def _load_baseline(self) -> None:
+        path, ref = self.evals.db_path, self.baseline_ref
+        if not path.exists():
+            raise pytest.UsageError(f"--evals-baseline {ref}: there is no database at {path} yet; "
+                                    "run once without --evals-baseline, or pass the right --evals-db")
+        store = self._open()
+        if ref == "latest":
+            run_id = store.latest_run_id()
+            if run_id is None:
+                raise pytest.UsageError(f"--evals-baseline latest: {path} holds no finished run; "
+                                        "run once without --evals-baseline")
+        else:
+            try:
+                run_id = int(ref)
+            except ValueError:
+                raise pytest.UsageError(f"--evals-baseline {ref!r}: expected a run id or 'latest'") from None
+            if store.run(run_id) is None:
+                raise pytest.UsageError(f"--evals-baseline {run_id}: no such run in {path}; "
+                                        "`pytest-evals runs` lists them")
+        self.baseline_id = run_id
+        self.baseline = scores_of(store.cases(run_id))
     def _open(self) -> Store:
         if self.store is None:
             try:
@@ -109,8 +140,12 @@ class SessionPlugin:
         return self.run_id
 
     # --- cases --------------------------------------------------------------------------------------
-    def record(self, case: CaseRow, calls: list[CallRow]) -> None:
-        self.summary.add(case.benchmark, case.model, case.outcome)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed and not getattr(report, CASE_ATTR, False):
+            self.other_failures += 1
+
+    def record(self, case: CaseRow, calls: list[CallRow], marker: Threshold | None) -> None:
+        self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker)
         if self.write_error:
             return
         # If the database fails mid-run (disk full, a lock held too long), stop the session with one
@@ -125,7 +160,45 @@ class SessionPlugin:
             self.session.shouldfail = f"evals: cannot record cases: {self.write_error}"
 
     # --- end ----------------------------------------------------------------------------------------
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Decide the gates before pytest's terminal summary and JUnit file are written."""
+        if self.gates.scores:
+            self._decide(session)
+        self._finish_run(session.exitstatus)
+
+    def _decide(self, session: pytest.Session) -> None:
+        self.verdicts = self.gates.verdicts(self.baseline)
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            if any(v.usage_errors for v in self.verdicts):
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+            elif self.other_failures or self.write_error or not all(v.holds for v in self.verdicts):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            else:
+                session.exitstatus = pytest.ExitCode.OK
+        self._junit_properties()
+        if self.store is not None and self.run_id is not None and not self.write_error:
+            try:
+                self.store.record_benchmarks(self.run_id, benchmark_rows(self.verdicts))
+            except sqlite3.Error as exc:
+                self.write_error = str(self.store.error(exc))
+
+    def _junit_properties(self) -> None:
+        from _pytest.junitxml import xml_key  # the stash key junitxml itself uses
+
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None:
+            return
+        for v in self.verdicts:
+            prefix = f"evals.{v.benchmark}[{v.model}]"
+            xml.add_global_property(f"{prefix}.verdict", "pass" if v.holds else "fail")
+            for metric, estimate in v.estimates.items():
+                if estimate.value is not None:
+                    xml.add_global_property(f"{prefix}.{metric}", f"{estimate.value:.6g}")
+                    xml.add_global_property(f"{prefix}.{metric}.interval95",
+                                            f"{estimate.low:.6g} {estimate.high:.6g}")
+
+    def _finish_run(self, exitstatus: int) -> None:
         if self.store is not None and self.run_id is not None:
             status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "finished"
             try:
@@ -142,13 +215,37 @@ class SessionPlugin:
         return f"evals: models {models}; database {self.evals.db_path}"
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if not self.summary:
+        if not self.verdicts:
             return
         tr = terminalreporter
         tr.write_sep("=", "evals summary")
-        for line in format_table(HEADER, self.summary.rows()):
+        for line in format_table(HEADER, verdict_rows(self.verdicts)):
             tr.write_line(line)
+        for line in reason_lines(self.verdicts):
+            tr.write_line(line, red=line.startswith("FAIL"))
+        if self.baseline_id is not None:
+            tr.write_line(f"baseline: run {self.baseline_id} (paired by case; alpha {self.gates.alpha:g}, "
+                          f"margin {self.gates.margin:g})")
+        failed_cases = sum(s.count("failed") for s in self.gates.scores.values())
+        if all(v.holds for v in self.verdicts) and not self.other_failures and not self.write_error:
+            note = f"; exit status 0 although {failed_cases} cases failed" if failed_cases else ""
+            tr.write_line(f"evals: all {len(self.verdicts)} gates hold{note}", green=True)
         if self.write_error:
             tr.write_line(f"evals: the cases after the first failed write are not stored: {self.write_error}", red=True)
         if self.run_id is not None:
             tr.write_line(f"run {self.run_id} stored in {self.evals.db_path}")
+
+
+def benchmark_rows(verdicts: list[Verdict]) -> list[dict]:
+    rows = []
+    for v in verdicts:
+        minimums = dict(v.threshold.minimums)
+        for metric, estimate in v.estimates.items():
+            rows.append({
+                "benchmark": v.benchmark, "model": v.model, "metric": metric, "n": estimate.n,
+                "errors": v.errors, "value": estimate.value, "low": estimate.low, "high": estimate.high,
+                "minimum": minimums.get(metric), "threshold_source": v.threshold.source,
+                "verdict": "pass" if v.holds else "fail",
+                "reason": "; ".join((*v.usage_errors, *v.reasons)) or None,
+            })
+    return rows

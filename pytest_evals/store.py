@@ -100,8 +100,34 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     db["calls"].create_index(["case_id"])
 
 
+def _m002_benchmarks(db: sqlite_utils.Database) -> None:
+    # One row per benchmark, model and metric of a run: the verdicts the run was gated on.
+    db["benchmarks"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "benchmark": str,
+            "model": str,
+            "metric": str,  # pass_rate or a name recorded with evals_score
+            "n": int,  # cases scored (pass_rate: passed + failed)
+            "errors": int,
+            "value": float,
+            "low": float,  # 95% interval
+            "high": float,
+            "minimum": float,  # the threshold, when one applies to this metric
+            "threshold_source": str,
+            "verdict": str,  # pass | fail
+            "reason": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["benchmarks"].create_index(["run_id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_benchmarks", _m002_benchmarks),
 ]
 
 
@@ -141,7 +167,7 @@ class CaseRow:
 class Store:
     BUSY_TIMEOUT_MS = 30_000  # mid-run, how long a write waits for another connection's lock
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, write: bool = True) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,9 +180,10 @@ class Store:
             # commits) and spares an fsync per case.
             self.db.execute("PRAGMA synchronous = NORMAL")
             # Take the write lock once now, so a database held by another session is reported at
-            # start-up rather than when the first case ends.
-            with self.transaction():
-                pass
+            # start-up rather than when the first case ends. Readers (the CLI) skip this.
+            if write:
+                with self.transaction():
+                    pass
             conn.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT_MS)}")
         except StoreError:
             raise
@@ -259,9 +286,32 @@ class Store:
                 )
         return case_id
 
+    def record_benchmarks(self, run_id: int, rows: list[dict[str, Any]]) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM benchmarks WHERE run_id = ?", [run_id])
+            for row in rows:
+                columns = ["run_id", *row]
+                self.db.execute(
+                    f"INSERT INTO benchmarks ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                    [run_id, *row.values()],
+                )
+
     # --- queries --------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM runs ORDER BY id"))
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+        return rows[0] if rows else None
+
+    def latest_run_id(self, before: int | None = None) -> int | None:
+        """The newest finished run (older than ``before`` when given)."""
+        sql = "SELECT max(id) FROM runs WHERE status = 'finished'" + (" AND id < ?" if before else "")
+        (value,) = self.db.execute(sql, [before] if before else []).fetchone()
+        return value
+
+    def benchmarks(self, run_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM benchmarks WHERE run_id = ? ORDER BY id", [run_id]))
 
     def cases(self, run_id: int) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM cases WHERE run_id = ? ORDER BY id", [run_id]))

@@ -66,7 +66,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     if importlib.util.find_spec("torch") is None:
         pytest.skip("needs a CUDA GPU (torch is not installed)")
-    import torch
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch warns about the pynvml shim
+        import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

@@ -70,7 +70,7 @@ def test_under_xdist_the_controller_writes_exactly_one_row_per_case(fake_project
     assert len(cases) == 8 and len({c[0] for c in cases}) == 8
     assert {c[1] for c in cases} <= {"gw0", "gw1"}
     assert len(rows(fake_project, "SELECT * FROM calls")) == 8
-    result.stdout.fnmatch_lines(["*evals summary*", "test_suite.py::test_echo*fake:a*4*3*1*0*75.0%*"])
+    result.stdout.fnmatch_lines(["*evals summary*", "test_suite.py::test_echo*fake:a*pass_rate*4*0*75.0%*FAIL"])
 
 
 def test_summary_table_per_benchmark_and_model(fake_project: pytest.Pytester) -> None:
@@ -78,8 +78,9 @@ def test_summary_table_per_benchmark_and_model(fake_project: pytest.Pytester) ->
     result = fake_project.runpytest("--model=fake:a")
     result.stdout.fnmatch_lines([
         "*= evals summary =*",
-        "benchmark*model*cases*passed*failed*errors*pass rate",
-        "test_suite.py::test_echo*fake:a*4*3*1*0*75.0%",
+        "benchmark*model*metric*n*errors*score*95% interval*threshold*verdict",
+        "test_suite.py::test_echo*fake:a*pass_rate*4*0*75.0%*[[]30.1%, 95.4%[]]*>=100%*FAIL",
+        "FAIL test_suite.py::test_echo [[]fake:a[]]: pass_rate 75.0% < 100% (default: every case must pass)",
         "run 1 stored in *evals.sqlite",
     ])
 
@@ -104,7 +105,8 @@ def test_a_backend_fault_is_an_error_not_a_wrong_answer(fake_project: pytest.Pyt
     assert "server went away" in error
     ((call_error,),) = rows(fake_project, "SELECT error FROM calls")
     assert "ConnectionError: server went away" in call_error
-    result.stdout.fnmatch_lines(["test_boom.py::test_boom*fake:a*1*0*0*1*-"])
+    result.stdout.fnmatch_lines(["test_boom.py::test_boom*fake:a*pass_rate*0*1*-*-*>=100%*FAIL",
+                                 "FAIL test_boom.py::test_boom [[]fake:a[]]: 1 of 1 cases ended in error*"])
 
 
 def test_skips_chat_choose_loglikelihood_and_scores(fake_project: pytest.Pytester) -> None:

@@ -1,0 +1,172 @@
+"""The ``pytest-evals`` command: list, show and compare stored runs; write an HTML report.
+
+    pytest-evals runs
+    pytest-evals show RUN
+    pytest-evals compare RUN_A RUN_B [--alpha 0.05] [--margin 0]
+    pytest-evals report RUN --html FILE
+
+``RUN`` is a run id or ``latest``. ``--db PATH`` picks the database (default ``.evals/evals.sqlite``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .report import format_table
+from .scoring import PASS_RATE, compare, regression_reasons, scores_of
+from .store import Store, StoreError
+
+DEFAULT_DB = Path(".evals") / "evals.sqlite"
+
+
+class CommandError(Exception):
+    """One line for the user; the command exits 2."""
+
+
+def open_store(path: Path) -> Store:
+    if not path.exists():
+        raise CommandError(f"{path}: no such database; run pytest with eval cases first, or pass --db PATH")
+    try:
+        return Store(path, write=False)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def resolve_run(store: Store, ref: str) -> int:
+    if ref == "latest":
+        run_id = store.latest_run_id()
+        if run_id is None:
+            raise CommandError(f"{store.path} holds no finished run")
+        return run_id
+    try:
+        run_id = int(ref)
+    except ValueError:
+        raise CommandError(f"{ref!r}: expected a run id or 'latest'") from None
+    if store.run(run_id) is None:
+        raise CommandError(f"run {run_id} is not in {store.path}; `pytest-evals runs` lists them")
+    return run_id
+
+
+def cmd_runs(store: Store, args: argparse.Namespace) -> list[str]:
+    rows = []
+    for run in store.runs():
+        counts = dict(store.db.execute(
+            "SELECT outcome, count(*) FROM cases WHERE run_id = ? GROUP BY outcome", [run["id"]]).fetchall())
+        rows.append([str(run["id"]), run["started_at"][:19].replace("T", " "), run["status"] or "",
+                     "" if run["exit_status"] is None else str(run["exit_status"]),
+                     ", ".join(json.loads(run["models"] or "[]")),
+                     str(sum(counts.values())), str(counts.get("passed", 0)), str(counts.get("failed", 0)),
+                     str(counts.get("error", 0)), (run["git_revision"] or "")[:10]])
+    if not rows:
+        return [f"{store.path}: no runs yet"]
+    header = ["run", "started (UTC)", "status", "exit", "models", "cases", "passed", "failed", "errors", "git"]
+    return format_table(header, rows, name_columns=5)
+
+
+def cmd_show(store: Store, args: argparse.Namespace) -> list[str]:
+    run_id = resolve_run(store, args.run)
+    run = store.run(run_id)
+    lines = [f"run {run_id}: {run['status']}, exit status {run['exit_status']}, started {run['started_at']}",
+             f"  models: {', '.join(json.loads(run['models'] or '[]'))}",
+             f"  command: pytest {' '.join(json.loads(run['args'] or '[]'))}"]
+    rows = []
+    for b in store.benchmarks(run_id):
+        percent = b["metric"] == PASS_RATE
+        fmt = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3g}")
+        rows.append([b["benchmark"], b["model"], b["metric"], str(b["n"]), str(b["errors"]),
+                     "-" if b["value"] is None else fmt(b["value"]),
+                     "-" if b["low"] is None else f"[{fmt(b['low'])}, {fmt(b['high'])}]",
+                     "-" if b["minimum"] is None else f">={fmt(b['minimum'])}", b["verdict"].upper()])
+    if rows:
+        header = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict"]
+        lines += ["", *format_table(header, rows)]
+        lines += [f"FAIL {b['benchmark']} [{b['model']}]: {b['reason']}"
+                  for b in store.benchmarks(run_id) if b["reason"] and b["metric"] == PASS_RATE]
+    else:
+        lines.append("  (no gate results stored: the run was interrupted before its end)")
+    return lines
+
+
+def cmd_compare(store: Store, args: argparse.Namespace) -> list[str]:
+    run_a, run_b = resolve_run(store, args.run_a), resolve_run(store, args.run_b)
+    before, after = scores_of(store.cases(run_a)), scores_of(store.cases(run_b))
+    rows, notes = [], []
+    for key in [k for k in after if k in before]:
+        result = compare(after[key], before[key], args.alpha)
+        a_rate, b_rate = before[key].pass_rate(), after[key].pass_rate()
+        worse = regression_reasons(result, args.alpha, args.margin)
+        rows.append([key[0], key[1], PASS_RATE, str(result.paired), a_rate.format(True), b_rate.format(True),
+                     "-" if result.rate_difference is None else f"{result.rate_difference:+.1%}",
+                     f"{result.p_value:.3g}", f"-{len(result.to_fail)} +{len(result.to_pass)}",
+                     "WORSE" if any(r.startswith("pass rate") for r in worse) else ""])
+        for name, diff in result.metric_differences.items():
+            rows.append(["", "", name, str(diff.n), before[key].metric(name).format(False),
+                         after[key].metric(name).format(False), f"{diff.value:+.3g}",
+                         f"[{diff.low:+.3g}, {diff.high:+.3g}]", "",
+                         "WORSE" if any(r.startswith(f"{name} ") for r in worse) else ""])
+        for label, flips in (("now fail", result.to_fail), ("now pass", result.to_pass)):
+            if flips:
+                notes.append(f"{key[0]} [{key[1]}]: {len(flips)} {label}: "
+                             + ", ".join(n.rsplit("::", 1)[-1] for n in flips[:5])
+                             + (f" and {len(flips) - 5} more" if len(flips) > 5 else ""))
+    only = sorted(set(before) ^ set(after))
+    lines = [f"run {run_b} compared with run {run_a} on the cases both have "
+             f"(McNemar exact test on pass/fail; paired bootstrap on metrics; alpha {args.alpha:g})"]
+    if rows:
+        header = ["benchmark", "model", "metric", "paired", f"run {run_a}", f"run {run_b}", "change",
+                  "p / interval", "flips", "verdict"]
+        lines += format_table(header, rows) + notes
+    lines += [f"only in one run: {b} [{m}]" for b, m in only]
+    return lines
+
+
+def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
+    from .htmlreport import render
+
+    run_id = resolve_run(store, args.run)
+    Path(args.html).write_text(render(store, run_id), encoding="utf-8")
+    return [f"wrote {args.html} (run {run_id})"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pytest-evals", description="Read the runs that pytest-evals stored.")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"database (default {DEFAULT_DB})")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("runs", help="list the stored runs").set_defaults(func=cmd_runs)
+    show = sub.add_parser("show", help="one run: its benchmarks, scores, intervals and verdicts")
+    show.add_argument("run", help="run id or 'latest'")
+    show.set_defaults(func=cmd_show)
+    comp = sub.add_parser("compare", help="paired comparison of two runs on the cases both have")
+    comp.add_argument("run_a", help="the earlier run (id or 'latest')")
+    comp.add_argument("run_b", help="the later run (id or 'latest')")
+    comp.add_argument("--alpha", type=float, default=0.05)
+    comp.add_argument("--margin", type=float, default=0.0)
+    comp.set_defaults(func=cmd_compare)
+    report = sub.add_parser("report", help="a self-contained HTML report of one run")
+    report.add_argument("run", help="run id or 'latest'")
+    report.add_argument("--html", required=True, metavar="FILE")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        store = open_store(args.db)
+        try:
+            lines = args.func(store, args)
+        finally:
+            store.close()
+    except CommandError as exc:
+        print(f"pytest-evals: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

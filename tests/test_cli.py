@@ -1,0 +1,108 @@
+"""The pytest-evals command and its HTML report, on runs stored by real pytest sessions."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+SUITE = """
+import os
+import pytest
+
+WRONG = set(os.environ.get("EVALS_WRONG", "").split(","))
+
+@pytest.mark.evals_threshold(0.5)
+@pytest.mark.parametrize("i", range(8), ids=lambda i: f"c{i}")
+def test_bench(model, evals_score, i):
+    model.generate(f"question {i}")
+    evals_score(f1=0.1 if f"c{i}" in WRONG else 0.8)
+    assert f"c{i}" not in WRONG, "wrong <answer> & more"
+"""
+
+
+@pytest.fixture
+def two_runs(fake_project: pytest.Pytester, monkeypatch) -> pytest.Pytester:
+    fake_project.makepyfile(test_bench=SUITE)
+    monkeypatch.setenv("EVALS_WRONG", "c7")
+    fake_project.runpytest("--model=fake:a")
+    monkeypatch.setenv("EVALS_WRONG", "c0,c1,c2,c3,c4,c5")
+    fake_project.runpytest("--model=fake:a")
+    return fake_project
+
+
+def cli(pytester: pytest.Pytester, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest_evals.cli", *args], cwd=pytester.path,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_runs_show_compare(two_runs: pytest.Pytester) -> None:
+    out = cli(two_runs, "runs")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert re.match(r"1 +\S+ \S+ +finished +0 +fake:a +8 +7 +1 +0", lines[2])
+    assert re.match(r"2 +\S+ \S+ +finished +1 +fake:a +8 +2 +6 +0", lines[3])
+
+    out = cli(two_runs, "show", "latest")
+    assert "run 2: finished, exit status 1" in out.stdout
+    assert re.search(r"test_bench.py::test_bench +fake:a +pass_rate +8 +0 +25.0% +\[7.1%, 59.1%\] +>=50.0% +FAIL",
+                     out.stdout)
+    assert "FAIL test_bench.py::test_bench [fake:a]: pass_rate 25.0% < 50% (marker)" in out.stdout
+
+    out = cli(two_runs, "compare", "1", "2")
+    assert out.returncode == 0
+    # 6 flips to fail against 1 to pass: McNemar p = 0.125, not significant on 8 cases
+    assert re.search(r"pass_rate +8 +87.5% +25.0% +-62.5% +0.125 +-6 \+1\n", out.stdout)
+    assert re.search(r"f1 +8 +0.713 +0.275 +-0.438 +\[-0.\d+, -0.\d+\] +WORSE", out.stdout)
+    assert "6 now fail: test_bench[c0-fake:a], test_bench[c1-fake:a]" in out.stdout
+    assert "1 now pass: test_bench[c7-fake:a]" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["show", "9"], "pytest-evals: run 9 is not in .evals/evals.sqlite; `pytest-evals runs` lists them"),
+        (["show", "first"], "pytest-evals: 'first': expected a run id or 'latest'"),
+        (["--db", "nope.sqlite", "runs"], "pytest-evals: nope.sqlite: no such database; run pytest with eval "
+                                          "cases first, or pass --db PATH"),
+    ],
+)
+def test_bad_input_is_one_line(two_runs: pytest.Pytester, args: list[str], message: str) -> None:
+    out = cli(two_runs, *args)
+    assert out.returncode == 2 and out.stderr.strip() == message
+
+
+def test_html_report_is_self_contained_with_charts_and_failed_cases(two_runs: pytest.Pytester) -> None:
+    out = cli(two_runs, "report", "2", "--html", "report.html")
+    assert out.returncode == 0 and out.stdout.strip() == "wrote report.html (run 2)"
+    page = (two_runs.path / "report.html").read_text()
+    # no external resource: no script, no stylesheet link, no src/href anywhere
+    assert "<script" not in page and not re.search(r"\b(src|href)=", page)
+    assert re.findall(r"https?://[^\"' ]+", page) == ["http://www.w3.org/2000/svg"] * page.count("<svg")
+    # one bar with an interval and a threshold line per benchmark and metric
+    assert page.count('class="bars"') == 2  # pass rate and f1
+    assert page.count('class="bar"') == 2 and page.count('class="interval"') == 2
+    assert page.count('class="threshold"') == 1  # only pass rate has a threshold
+    assert page.count('class="histogram"') == 1 and page.count('class="bin"') == 20
+    # the six failed cases with input, output and the escaped error
+    assert page.count("<td class='fail'>failed</td>") == 6
+    assert "wrong &lt;answer&gt; &amp; more" in page and "question 0" in page
+
+
+def test_html_report_renders_in_headless_chromium(two_runs: pytest.Pytester) -> None:
+    """A look at the page as a person would see it: where Chromium is installed (not in CI)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    cli(two_runs, "report", "2", "--html", "report.html")
+    shot = two_runs.path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={two_runs.path / 'profile'}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", f"file://{two_runs.path / 'report.html'}"],
+                   capture_output=True, timeout=60)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank one

@@ -188,3 +188,20 @@ def test_bad_baseline_input_is_one_line(fake_project: pytest.Pytester, args: lis
     result = fake_project.runpytest("--model=fake:a", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def test_a_benchmark_whose_cases_all_skip_does_not_fail(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(
+        test_skip="""
+        import pytest
+
+        @pytest.mark.evals_threshold(0.9)
+        @pytest.mark.parametrize("i", range(3))
+        def test_later(model, i):
+            pytest.skip("not served yet")
+        """
+    )
+    result = fake_project.runpytest("--model=fake:a")
+    result.assert_outcomes(skipped=3)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["test_skip.py::test_later*pass_rate*0*0*-*-*>=90%*PASS"])

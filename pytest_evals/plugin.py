@@ -19,6 +19,7 @@ from .gates import MARKER, Gates, threshold_from_marker
 from .model import Model
 from .pool import BackendPool
 from .recorder import ERROR_ATTR, CaseLog, RecorderPlugin, case_log_key
+from .resume import ResumeState, case_key, case_key_key, replay, resume_state_key, resumed_status
 from .scoring import Threshold
 from .specs import ModelSpec, SpecError, parse_specs, spec_ids
 
@@ -88,7 +89,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--evals-margin", dest="evals_margin", metavar="M", type=float, default=None,
         help="a drop no larger than this is not a regression (default 0). ini: evals_margin",
     )
+    group.addoption(
+        "--evals-resume", action="store_true", dest="evals_resume", default=None,
+        help="replay the cases the newest stored run finished (passed or failed) instead of running "
+        "them again; errored, skipped and unfinished cases run. ini: evals_resume",
+    )
+    group.addoption(
+        "--evals-fresh", action="store_true", dest="evals_fresh", default=False,
+        help="run every case again even where --evals-resume (or ini evals_resume) is on",
+    )
     parser.addini("evals_models", "default --model specs, one per line", type="linelist", default=[])
+    parser.addini("evals_resume", "resume by default (true/false)", type="bool", default=False)
     parser.addini("evals_thresholds", "benchmark gates, one 'GLOB MIN [METRIC=MIN ...]' per line",
                   type="linelist", default=[])
     parser.addini("evals_max_error_rate", "default --evals-max-error-rate", default="")
@@ -173,12 +184,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[pool_key] = BackendPool(registry, evals.settings)
 
     worker_id = config.workerinput["workerid"] if is_worker(config) else None
+    resume = bool(config.getoption("evals_resume") or config.getini("evals_resume")) and not config.getoption(
+        "evals_fresh")
     session_plugin = None
     if not is_worker(config):
         from .session import SessionPlugin
 
-        session_plugin = SessionPlugin(config, evals, gates, _setting(config, "evals_baseline", str, None))
+        session_plugin = SessionPlugin(config, evals, gates, _setting(config, "evals_baseline", str, None), resume)
         config.pluginmanager.register(session_plugin, "evals-session")
+        if config.pluginmanager.hasplugin("xdist"):
+            from .session import XdistControllerPlugin
+
+            config.pluginmanager.register(XdistControllerPlugin(config, session_plugin), "evals-xdist")
+    elif "evals_resume" in config.workerinput:
+        config.stash[resume_state_key] = ResumeState.from_wire(config.workerinput["evals_resume"])
     config.pluginmanager.register(
         RecorderPlugin(worker_id, session_plugin.record if session_plugin else None), "evals-recorder"
     )
@@ -232,21 +251,47 @@ def _spec_of(item: pytest.Item) -> ModelSpec | None:
     return spec if isinstance(spec, ModelSpec) else None
 
 
+def _model_name(item: pytest.Item, spec: ModelSpec) -> str:
+    return item.config.stash[evals_config_key].names.get(spec, spec.label)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """Key every eval case; with --evals-resume, replay a finished one instead of running it."""
+    spec = _spec_of(item)
+    if spec is None:
+        return None
+    key = case_key(item, item.config.stash[pool_key].identity(spec))
+    item.stash[case_key_key] = key
+    state = item.config.stash.get(resume_state_key, None)
+    finished = state.finished.get(key) if state is not None else None
+    if finished is None:
+        return None
+    log = CaseLog(model=_model_name(item, spec), threshold=item.stash.get(threshold_key, None),
+                  case_key=key, outcome=finished["outcome"], error=finished.get("error"),
+                  duration_s=finished.get("duration_s") or 0.0, resumed_from=state.run_id)
+    worker = item.config.workerinput["workerid"] if is_worker(item.config) else None
+    replay(item, nextitem, finished, state.run_id, log.to_record(item.nodeid, worker))
+    return True
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     spec = _spec_of(item)
     if spec is not None:
         item.stash[case_log_key] = CaseLog(
-            model=item.config.stash[evals_config_key].names.get(spec, spec.label),
+            model=_model_name(item, spec),
             threshold=item.stash.get(threshold_key, None),
+            case_key=item.stash.get(case_key_key, None),
         )
 
 
-def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple[str, dict]] | None:
-    """An infrastructure fault in a test body shows as ERROR, not as a wrong answer (FAILED)."""
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, Any] | None:
+    """An infrastructure fault in a test body shows as ERROR, not as a wrong answer (FAILED);
+    a replayed case shows as PASSED/FAILED (resumed)."""
     if report.when == "call" and report.failed and getattr(report, ERROR_ATTR, False):
         return "error", "E", ("ERROR", {"red": True})
-    return None
+    return resumed_status(report)
 
 
 @pytest.fixture

@@ -13,6 +13,19 @@ class BackendPool:
         self._loaded: dict[ModelSpec, Backend] = {}
         self._failed: dict[ModelSpec, str] = {}  # a load that failed fails every later case at once
         self._checked: dict[ModelSpec, str | None] = {}
+        self._identities: dict[ModelSpec, str] = {}
+
+    def identity(self, spec: ModelSpec) -> str:
+        """The model part of every case key: spec without transport options, plus a weights fingerprint."""
+        from .resume import model_identity
+
+        if spec not in self._identities:
+            try:
+                fingerprint = self.registry.resolve(spec.backend).fingerprint(spec)
+            except (SpecError, OSError):
+                fingerprint = None
+            self._identities[spec] = model_identity(spec, fingerprint)
+        return self._identities[spec]
 
     def availability_problem(self, spec: ModelSpec) -> str | None:
         """The one-line reason ``spec`` cannot be served here (package, path, server), or None."""

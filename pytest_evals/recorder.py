@@ -41,6 +41,8 @@ class CaseLog:
     outcome: str = "passed"
     error: str | None = None
     duration_s: float = 0.0
+    case_key: str | None = None
+    resumed_from: int | None = None  # set when the case is replayed from an earlier run
 
     def note_phase(self, report: pytest.TestReport, call: pytest.CallInfo[Any]) -> None:
         self.duration_s += report.duration
@@ -78,6 +80,8 @@ class CaseLog:
             worker=worker,
             started_at=self.started_at,
             ended_at=now(),
+            case_key=self.case_key,
+            resumed_from=self.resumed_from,
         )
         return {
             "case": dataclasses.asdict(case),

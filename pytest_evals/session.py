@@ -7,6 +7,7 @@ summary table. A session without eval cases never creates the database file.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -59,8 +60,13 @@ def _check_creatable(path: "os.PathLike[str]") -> str | None:
 
 
 class SessionPlugin:
-    def __init__(self, config: pytest.Config, evals: "EvalsConfig", gates: Gates, baseline: str | None) -> None:
+    def __init__(self, config: pytest.Config, evals: "EvalsConfig", gates: Gates, baseline: str | None,
+                 resume: bool = False) -> None:
         self.config = config
+        self.resume = resume
+        self.resume_cache: dict[str, tuple[dict, list[dict]]] = {}  # key -> stored case row and calls
+        self.resume_run: int | None = None
+        self.resumed = 0
         self.evals = evals
         self.gates = gates
         self.baseline_ref = baseline
@@ -70,7 +76,9 @@ class SessionPlugin:
         self.other_failures = 0  # failed tests that are not eval cases keep pytest's meaning
         self.store: Store | None = None
         self.run_id: int | None = None
+        self.resume_note: str | None = None
         self.started_at = now()
+        self.progress = Progress(config)
         self.session: pytest.Session | None = None
         self.write_error: str | None = None
 
@@ -95,7 +103,26 @@ class SessionPlugin:
                 raise pytest.UsageError(problem)
         if self.baseline_ref:
             self._load_baseline()
+        if self.resume:
+            self._load_resume()
 
+    def _load_resume(self) -> None:
+        """Read the newest run's finished cases once; tests get them through the stash or workerinput."""
+        from .resume import ResumeState, resume_state_key
+
+        if not self.evals.db_path.exists():
+            self.resume_note = f"evals-resume: nothing to resume, {self.evals.db_path} does not exist yet"
+            return
+        store = self._open()
+        run_id = store.latest_run_id(finished_only=False)
+        if run_id is None:
+            self.resume_note = f"evals-resume: nothing to resume, {self.evals.db_path} holds no run"
+            return
+        self.resume_cache = store.finished_cases(run_id)
+        self.resume_run = run_id
+        finished = {key: {"outcome": row["outcome"], "error": row["error"], "duration_s": row["duration_s"]}
+                    for key, (row, _) in self.resume_cache.items()}
+        self.config.stash[resume_state_key] = ResumeState(run_id, finished)
     def _load_baseline(self) -> None:
         path, ref = self.evals.db_path, self.baseline_ref
         if not path.exists():
@@ -143,8 +170,12 @@ class SessionPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.failed and not getattr(report, CASE_ATTR, False):
             self.other_failures += 1
+        if report.when == "teardown":
+            self.progress.tick()
 
     def record(self, case: CaseRow, calls: list[CallRow], marker: Threshold | None) -> None:
+        if case.resumed_from is not None and case.case_key in self.resume_cache:
+            case, calls = self._replayed(case)
         self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker)
         if self.write_error:
             return
@@ -158,6 +189,16 @@ class SessionPlugin:
             self.write_error = str(self._open().error(exc))
         if self.write_error and self.session is not None:
             self.session.shouldfail = f"evals: cannot record cases: {self.write_error}"
+
+    def _replayed(self, case: CaseRow) -> tuple[CaseRow, list[CallRow]]:
+        """The stored case and calls a replayed case stands for, copied into this run."""
+        self.resumed += 1
+        row, calls = self.resume_cache[case.case_key]
+        fields = {k: row[k] for k in CaseRow.__dataclass_fields__ if k in row}
+        fields.update(nodeid=case.nodeid, benchmark=case.benchmark, model=case.model, worker=case.worker,
+                      resumed_from=row["resumed_from"] or case.resumed_from, case_key=case.case_key)
+        fields["scores"] = json.loads(row["scores"]) if row["scores"] else None
+        return CaseRow(**fields), [CallRow(**{k: c[k] for k in CallRow.__dataclass_fields__}) for c in calls]
 
     # --- end ----------------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -210,9 +251,43 @@ class SessionPlugin:
         if self.store is not None:
             self.store.close()
 
-    def pytest_report_header(self, config: pytest.Config) -> str:
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
         models = ", ".join(s.raw for s in self.evals.specs)
-        return f"evals: models {models}; database {self.evals.db_path}"
+        lines = [f"evals: models {models}; database {self.evals.db_path}"]
+        if self.resume_note:
+            lines.append(self.resume_note)
+        return lines
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Without xdist: say how much a resumed run will replay, from the real case keys."""
+        from .resume import resume_state_key
+
+        self.progress.total = len(session.items)
+        state = self.config.stash.get(resume_state_key, None)
+        if state is None or not session.items:
+            return
+        from .plugin import _spec_of, pool_key
+        from .resume import case_key
+
+        pool = self.config.stash[pool_key]
+        cases = [item for item in session.items if _spec_of(item)]
+        done = sum(case_key(item, pool.identity(_spec_of(item))) in state.finished for item in cases)
+        self._say_resume(done, len(cases))
+
+    def node_collected(self, ids: list[str]) -> None:
+        """Under xdist: the workers compute the keys; here finished nodeids give the count."""
+        self.progress.total = max(self.progress.total, len(ids))
+        if self.resume_run is None or getattr(self, "_resume_said", False):
+            return
+        nodeids = {row["nodeid"] for row, _ in self.resume_cache.values()}
+        self._say_resume(sum(i in nodeids for i in ids), len(ids))
+
+    def _say_resume(self, done: int, total: int) -> None:
+        self._resume_said = True
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"evals-resume: {done} of {total} cases already done in run {self.resume_run} "
+                                "(use --evals-fresh to start over)")
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.verdicts:
@@ -223,6 +298,8 @@ class SessionPlugin:
             tr.write_line(line)
         for line in reason_lines(self.verdicts):
             tr.write_line(line, red=line.startswith("FAIL"))
+        if self.resumed:
+            tr.write_line(f"evals-resume: {self.resumed} cases replayed from run {self.resume_run}, not run again")
         if self.baseline_id is not None:
             tr.write_line(f"baseline: run {self.baseline_id} (paired by case; alpha {self.gates.alpha:g}, "
                           f"margin {self.gates.margin:g})")
@@ -249,3 +326,59 @@ def benchmark_rows(verdicts: list[Verdict]) -> list[dict]:
                 "reason": "; ".join((*v.usage_errors, *v.reasons)) or None,
             })
     return rows
+
+
+class XdistControllerPlugin:
+    """The xdist hooks of the controller (registered only where xdist is loaded): hands every worker
+    the finished cases of a resumed run, and learns how many tests the workers collected."""
+
+    def __init__(self, config: pytest.Config, session: SessionPlugin) -> None:
+        self.config = config
+        self.session = session
+
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
+        self.session.node_collected(ids)
+
+    def pytest_configure_node(self, node: object) -> None:
+        from .resume import resume_state_key
+
+        state = self.config.stash.get(resume_state_key, None)
+        if state is not None:
+            node.workerinput["evals_resume"] = state.to_wire()  # type: ignore[attr-defined]
+
+
+class Progress:
+    """A status line on the controller for long runs: tests done of total, rate and time left."""
+
+    FIRST_AFTER_S = 5.0
+    EVERY_S = 15.0
+
+    def __init__(self, config: pytest.Config) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.config = config
+        self.start = self.clock()
+        self.next = self.start + self.FIRST_AFTER_S
+        self.total = 0
+        self.done = 0
+
+    def tick(self) -> None:
+        self.done += 1
+        now = self.clock()
+        if now < self.next or not self.total:
+            return
+        self.next = now + self.EVERY_S
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
+                reporter.write("\n")  # the progress dots are still on this line
+            reporter.write_line(self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate else 0.0
+        minutes, seconds = divmod(int(round(left)), 60)
+        return (f"evals: {self.done} of {self.total} tests done, {rate:.1f}/s, "
+                f"about {minutes}m{seconds:02d}s left")

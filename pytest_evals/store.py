@@ -125,9 +125,16 @@ def _m002_benchmarks(db: sqlite_utils.Database) -> None:
     db["benchmarks"].create_index(["run_id"])
 
 
+def _m003_case_keys(db: sqlite_utils.Database) -> None:
+    db["cases"].add_column("case_key", str)  # versioned identity (resume.case_key)
+    db["cases"].add_column("resumed_from", int)  # the run whose result this case replays
+    db["cases"].create_index(["run_id", "case_key"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
+    ("003_case_keys", _m003_case_keys),
 ]
 
 
@@ -162,6 +169,8 @@ class CaseRow:
     worker: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
+    case_key: str | None = None
+    resumed_from: int | None = None
 
 
 class Store:
@@ -304,11 +313,22 @@ class Store:
         rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
         return rows[0] if rows else None
 
-    def latest_run_id(self, before: int | None = None) -> int | None:
-        """The newest finished run (older than ``before`` when given)."""
-        sql = "SELECT max(id) FROM runs WHERE status = 'finished'" + (" AND id < ?" if before else "")
-        (value,) = self.db.execute(sql, [before] if before else []).fetchone()
+    def latest_run_id(self, finished_only: bool = True) -> int | None:
+        """The newest run; by default the newest that ran to its end."""
+        sql = "SELECT max(id) FROM runs" + (" WHERE status = 'finished'" if finished_only else "")
+        (value,) = self.db.execute(sql).fetchone()
         return value
+
+    def finished_cases(self, run_id: int) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Cases of a run that ended with an answer (passed or failed), by case key, with their calls."""
+        cases = {row["id"]: row for row in self.db.query(
+            "SELECT * FROM cases WHERE run_id = ? AND case_key IS NOT NULL AND outcome IN ('passed', 'failed')",
+            [run_id])}
+        calls: dict[int, list[dict[str, Any]]] = {case_id: [] for case_id in cases}
+        for call in self.db.query("SELECT * FROM calls WHERE run_id = ? ORDER BY id", [run_id]):
+            if call["case_id"] in calls:
+                calls[call["case_id"]].append(call)
+        return {row["case_key"]: (row, calls[case_id]) for case_id, row in cases.items()}
 
     def benchmarks(self, run_id: int) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM benchmarks WHERE run_id = ? ORDER BY id", [run_id]))

@@ -7,9 +7,11 @@ backends without touching them. Nothing here imports a heavy library.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 from ..specs import ModelSpec, SpecError
@@ -129,6 +131,14 @@ class Backend:
         Raise :class:`SpecError` naming the problem and the fix. Must not load the model.
         """
 
+    @classmethod
+    def fingerprint(cls, spec: ModelSpec) -> str | None:
+        """What identifies the served weights (a digest, a revision), cheaply; None when unknown.
+
+        It enters every case's key (``--evals-resume``), so changed weights re-run the cases.
+        """
+        return None
+
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
         raise UnsupportedTask(f"{self.spec.label} cannot serve generate")
 
@@ -140,6 +150,30 @@ class Backend:
 
     def close(self) -> None:
         pass
+
+
+SAMPLE_BYTES = 1 << 20
+WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".pt")
+
+
+def file_digest(path: Path) -> str:
+    """Size plus the first and last MiB: cheap on multi-GB weights, and changes when they do."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest.update(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            handle.seek(max(size - SAMPLE_BYTES, SAMPLE_BYTES))
+            digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:24]
+
+
+def folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
+        digest.update(f"{path.name}:{file_digest(path)};".encode())
+    return digest.hexdigest()[:24]
 
 
 class Stopwatch:

@@ -28,6 +28,8 @@ from .base import (
     Reply,
     Stopwatch,
     apply_stop,
+    file_digest,
+    folder_digest,
     split_whitespace,
     tpot,
 )
@@ -73,6 +75,18 @@ def resolve_source(spec: ModelSpec) -> tuple[str, Path | None]:
     return target, None
 
 
+def weights_fingerprint(spec: ModelSpec) -> str:
+    """A digest of the GGUF file or model folder, or the hub snapshot's revision."""
+    source, gguf = resolve_source(spec)
+    if gguf is not None:
+        return "gguf:" + file_digest(gguf)
+    if Path(source).is_dir():
+        return "dir:" + folder_digest(Path(source))
+    from huggingface_hub import try_to_load_from_cache
+
+    return "rev:" + Path(str(try_to_load_from_cache(source, "config.json"))).parent.name
+
+
 class HFBackend(Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood"})
 
@@ -91,6 +105,10 @@ class HFBackend(Backend):
         dtype = spec.option("dtype", "auto")
         if dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise SpecError(f"--model {spec.raw}: dtype={dtype} is not one of auto, float32, float16, bfloat16")
+
+    @classmethod
+    def fingerprint(cls, spec: ModelSpec) -> str | None:
+        return weights_fingerprint(spec)
 
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         super().__init__(spec, settings)

@@ -35,6 +35,15 @@ class VLLMBackend(Backend):
         if importlib.util.find_spec("vllm") is None:
             raise SpecError(f"--model {spec.raw} needs vllm; install with: {INSTALL_HINT}")
 
+    @classmethod
+    def fingerprint(cls, spec: ModelSpec) -> str | None:
+        from .hf import weights_fingerprint
+
+        try:
+            return weights_fingerprint(spec)
+        except (SpecError, OSError):
+            return None  # a hub id vLLM fetches itself: the spec alone identifies it
+
     def __init__(self, spec: ModelSpec, settings: BackendSettings, llm: Any = None) -> None:
         super().__init__(spec, settings)
         import vllm

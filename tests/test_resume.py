@@ -1,0 +1,188 @@
+"""Case identity and --evals-resume, including kill -9 of the whole process group at several points."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_BACKEND
+
+CASES = 12
+SUITE = f"""
+import os
+import time
+import pytest
+
+@pytest.mark.evals_threshold(0.5)
+@pytest.mark.parametrize("i", range({CASES}), ids=lambda i: f"c{{i:02d}}")
+def test_bench(model, evals_score, i):
+    with open("executed.log", "a") as log:
+        log.write(f"c{{i:02d}}\\n")
+    if os.environ.get("EVALS_KILL_IN_CASE") == f"c{{i:02d}}":
+        os.killpg(os.getpgid(0), 9)  # the machine dies with this case in flight
+    time.sleep(0.05)
+    evals_score(f1=i / 10)
+    assert model.generate(f"q{{i}}").text.endswith(f"Q{{i}}") and i % 4 != 3
+"""
+
+KILLER = """
+import os
+
+KILL_AFTER = int(os.environ.get("EVALS_KILL_AFTER", "0"))
+RECORDED = []
+
+
+def pytest_runtest_logreport(report):
+    # Runs after pytest-evals recorded the case (its hook is registered first); controller only.
+    if not KILL_AFTER or os.environ.get("PYTEST_XDIST_WORKER") or report.when != "teardown":
+        return
+    RECORDED.append(report.nodeid)
+    if len(RECORDED) == KILL_AFTER:
+        os.killpg(os.getpgid(0), 9)
+"""
+
+
+@pytest.fixture
+def project(fake_project: pytest.Pytester) -> pytest.Pytester:
+    fake_project.makeconftest(FAKE_BACKEND + KILLER)
+    fake_project.makepyfile(test_bench=SUITE)
+    return fake_project
+
+
+def run(project: pytest.Pytester, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """pytest in its own process group, so that killing the group spares this test."""
+    # an outer xdist worker's variables would make the inner controller look like a worker
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | env
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:a", *args],
+                          cwd=project.path, env=environment, capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
+
+
+def db_rows(project: pytest.Pytester, sql: str) -> list[tuple]:
+    con = sqlite3.connect(project.path / ".evals" / "evals.sqlite")
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def executed(project: pytest.Pytester) -> list[str]:
+    log = project.path / "executed.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def outcomes(project: pytest.Pytester, run_id: int) -> dict[str, str]:
+    return dict(db_rows(project, f"SELECT nodeid, outcome FROM cases WHERE run_id = {run_id}"))
+
+
+def test_resume_replays_finished_cases_and_reports_as_an_uninterrupted_run(project: pytest.Pytester) -> None:
+    first = run(project)
+    assert first.returncode == 0
+    reference = outcomes(project, 1)
+    assert len(reference) == CASES and list(reference.values()).count("failed") == 3
+    (project.path / "executed.log").unlink()
+
+    result = run(project, "--evals-resume", "-v", "--junitxml=resumed.xml")
+    assert result.returncode == 0, result.stdout
+    assert executed(project) == []  # nothing ran again
+    assert f"evals-resume: {CASES} of {CASES} cases already done in run 1 (use --evals-fresh to start over)" \
+        in result.stdout
+    assert "test_bench.py::test_bench[c00-fake:a] PASSED (resumed)" in result.stdout
+    assert "test_bench.py::test_bench[c03-fake:a] FAILED (resumed)" in result.stdout
+    assert "9 passed, 3 failed" in result.stdout.splitlines()[-1].replace("3 failed, 9 passed", "9 passed, 3 failed")
+    assert outcomes(project, 2) == reference
+    assert db_rows(project, "SELECT count(*), min(resumed_from) FROM cases WHERE run_id = 2") == [(CASES, 1)]
+    assert db_rows(project, "SELECT count(*) FROM calls WHERE run_id = 2") == [(CASES,)]
+    assert db_rows(project, "SELECT metric, value FROM benchmarks WHERE run_id = 2") == \
+        db_rows(project, "SELECT metric, value FROM benchmarks WHERE run_id = 1")
+    junit = (project.path / "resumed.xml").read_text()
+    assert junit.count("<failure") == 3 and 'name="evals.resumed_from_run" value="1"' in junit
+
+    fresh = run(project, "--evals-resume", "--evals-fresh")
+    assert fresh.returncode == 0 and len(executed(project)) == CASES
+
+
+def test_changed_source_or_model_reruns_and_transport_settings_do_not(project: pytest.Pytester) -> None:
+    run(project)
+    (project.path / "executed.log").unlink()
+    run(project, "--evals-resume", "--evals-batch-size=3", "--evals-timeout=30", "-n", "2")
+    assert executed(project) == []  # transport settings and worker count are not part of the key
+    run(project, "--evals-resume", "--model=fake:b")  # a second model: only its cases run
+    assert len(executed(project)) == CASES
+    (project.path / "executed.log").unlink()
+    project.makepyfile(test_bench=SUITE.replace("time.sleep(0.05)", "time.sleep(0.01)"))
+    run(project, "--evals-resume", "--model=fake:b")
+    assert len(executed(project)) == 2 * CASES  # the test's source changed: every case runs again
+
+
+def test_errors_and_skips_run_again(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(
+        test_mixed="""
+        import os, pytest
+
+        @pytest.mark.evals_threshold(0.0)
+        @pytest.mark.parametrize("p", ["ok", "boom", "skip"])
+        def test_mixed(model, p):
+            with open("executed.log", "a") as log:
+                log.write(p + "\\n")
+            if p == "skip" and not os.environ.get("NOW_RUN"):
+                pytest.skip("later")
+            model.generate("fine" if os.environ.get("NOW_RUN") else p)
+        """
+    )
+    run(fake_project)
+    (fake_project.path / "executed.log").unlink()
+    result = run(fake_project, "--evals-resume", NOW_RUN="1")
+    assert sorted(executed(fake_project)) == ["boom", "skip"]
+    assert result.returncode == 0
+    assert set(outcomes(fake_project, 2).values()) == {"passed"}
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@pytest.mark.parametrize("kill", [{"EVALS_KILL_AFTER": "1"}, {"EVALS_KILL_AFTER": "5"},
+                                  {"EVALS_KILL_AFTER": "11"}, {"EVALS_KILL_IN_CASE": "c07"}],
+                         ids=["after-1", "after-5", "after-11", "inside-c07"])
+def test_kill_9_then_resume_loses_nothing_and_repeats_nothing_finished(
+        project: pytest.Pytester, workers: list[str], kill: dict[str, str]) -> None:
+    killed = run(project, *workers, **kill)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
+    assert db_rows(project, "PRAGMA integrity_check") == [("ok",)]
+    committed = set(outcomes(project, 1))
+    ran_before = executed(project)
+
+    resumed = run(project, *workers, "--evals-resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    ran_after = executed(project)[len(ran_before):]
+    final = outcomes(project, 2)
+    # nothing lost: the resumed run accounts for every case, as an uninterrupted run would
+    assert len(final) == CASES
+    assert [o for n, o in sorted(final.items())] == ["failed" if i % 4 == 3 else "passed" for i in range(CASES)]
+    # nothing finished repeated: only cases that were never committed ran again
+    repeated = committed & {f"test_bench.py::test_bench[{c}-fake:a]" for c in ran_after}
+    assert repeated == set()
+    assert len(ran_after) == CASES - len(committed)
+    assert f"evals-resume: {len(committed)} of {CASES} cases already done in run 1" in resumed.stdout
+
+
+def test_progress_line_on_long_runs(project: pytest.Pytester) -> None:
+    project.makeconftest(FAKE_BACKEND + "\nfrom pytest_evals.session import Progress\n"
+                         "Progress.FIRST_AFTER_S = 0.2\nProgress.EVERY_S = 0.2\n")
+    result = run(project)
+    assert result.returncode == 0
+    lines = [line for line in result.stdout.splitlines() if line.startswith("evals: ") and "tests done" in line]
+    assert lines, result.stdout
+    done, total = lines[0].split()[1], lines[0].split()[3]
+    assert 0 < int(done) <= CASES and int(total) == CASES
+    assert lines[0].endswith("s left") and "/s, about" in lines[0]
+
+
+def test_works_without_xdist_loaded(project: pytest.Pytester) -> None:
+    result = run(project, "-p", "no:xdist", "--evals-resume")
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "evals: all 1 gates hold" in result.stdout

@@ -53,6 +53,17 @@ def pytest_evals_register_backends(register):
 '''
 
 
+def rows(pytester: pytest.Pytester, sql: str) -> list[tuple]:
+    """Rows of a query on the default database of a pytester project."""
+    import sqlite3
+
+    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
 @pytest.fixture
 def fake_project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester project whose conftest registers the ``fake:`` backend."""

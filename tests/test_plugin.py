@@ -7,7 +7,7 @@ import json
 import sqlite3
 
 import pytest
-from conftest import FAKE_BACKEND
+from conftest import FAKE_BACKEND, rows
 
 SUITE = """
 import pytest
@@ -23,14 +23,6 @@ def test_echo(model, case):
 def test_plain_unit_test():
     assert 1 + 1 == 2
 """
-
-
-def rows(pytester: pytest.Pytester, sql: str) -> list[tuple]:
-    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_cases_run_once_per_model_and_ids_carry_the_model(fake_project: pytest.Pytester) -> None:

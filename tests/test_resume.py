@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_BACKEND
+from conftest import FAKE_BACKEND, rows
 
 CASES = 12
 SUITE = f"""
@@ -64,21 +63,13 @@ def run(project: pytest.Pytester, *args: str, **env: str) -> subprocess.Complete
                           start_new_session=True)
 
 
-def db_rows(project: pytest.Pytester, sql: str) -> list[tuple]:
-    con = sqlite3.connect(project.path / ".evals" / "evals.sqlite")
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def executed(project: pytest.Pytester) -> list[str]:
     log = project.path / "executed.log"
     return log.read_text().split() if log.exists() else []
 
 
 def outcomes(project: pytest.Pytester, run_id: int) -> dict[str, str]:
-    return dict(db_rows(project, f"SELECT nodeid, outcome FROM cases WHERE run_id = {run_id}"))
+    return dict(rows(project, f"SELECT nodeid, outcome FROM cases WHERE run_id = {run_id}"))
 
 
 def test_resume_replays_finished_cases_and_reports_as_an_uninterrupted_run(project: pytest.Pytester) -> None:
@@ -97,10 +88,10 @@ def test_resume_replays_finished_cases_and_reports_as_an_uninterrupted_run(proje
     assert "test_bench.py::test_bench[c03-fake:a] FAILED (resumed)" in result.stdout
     assert "9 passed, 3 failed" in result.stdout.splitlines()[-1].replace("3 failed, 9 passed", "9 passed, 3 failed")
     assert outcomes(project, 2) == reference
-    assert db_rows(project, "SELECT count(*), min(resumed_from) FROM cases WHERE run_id = 2") == [(CASES, 1)]
-    assert db_rows(project, "SELECT count(*) FROM calls WHERE run_id = 2") == [(CASES,)]
-    assert db_rows(project, "SELECT metric, value FROM benchmarks WHERE run_id = 2") == \
-        db_rows(project, "SELECT metric, value FROM benchmarks WHERE run_id = 1")
+    assert rows(project, "SELECT count(*), min(resumed_from) FROM cases WHERE run_id = 2") == [(CASES, 1)]
+    assert rows(project, "SELECT count(*) FROM calls WHERE run_id = 2") == [(CASES,)]
+    assert rows(project, "SELECT metric, value FROM benchmarks WHERE run_id = 2") == \
+        rows(project, "SELECT metric, value FROM benchmarks WHERE run_id = 1")
     junit = (project.path / "resumed.xml").read_text()
     assert junit.count("<failure") == 3 and 'name="evals.resumed_from_run" value="1"' in junit
 
@@ -152,7 +143,7 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing_finished(
         project: pytest.Pytester, workers: list[str], kill: dict[str, str]) -> None:
     killed = run(project, *workers, **kill)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
-    assert db_rows(project, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(project, "PRAGMA integrity_check") == [("ok",)]
     committed = set(outcomes(project, 1))
     ran_before = executed(project)
 

@@ -171,7 +171,7 @@ class SessionPlugin:
         if report.failed and not getattr(report, CASE_ATTR, False):
             self.other_failures += 1
         if report.when == "teardown":
-            self.progress.tick()
+            self.progress.tick(show=bool(self.gates.scores))  # only sessions with eval cases
 
     def record(self, case: CaseRow, calls: list[CallRow], marker: Threshold | None) -> None:
         if case.resumed_from is not None and case.case_key in self.resume_cache:
@@ -363,10 +363,10 @@ class Progress:
         self.total = 0
         self.done = 0
 
-    def tick(self) -> None:
+    def tick(self, show: bool = True) -> None:
         self.done += 1
         now = self.clock()
-        if now < self.next or not self.total:
+        if now < self.next or not self.total or not show:
             return
         self.next = now + self.EVERY_S
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

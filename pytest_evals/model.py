@@ -20,16 +20,22 @@ from .backends.base import (
     Reply,
     Stopwatch,
 )
+from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .store import CallRow, now
 
 T = TypeVar("T")
 
 
 class Model:
-    def __init__(self, backend: Backend, calls: list[CallRow], name: str | None = None) -> None:
+    def __init__(self, backend: Backend, calls: list[CallRow], name: str | None = None,
+                 policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
+                 fallback: Callable[[], "Model"] | None = None) -> None:
         self._backend = backend
         self._calls = calls
         self._name = name or backend.spec.label
+        self._policy = policy
+        self._breaker = breaker
+        self._fallback = fallback  # builds the Model of the fallback spec, on first need
 
     @property
     def spec(self) -> str:
@@ -49,8 +55,7 @@ class Model:
         __tracebackhide__ = True
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         request = GenerateRequest(prompt, max_tokens=max_tokens, temperature=temperature, stop=stops)
-        reply = self._call("generate", prompt, lambda: self._backend.generate([request])[0])
-        return reply
+        return self._call("generate", prompt, lambda backend: backend.generate([request])[0])
 
     def chat(self, messages: str | Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
              tools: Sequence[Callable[..., Any]] | None = None, tool_choice: str = "auto") -> Reply:
@@ -62,14 +67,14 @@ class Model:
             messages = [{"role": "user", "content": messages}]
         request = ChatRequest(tuple(dict(m) for m in messages), max_tokens=max_tokens, temperature=temperature)
         shown = "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in request.messages)
-        return self._call("chat", shown, lambda: self._backend.chat([request])[0])
+        return self._call("chat", shown, lambda backend: backend.chat([request])[0])
 
     def loglikelihood(self, context: str, continuation: str) -> float:
         """Sum of the log-probabilities of ``continuation``'s tokens after ``context``."""
         __tracebackhide__ = True
         request = LoglikelihoodRequest(context, continuation)
         result = self._call("loglikelihood", context + continuation,
-                            lambda: self._backend.loglikelihood([request])[0])
+                            lambda backend: backend.loglikelihood([request])[0])
         return result.logprob
 
     def choose(self, context: str, choices: Sequence[str]) -> int:
@@ -79,27 +84,42 @@ class Model:
             raise ValueError("choose() needs at least one choice")
         requests = [LoglikelihoodRequest(context, c) for c in choices]
         shown = context + "\n" + "\n".join(f"[{i}] {c}" for i, c in enumerate(choices))
-        results = self._call("choose", shown, lambda: self._backend.loglikelihood(requests))
+        results = self._call("choose", shown, lambda backend: backend.loglikelihood(requests))
         scores = [r.logprob for r in results]
         return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
     # --- logging ----------------------------------------------------------------------------------
-    def _call(self, kind: str, shown_input: str, run: Callable[[], T]) -> T:
+    def _call(self, kind: str, shown_input: str, run: Callable[[Backend], T]) -> T:
         __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
-        row = CallRow(kind=kind, model=self._name, input_text=shown_input, started_at=now())
-        self._calls.append(row)
-        watch = Stopwatch()
         try:
-            result = run()
-        except Exception as exc:  # a fault of the backend, not of the answer
-            row.latency_s = watch.elapsed()
-            row.error = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, BackendError):
+            return self._attempts(kind, shown_input, run)
+        except BackendError:
+            if self._fallback is None:
                 raise
-            raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
-        row.latency_s = watch.elapsed()
-        _fill(row, result)
-        return result
+        # The primary failed for good (retries spent, circuit open): the fallback answers, recorded as itself.
+        return self._fallback()._call(kind, shown_input, run)
+
+    def _attempts(self, kind: str, shown_input: str, run: Callable[[Backend], T]) -> T:
+        __tracebackhide__ = True
+
+        def attempt(number: int) -> T:
+            __tracebackhide__ = True
+            row = CallRow(kind=kind, model=self._name, input_text=shown_input, started_at=now(), attempt=number)
+            self._calls.append(row)  # every attempt is a row, with its error
+            watch = Stopwatch()
+            try:
+                result = run(self._backend)
+            except Exception as exc:  # a fault of the backend, not of the answer
+                row.latency_s = watch.elapsed()
+                row.error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, BackendError):
+                    raise
+                raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
+            row.latency_s = watch.elapsed()
+            _fill(row, result)
+            return result
+
+        return call_with_retries(attempt, self._policy, self._breaker)
 
 
 def _fill(row: CallRow, result: object) -> None:

@@ -17,6 +17,8 @@ from . import hookspecs
 from .backends.base import BackendError, BackendRegistry, BackendSettings
 from .gates import MARKER, Gates, threshold_from_marker
 from .model import Model
+from .reliability import MARKER as RETRY_MARKER
+from .reliability import NO_RETRY, RetryPolicy, policy_from_ini, policy_from_marker
 from .pool import BackendPool
 from .recorder import ERROR_ATTR, CaseLog, RecorderPlugin, case_log_key
 from .resume import ResumeState, case_key, case_key_key, replay, resume_state_key, resumed_status
@@ -38,6 +40,8 @@ class EvalsConfig:
 evals_config_key = pytest.StashKey[EvalsConfig]()
 pool_key = pytest.StashKey[BackendPool]()
 threshold_key = pytest.StashKey[Threshold]()
+retry_key = pytest.StashKey[RetryPolicy]()
+retry_default_key = pytest.StashKey[RetryPolicy]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -99,6 +103,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run every case again even where --evals-resume (or ini evals_resume) is on",
     )
     parser.addini("evals_models", "default --model specs, one per line", type="linelist", default=[])
+    parser.addini("evals_retry", "default retry policy of every eval case, as the marker's keywords: "
+                  "attempts=8 wait_s=0.5 max_wait_s=30 on=rate_limit,server", default="")
     parser.addini("evals_resume", "resume by default (true/false)", type="bool", default=False)
     parser.addini("evals_thresholds", "benchmark gates, one 'GLOB MIN [METRIC=MIN ...]' per line",
                   type="linelist", default=[])
@@ -136,6 +142,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "its pass rate and the means of named metrics (evals_score) reach these minimums, even if single "
         "cases fail. Without one, every case must pass.",
     )
+    config.addinivalue_line(
+        "markers",
+        f"{RETRY_MARKER}(attempts=3, wait_s=1.0, max_wait_s=60, on=('rate_limit', 'timeout', 'server', "
+        "'connection')): retry this case's model calls on transient faults, with exponential backoff and "
+        "jitter up to max_wait_s; a server's Retry-After is honoured. ini evals_retry sets the default.",
+    )
     registry = BackendRegistry()
     config.hook.pytest_evals_register_backends(register=registry.register)
 
@@ -172,6 +184,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--evals-margin {margin}: must not be negative")
     gates = Gates(config.getoption("evals_threshold") or [], config.getini("evals_thresholds"),
                   max_error_rate, alpha, margin)
+
+    config.stash[retry_default_key] = policy_from_ini(config.getini("evals_retry")) or NO_RETRY
 
     evals = EvalsConfig(
         specs=tuple(specs),
@@ -228,12 +242,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     evals = config.stash[evals_config_key]
     seen: dict[object, object] = {}
     for item in items:
+        if not _spec_of(item):
+            continue
+        where = item.nodeid.split("[")[0]
         mark = item.get_closest_marker(MARKER)
-        if mark is not None and _spec_of(item):
-            key = id(mark)
-            if key not in seen:
-                seen[key] = threshold_from_marker(mark, item.nodeid.split("[")[0])
-            item.stash[threshold_key] = seen[key]
+        if mark is not None:
+            if id(mark) not in seen:
+                seen[id(mark)] = threshold_from_marker(mark, where)
+            item.stash[threshold_key] = seen[id(mark)]
+        retry = item.get_closest_marker(RETRY_MARKER)
+        if retry is not None:
+            if id(retry) not in seen:
+                seen[id(retry)] = policy_from_marker(retry, where)
+            item.stash[retry_key] = seen[id(retry)]
     if evals.explicit_models or not any(_spec_of(item) for item in items):
         return
     pool = config.stash[pool_key]
@@ -306,7 +327,19 @@ def model(request: pytest.FixtureRequest) -> Model:
     except BackendError as exc:  # one line per case, no traceback: the message names the fix
         pytest.fail(str(exc), pytrace=False)
     log = request.node.stash[case_log_key]
-    return Model(backend, log.calls, log.model)
+    policy = request.node.stash.get(retry_key, None) or request.config.stash[retry_default_key]
+    pool = request.config.stash[pool_key]
+    return Model(backend, log.calls, log.model, policy, pool.breaker(spec, log.model),
+                 _fallback_model(pool, spec.fallback, log.calls, policy) if spec.fallback else None)
+
+
+def _fallback_model(pool: BackendPool, spec: ModelSpec, calls: list, policy: RetryPolicy) -> Callable[[], Model]:
+    """The fallback's Model, loaded only when the primary fails; its calls are recorded under its name."""
+    def build() -> Model:
+        return Model(pool.get(spec), calls, spec.label, policy, pool.breaker(spec, spec.label),
+                     _fallback_model(pool, spec.fallback, calls, policy) if spec.fallback else None)
+
+    return build
 
 
 @pytest.fixture

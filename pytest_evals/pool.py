@@ -14,6 +14,15 @@ class BackendPool:
         self._failed: dict[ModelSpec, str] = {}  # a load that failed fails every later case at once
         self._checked: dict[ModelSpec, str | None] = {}
         self._identities: dict[ModelSpec, str] = {}
+        self._breakers: dict[ModelSpec, "CircuitBreaker"] = {}
+
+    def breaker(self, spec: ModelSpec, name: str) -> "CircuitBreaker":
+        """One circuit breaker per backend in this process, shared by every case."""
+        from .reliability import CircuitBreaker
+
+        if spec not in self._breakers:
+            self._breakers[spec] = CircuitBreaker(name)
+        return self._breakers[spec]
 
     def identity(self, spec: ModelSpec) -> str:
         """The model part of every case key: spec without transport options, plus a weights fingerprint."""
@@ -32,7 +41,7 @@ class BackendPool:
         if spec not in self._checked:
             try:
                 self.registry.resolve(spec.backend).check(spec)
-                self._checked[spec] = None
+                self._checked[spec] = self.availability_problem(spec.fallback) if spec.fallback else None
             except SpecError as exc:
                 self._checked[spec] = str(exc)
         return self._checked[spec]

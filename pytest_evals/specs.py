@@ -14,7 +14,7 @@ Parsing is pure (no I/O, no imports of backends): it runs in every process, xdis
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 DEFAULT_SPEC = "smollm2"
@@ -45,6 +45,7 @@ class ModelSpec:
     base_url: str | None = None  # openai only
     options: tuple[tuple[str, object], ...] = field(default=())
     embedded: bool = False  # the built-in default model
+    fallback: "ModelSpec | None" = None  # serves a call when this backend fails: "PRIMARY || FALLBACK"
 
     @property
     def label(self) -> str:
@@ -71,6 +72,12 @@ def _strip_credentials(url: str) -> str:
 
 
 def parse_spec(text: str, known_prefixes: tuple[str, ...] = KNOWN_PREFIXES) -> ModelSpec:
+    """One spec; ``PRIMARY || FALLBACK`` names a spec that answers when the primary fails."""
+    if "||" in text:
+        primary_text, _, fallback_text = text.partition("||")
+        primary = parse_spec(primary_text, known_prefixes)
+        fallback = parse_spec(fallback_text, known_prefixes)
+        return replace(primary, raw=f"{primary.raw} || {fallback.raw}", fallback=fallback)
     text = text.strip()
     if not text:
         raise SpecError("--model: empty spec; try --model=smollm2 or --model=hf:ORG/NAME")

@@ -15,6 +15,14 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+# pytester's in-process runs drop the modules first imported during the run; httpcore imports parts of
+# itself lazily on the first connection, and a second copy of them breaks httpx's exception mapping.
+# One refused loopback connection here loads them for good.
+try:
+    httpx.get("http://127.0.0.1:9/", timeout=0.5)
+except httpx.HTTPError:
+    pass
+
 # A backend for tests of the plugin's own logic (ids, records, outcomes, summary). It never stands
 # in for a backend a feature claims to support: those are tested on real models and servers.
 FAKE_BACKEND = '''

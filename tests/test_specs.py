@@ -61,3 +61,12 @@ def test_ids_are_short_unless_they_collide() -> None:
     assert spec_ids([a, c]) == ["openai:m", "smollm2"]
     assert spec_ids([a, b]) == [a.raw, b.raw]
     assert parse_specs(["smollm2", "smollm2"]) == [c]
+
+
+def test_fallback_spec() -> None:
+    spec = parse_spec("openai:gpt-4o-mini@http://127.0.0.1:8080/v1 || hf:/models/smol?dtype=float32")
+    assert spec.label == "openai:gpt-4o-mini" and spec.backend == "openai"
+    assert spec.fallback == parse_spec("hf:/models/smol?dtype=float32")
+    assert spec.raw == "openai:gpt-4o-mini@http://127.0.0.1:8080/v1 || hf:/models/smol?dtype=float32"
+    with pytest.raises(SpecError, match="unknown spec"):
+        parse_spec("smollm2 || nope:x")

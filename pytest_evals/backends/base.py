@@ -92,6 +92,36 @@ class BackendError(RuntimeError):
     """An infrastructure fault: the case ends as ``error``, never as a wrong answer."""
 
 
+FAULT_KINDS = ("rate_limit", "timeout", "server", "connection")
+
+
+class TransientError(BackendError):
+    """A fault worth retrying: ``kind`` is one of FAULT_KINDS; ``retry_after`` in seconds if the server said."""
+
+    def __init__(self, message: str, kind: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 class UnsupportedTask(BackendError):
     """The backend cannot serve this kind of request (e.g. loglikelihood over a chat-only API)."""
 

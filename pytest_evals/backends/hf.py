@@ -19,7 +19,6 @@ from typing import Any, Sequence
 from ..specs import ModelSpec, SpecError
 from .base import (
     Backend,
-    BackendError,
     BackendSettings,
     ChatRequest,
     GenerateRequest,
@@ -27,6 +26,7 @@ from .base import (
     LoglikelihoodRequest,
     Reply,
     Stopwatch,
+    TransientError,
     apply_stop,
     file_digest,
     folder_digest,
@@ -232,7 +232,8 @@ class HFBackend(Backend):
             output = self.model.generate(**encoded, **kwargs)
         latency = watch.elapsed()
         if self.settings.timeout_s and latency >= self.settings.timeout_s:
-            raise BackendError(f"{self.spec.label}: generation passed the {self.settings.timeout_s:g} s deadline")
+            raise TransientError(f"{self.spec.label}: generation passed the {self.settings.timeout_s:g} s deadline",
+                                 "timeout")
 
         replies = []
         for row, mask, request in zip(output, encoded.attention_mask, requests):

@@ -25,8 +25,10 @@ from .base import (
     LoglikelihoodRequest,
     Reply,
     Stopwatch,
+    TransientError,
     UnsupportedTask,
     apply_stop,
+    parse_retry_after,
     split_whitespace,
     tpot,
 )
@@ -77,8 +79,8 @@ class OpenAIBackend(Backend):
         try:
             with self.client.stream("POST", path, json=payload) as response:
                 if response.status_code >= 400:
-                    body = response.read().decode("utf-8", "replace")[:300]
-                    raise BackendError(f"{self.spec.label}: POST {path} answered HTTP {response.status_code}: {body}")
+                    response.read()
+                    raise self._http_error(path, response)
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -88,9 +90,24 @@ class OpenAIBackend(Backend):
                     try:
                         yield json.loads(data)
                     except json.JSONDecodeError:
-                        raise BackendError(f"{self.spec.label}: malformed stream chunk from {path}: {data[:200]}") from None
+                        raise TransientError(f"{self.spec.label}: malformed stream chunk from {path}: {data[:200]}",
+                                             "connection") from None
         except httpx.HTTPError as exc:
-            raise BackendError(f"{self.spec.label}: {type(exc).__name__} on POST {path}: {exc}") from exc
+            raise self._transport_error(path, exc) from exc
+
+    def _http_error(self, path: str, response: httpx.Response) -> BackendError:
+        """429 and 5xx are transient (with the server's Retry-After); other statuses are not."""
+        code = response.status_code
+        message = f"{self.spec.label}: POST {path} answered HTTP {code}: {response.text[:300]}"
+        if code == 429:
+            return TransientError(message, "rate_limit", parse_retry_after(response.headers.get("retry-after")))
+        if code >= 500:
+            return TransientError(message, "server", parse_retry_after(response.headers.get("retry-after")))
+        return BackendError(message)
+
+    def _transport_error(self, path: str, exc: httpx.HTTPError) -> BackendError:
+        kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
+        return TransientError(f"{self.spec.label}: {type(exc).__name__} on POST {path}: {exc}", kind)
 
     def _complete(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
         payload = {**self.extra, **payload, "model": self.spec.target, "stream": True,
@@ -113,8 +130,8 @@ class OpenAIBackend(Backend):
         if finish is None:
             # Every OpenAI-compatible server ends a stream with a finish_reason; without one the
             # stream was cut (llama-cpp-python interrupts a stream when another request arrives).
-            raise BackendError(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
-                               f"after {len(parts)} chunks (interrupted)")
+            raise TransientError(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
+                                 f"after {len(parts)} chunks (interrupted)", "connection")
         text, stopped = apply_stop("".join(parts), stop)
         # Servers that send no usage in streams (llama.cpp) stream one token per chunk.
         completion_tokens = usage.get("completion_tokens", chunks_with_content)
@@ -168,9 +185,9 @@ class OpenAIBackend(Backend):
         try:
             response = self.client.post("/completions", json=payload)
         except httpx.HTTPError as exc:
-            raise BackendError(f"{self.spec.label}: {type(exc).__name__} on POST /completions: {exc}") from exc
+            raise self._transport_error("/completions", exc) from exc
         if response.status_code >= 400:
-            raise BackendError(f"{self.spec.label}: POST /completions answered HTTP {response.status_code}: {response.text[:300]}")
+            raise self._http_error("/completions", response)
         choice = (response.json().get("choices") or [{}])[0]
         logprobs = choice.get("logprobs") or {}
         if not logprobs.get("tokens") or logprobs.get("token_logprobs") is None or logprobs.get("text_offset") is None:

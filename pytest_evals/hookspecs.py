@@ -16,3 +16,11 @@ def pytest_evals_register_backends(register: Callable[..., None]) -> None:
     nothing heavy is imported until a spec with that prefix is used). ``--model PREFIX:TARGET`` then
     routes to it. A registered prefix may replace a built-in one.
     """
+
+
+@pytest.hookspec
+def pytest_evals_prices(register: Callable[..., None]) -> None:
+    """Supply prices: ``register(glob, input_per_m=…, output_per_m=…)`` in USD per million tokens, or
+    ``register(glob, gpu_hour=…)`` for local backends priced by GPU time. Lines of the ini key
+    ``evals_prices`` are read after these, so the user's file overrides a plugin.
+    """

@@ -7,6 +7,7 @@ exception becomes :class:`BackendError`, so the case ends as ``error`` and is ne
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable, Sequence, TypeVar
 
 from .backends.base import (
@@ -20,6 +21,7 @@ from .backends.base import (
     Reply,
     Stopwatch,
 )
+from .metering import Price
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .store import CallRow, now
 
@@ -29,13 +31,14 @@ T = TypeVar("T")
 class Model:
     def __init__(self, backend: Backend, calls: list[CallRow], name: str | None = None,
                  policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
-                 fallback: Callable[[], "Model"] | None = None) -> None:
+                 fallback: Callable[[], "Model"] | None = None, price: Price | None = None) -> None:
         self._backend = backend
         self._calls = calls
         self._name = name or backend.spec.label
         self._policy = policy
         self._breaker = breaker
         self._fallback = fallback  # builds the Model of the fallback spec, on first need
+        self._price = price
 
     @property
     def spec(self) -> str:
@@ -117,6 +120,11 @@ class Model:
                 raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
             row.latency_s = watch.elapsed()
             _fill(row, result)
+            row.gpu_peak_mib = getattr(self._backend, "last_gpu_peak_mib", None)
+            if self._price is not None:
+                row.cost_usd = self._price.cost(row.input_tokens, row.output_tokens, row.latency_s)
+                if isinstance(result, Reply):
+                    result = replace(result, cost_usd=row.cost_usd)
             return result
 
         return call_with_retries(attempt, self._policy, self._breaker)

@@ -16,6 +16,7 @@ import pytest
 from . import hookspecs
 from .backends.base import BackendError, BackendRegistry, BackendSettings
 from .gates import MARKER, Gates, threshold_from_marker
+from .metering import Price, PriceTable, parse_price_line
 from .model import Model
 from .reliability import MARKER as RETRY_MARKER
 from .reliability import NO_RETRY, RetryPolicy, policy_from_ini, policy_from_marker
@@ -42,6 +43,7 @@ pool_key = pytest.StashKey[BackendPool]()
 threshold_key = pytest.StashKey[Threshold]()
 retry_key = pytest.StashKey[RetryPolicy]()
 retry_default_key = pytest.StashKey[RetryPolicy]()
+prices_key = pytest.StashKey[PriceTable]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -102,7 +104,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--evals-fresh", action="store_true", dest="evals_fresh", default=False,
         help="run every case again even where --evals-resume (or ini evals_resume) is on",
     )
+    group.addoption(
+        "--evals-budget", dest="evals_budget", metavar="USD", type=float, default=None,
+        help="stop the run once its model calls cost this much (prices from ini evals_prices); cases in "
+        "flight finish and are recorded. ini: evals_budget",
+    )
     parser.addini("evals_models", "default --model specs, one per line", type="linelist", default=[])
+    parser.addini("evals_prices", "prices, one 'MODEL_GLOB IN_USD_PER_M OUT_USD_PER_M' or "
+                  "'MODEL_GLOB gpu_hour=USD' per line", type="linelist", default=[])
+    parser.addini("evals_budget", "default --evals-budget in USD", default="")
     parser.addini("evals_retry", "default retry policy of every eval case, as the marker's keywords: "
                   "attempts=8 wait_s=0.5 max_wait_s=30 on=rate_limit,server", default="")
     parser.addini("evals_resume", "resume by default (true/false)", type="bool", default=False)
@@ -186,6 +196,16 @@ def pytest_configure(config: pytest.Config) -> None:
                   max_error_rate, alpha, margin)
 
     config.stash[retry_default_key] = policy_from_ini(config.getini("evals_retry")) or NO_RETRY
+    prices: list[Price] = []
+    config.hook.pytest_evals_prices(register=lambda glob, **kw: prices.append(Price(glob, **kw)))
+    prices += [parse_price_line(line) for line in config.getini("evals_prices") if line.strip()]
+    config.stash[prices_key] = PriceTable(prices)
+    budget = _setting(config, "evals_budget", float, None)
+    if budget is not None and budget <= 0:
+        raise pytest.UsageError(f"--evals-budget {budget}: must be a positive number of USD")
+    if budget is not None and not prices:
+        raise pytest.UsageError(f"--evals-budget {budget}: no prices are set, so nothing would count against "
+                                "it; add ini evals_prices lines such as 'openai:gpt-4o-mini 0.15 0.60'")
 
     evals = EvalsConfig(
         specs=tuple(specs),
@@ -204,11 +224,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if not is_worker(config):
         from .session import SessionPlugin
 
-        session_plugin = SessionPlugin(config, evals, gates, _setting(config, "evals_baseline", str, None), resume)
+        session_plugin = SessionPlugin(config, evals, gates, _setting(config, "evals_baseline", str, None), resume,
+                                       budget)
         config.pluginmanager.register(session_plugin, "evals-session")
         if config.pluginmanager.hasplugin("xdist"):
             from .session import XdistControllerPlugin
 
+            if budget is not None and getattr(config.option, "maxschedchunk", 0) is None:
+                # Few tests queued per worker, so a spent budget stops the run within the cases in flight.
+                config.option.maxschedchunk = 1
             config.pluginmanager.register(XdistControllerPlugin(config, session_plugin), "evals-xdist")
     elif "evals_resume" in config.workerinput:
         config.stash[resume_state_key] = ResumeState.from_wire(config.workerinput["evals_resume"])
@@ -328,16 +352,19 @@ def model(request: pytest.FixtureRequest) -> Model:
         pytest.fail(str(exc), pytrace=False)
     log = request.node.stash[case_log_key]
     policy = request.node.stash.get(retry_key, None) or request.config.stash[retry_default_key]
-    pool = request.config.stash[pool_key]
+    pool, prices = request.config.stash[pool_key], request.config.stash[prices_key]
     return Model(backend, log.calls, log.model, policy, pool.breaker(spec, log.model),
-                 _fallback_model(pool, spec.fallback, log.calls, policy) if spec.fallback else None)
+                 _fallback_model(pool, prices, spec.fallback, log.calls, policy) if spec.fallback else None,
+                 prices.find(spec.raw, log.model))
 
 
-def _fallback_model(pool: BackendPool, spec: ModelSpec, calls: list, policy: RetryPolicy) -> Callable[[], Model]:
+def _fallback_model(pool: BackendPool, prices: PriceTable, spec: ModelSpec, calls: list,
+                    policy: RetryPolicy) -> Callable[[], Model]:
     """The fallback's Model, loaded only when the primary fails; its calls are recorded under its name."""
     def build() -> Model:
         return Model(pool.get(spec), calls, spec.label, policy, pool.breaker(spec, spec.label),
-                     _fallback_model(pool, spec.fallback, calls, policy) if spec.fallback else None)
+                     _fallback_model(pool, prices, spec.fallback, calls, policy) if spec.fallback else None,
+                     prices.find(spec.raw, spec.label))
 
     return build
 

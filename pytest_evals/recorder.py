@@ -67,6 +67,7 @@ class CaseLog:
 
     def to_record(self, nodeid: str, worker: str | None) -> dict[str, Any]:
         ok_calls = [c for c in self.calls if c.error is None]
+        costs = [c.cost_usd for c in self.calls if c.cost_usd is not None]
         case = CaseRow(
             nodeid=nodeid,
             benchmark=benchmark_of(nodeid),
@@ -82,6 +83,7 @@ class CaseLog:
             ended_at=now(),
             case_key=self.case_key,
             resumed_from=self.resumed_from,
+            cost_usd=sum(costs) if costs else None,
         )
         return {
             "case": dataclasses.asdict(case),

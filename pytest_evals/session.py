@@ -20,6 +20,7 @@ import pytest
 
 from . import __version__
 from .gates import Gates, Verdict
+from .metering import Usage
 from .recorder import CASE_ATTR
 from .report import HEADER, format_table, reason_lines, verdict_rows
 from .scoring import BenchmarkScores, Threshold, scores_of
@@ -61,8 +62,12 @@ def _check_creatable(path: "os.PathLike[str]") -> str | None:
 
 class SessionPlugin:
     def __init__(self, config: pytest.Config, evals: "EvalsConfig", gates: Gates, baseline: str | None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, budget: float | None = None) -> None:
         self.config = config
+        self.budget = budget
+        self.spent = 0.0
+        self.budget_stopped_at: int | None = None  # tests done when the budget stopped the run
+        self.usage = Usage()
         self.resume = resume
         self.resume_cache: dict[str, tuple[dict, list[dict]]] = {}  # key -> stored case row and calls
         self.resume_run: int | None = None
@@ -176,6 +181,9 @@ class SessionPlugin:
     def record(self, case: CaseRow, calls: list[CallRow], marker: Threshold | None) -> None:
         if case.resumed_from is not None and case.case_key in self.resume_cache:
             case, calls = self._replayed(case)
+        self.usage.add(case.model, calls)
+        if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
+            self._spend(case.cost_usd)
         self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker)
         if self.write_error:
             return
@@ -189,6 +197,20 @@ class SessionPlugin:
             self.write_error = str(self._open().error(exc))
         if self.write_error and self.session is not None:
             self.session.shouldfail = f"evals: cannot record cases: {self.write_error}"
+
+    def _spend(self, cost: float) -> None:
+        """The controller adds up what every worker reports and stops the session at the budget."""
+        self.spent += cost
+        self.progress.spent = self.spent
+        if self.budget is not None and self.spent >= self.budget and self.budget_stopped_at is None:
+            self.budget_stopped_at = self.progress.done + 1
+            message = (f"evals budget of ${self.budget:g} spent (${self.spent:.4f}); "
+                       "cases in flight finish, the rest are not run")
+            if self.session is not None:
+                self.session.shouldstop = message
+            dsession = self.config.pluginmanager.getplugin("dsession")  # xdist's loop reads its own flag
+            if dsession is not None:
+                dsession.shouldstop = message
 
     def _replayed(self, case: CaseRow) -> tuple[CaseRow, list[CallRow]]:
         """The stored case and calls a replayed case stands for, copied into this run."""
@@ -298,6 +320,16 @@ class SessionPlugin:
             tr.write_line(line)
         for line in reason_lines(self.verdicts):
             tr.write_line(line, red=line.startswith("FAIL"))
+        if self.usage.models:
+            tr.write_line("")
+            for line in format_table(Usage.HEADER, self.usage.rows(), name_columns=1):
+                tr.write_line(line)
+        if self.budget_stopped_at is not None:
+            not_run = max(self.progress.total - self.progress.done, 0)
+            tr.write_line(f"evals-budget: the budget of ${self.budget:g} stopped the run: ${self.spent:.4f} spent on "
+                          f"{self.progress.done} tests; {not_run} tests not run (budget spent)", red=True)
+        elif self.budget is not None:
+            tr.write_line(f"evals-budget: ${self.spent:.4f} of ${self.budget:g} spent")
         if self.resumed:
             tr.write_line(f"evals-resume: {self.resumed} cases replayed from run {self.resume_run}, not run again")
         if self.baseline_id is not None:
@@ -362,6 +394,7 @@ class Progress:
         self.next = self.start + self.FIRST_AFTER_S
         self.total = 0
         self.done = 0
+        self.spent: float | None = None  # USD so far, where prices apply
 
     def tick(self, show: bool = True) -> None:
         self.done += 1
@@ -380,5 +413,7 @@ class Progress:
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate else 0.0
         minutes, seconds = divmod(int(round(left)), 60)
-        return (f"evals: {self.done} of {self.total} tests done, {rate:.1f}/s, "
-                f"about {minutes}m{seconds:02d}s left")
+        line = f"evals: {self.done} of {self.total} tests done, {rate:.1f}/s, about {minutes}m{seconds:02d}s left"
+        if self.spent is not None and self.done:
+            line += f", ${self.spent:.4f} spent, about ${self.spent / self.done * self.total:.4f} for all"
+        return line

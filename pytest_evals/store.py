@@ -131,10 +131,17 @@ def _m003_case_keys(db: sqlite_utils.Database) -> None:
     db["cases"].create_index(["run_id", "case_key"])
 
 
+def _m004_metering(db: sqlite_utils.Database) -> None:
+    db["calls"].add_column("gpu_peak_mib", float)  # peak GPU memory of the call; NULL without a GPU
+    db["cases"].add_column("cost_usd", float)  # sum of the case's calls; NULL when no price applies
+    db["runs"].add_column("cost_usd", float)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
     ("003_case_keys", _m003_case_keys),
+    ("004_metering", _m004_metering),
 ]
 
 
@@ -153,6 +160,7 @@ class CallRow:
     attempt: int = 1
     error: str | None = None
     started_at: str | None = None
+    gpu_peak_mib: float | None = None
 
 
 @dataclass
@@ -171,6 +179,7 @@ class CaseRow:
     ended_at: str | None = None
     case_key: str | None = None
     resumed_from: int | None = None
+    cost_usd: float | None = None
 
 
 class Store:
@@ -265,8 +274,9 @@ class Store:
     def finish_run(self, run_id: int, *, exit_status: int, status: str = "finished") -> None:
         with self.transaction():
             self.db.execute(
-                "UPDATE runs SET ended_at = ?, status = ?, exit_status = ? WHERE id = ?",
-                [now(), status, exit_status, run_id],
+                "UPDATE runs SET ended_at = ?, status = ?, exit_status = ?, "
+                "cost_usd = (SELECT sum(cost_usd) FROM cases WHERE run_id = ?) WHERE id = ?",
+                [now(), status, exit_status, run_id, run_id],
             )
 
     def record_case(self, run_id: int, case: CaseRow, calls: Iterable[CallRow]) -> int:

@@ -222,6 +222,7 @@ class HFBackend(Backend):
             pad_token_id=tok.pad_token_id,
             do_sample=temperature > 0,
         )
+        self._reset_gpu_peak()
         if temperature > 0:
             kwargs["temperature"] = temperature
         else:
@@ -231,6 +232,7 @@ class HFBackend(Backend):
         with torch.inference_mode():
             output = self.model.generate(**encoded, **kwargs)
         latency = watch.elapsed()
+        self._read_gpu_peak()
         if self.settings.timeout_s and latency >= self.settings.timeout_s:
             raise TransientError(f"{self.spec.label}: generation passed the {self.settings.timeout_s:g} s deadline",
                                  "timeout")
@@ -273,6 +275,7 @@ class HFBackend(Backend):
         torch = self.torch
         import torch.nn.functional as F
 
+        self._reset_gpu_peak()
         pairs = [self.encode_pair(r.context, r.continuation) for r in requests]
         limit = self.max_length + 1
         inputs = [(ctx + cont)[-limit:][:-1] for ctx, cont in pairs]
@@ -296,7 +299,19 @@ class HFBackend(Backend):
                 greedy = bool((selected.argmax(dim=-1) == target).all())
                 total = float(selected.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum())
                 results[i] = Loglikelihood(total, greedy, len(ctx), len(cont))
+        self._read_gpu_peak()
         return [r for r in results if r is not None]
+
+    # --- GPU memory: torch's allocator, per call; None on the CPU ---------------------------------
+    last_gpu_peak_mib: float | None = None
+
+    def _reset_gpu_peak(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _read_gpu_peak(self) -> None:
+        if self.device.type == "cuda":
+            self.last_gpu_peak_mib = self.torch.cuda.max_memory_allocated(self.device) / 2**20
 
     def close(self) -> None:
         self.model = None

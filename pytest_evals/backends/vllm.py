@@ -60,8 +60,17 @@ class VLLMBackend(Backend):
         return self.vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                         stop=list(stop) or None, **extra)
 
+    last_gpu_peak_mib: float | None = None
+
+    def _read_gpu(self) -> None:
+        # vLLM's engine may run in its own process: ask the driver (pynvml), not torch's allocator
+        from ..metering import nvml_used_mib
+
+        self.last_gpu_peak_mib = nvml_used_mib()
+
     def _replies(self, outputs: Sequence[Any], stops: Sequence[Sequence[str]], watch: Stopwatch) -> list[Reply]:
         latency = watch.elapsed()
+        self._read_gpu()
         replies = []
         for output, stop in zip(outputs, stops):
             completion = output.outputs[0]
@@ -111,6 +120,7 @@ class VLLMBackend(Backend):
             spans.append((len(context_ids), whole))
         params = self._params(1, 0.0, prompt_logprobs=1)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        self._read_gpu()
         results = []
         for output, (n_context, whole) in zip(outputs, spans):
             total, greedy = 0.0, True

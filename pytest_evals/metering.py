@@ -1,0 +1,157 @@
+"""Prices, cost per call, and the run-wide budget.
+
+Prices come from plugins (the ``pytest_evals_prices`` hook) and from the ini key ``evals_prices``,
+one line per model glob (later lines win, so the ini file overrides plugins)::
+
+    openai:gpt-4o-mini 0.15 0.60        # USD per million input / output tokens
+    vllm:* gpu_hour=2.50                # local backends: GPU time, from each call's latency
+
+A glob matches a model's spec (``openai:gpt-4o-mini@https://…``) or its short name
+(``openai:gpt-4o-mini``). A call without a matching price, or without the token counts its price
+needs, costs ``None`` (unknown), never 0.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Price:
+    glob: str
+    input_per_m: float | None = None  # USD per million input tokens
+    output_per_m: float | None = None
+    gpu_hour: float | None = None  # USD per hour of GPU time
+
+    def cost(self, input_tokens: int | None, output_tokens: int | None, latency_s: float | None) -> float | None:
+        if self.gpu_hour is not None:
+            return None if latency_s is None else latency_s / 3600 * self.gpu_hour
+        if input_tokens is None or output_tokens is None:
+            return None
+        return (input_tokens * (self.input_per_m or 0) + output_tokens * (self.output_per_m or 0)) / 1e6
+
+
+def parse_price_line(line: str, source: str = "ini evals_prices") -> Price:
+    where = f"{source} {line.strip()!r}"
+    tokens = line.split()
+    if len(tokens) < 2:
+        raise pytest.UsageError(f"{where}: expected 'MODEL_GLOB INPUT_USD_PER_M OUTPUT_USD_PER_M' or "
+                                "'MODEL_GLOB gpu_hour=USD'")
+    glob, values = tokens[0], tokens[1:]
+    try:
+        if len(values) == 1 and values[0].startswith("gpu_hour="):
+            price = Price(glob, gpu_hour=float(values[0].split("=", 1)[1]))
+        elif len(values) == 2:
+            price = Price(glob, input_per_m=float(values[0]), output_per_m=float(values[1]))
+        else:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"{where}: expected two prices (input, output USD per million tokens) "
+                                "or gpu_hour=USD") from None
+    if any(v is not None and (v < 0 or not math.isfinite(v)) for v in (price.input_per_m, price.output_per_m,
+                                                                       price.gpu_hour)):
+        raise pytest.UsageError(f"{where}: prices must be finite and not negative")
+    return price
+
+
+class PriceTable:
+    def __init__(self, prices: list[Price]) -> None:
+        self.prices = prices
+
+    def __bool__(self) -> bool:
+        return bool(self.prices)
+
+    def find(self, spec: str, name: str) -> Price | None:
+        spec_base = spec.partition("?")[0]
+        matches = [p for p in self.prices
+                   if fnmatch.fnmatchcase(spec_base, p.glob) or fnmatch.fnmatchcase(name, p.glob)]
+        return matches[-1] if matches else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class Usage:
+    """Per model: cases, tokens, cost, and the latency figures of the calls that succeeded."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, dict[str, list]] = {}
+
+    def add(self, model: str, calls: list) -> None:
+        data = self.models.setdefault(model, {k: [] for k in (
+            "cases", "input_tokens", "output_tokens", "cost_usd", "latency_s", "ttft_s", "tpot_s", "gpu_peak_mib")})
+        data["cases"].append(1)
+        for call in calls:
+            for name in ("input_tokens", "output_tokens", "cost_usd", "gpu_peak_mib"):
+                value = getattr(call, name)
+                if value is not None:
+                    data[name].append(value)
+            if call.error is None:
+                for name in ("latency_s", "ttft_s", "tpot_s"):
+                    value = getattr(call, name)
+                    if value is not None:
+                        data[name].append(value)
+
+    def total_cost(self) -> float | None:
+        costs = [c for data in self.models.values() for c in data["cost_usd"]]
+        return sum(costs) if costs else None
+
+    HEADER = ["model", "cases", "input tok", "output tok", "cost USD", "latency p50", "latency p95", "TTFT p50",
+              "TPOT p50", "output tok/s", "peak GPU MiB"]
+
+    def rows(self) -> list[list[str]]:
+        def seconds(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3f}s"
+
+        rows = []
+        for model, d in self.models.items():
+            busy = sum(d["latency_s"])
+            rows.append([
+                model, str(len(d["cases"])),
+                str(sum(d["input_tokens"])) if d["input_tokens"] else "-",
+                str(sum(d["output_tokens"])) if d["output_tokens"] else "-",
+                f"{sum(d['cost_usd']):.4f}" if d["cost_usd"] else "-",
+                seconds(percentile(d["latency_s"], 0.5)), seconds(percentile(d["latency_s"], 0.95)),
+                seconds(percentile(d["ttft_s"], 0.5)), seconds(percentile(d["tpot_s"], 0.5)),
+                f"{sum(d['output_tokens']) / busy:.1f}" if d["output_tokens"] and busy else "-",
+                f"{max(d['gpu_peak_mib']):.0f}" if d["gpu_peak_mib"] else "-",
+            ])
+        return rows
+
+
+_NVML: dict[str, Any] = {}
+
+
+def nvml_used_mib(index: int | None = None) -> float | None:
+    """GPU memory in use on this worker's GPU (pynvml), for backends whose engine runs in another
+    process; None where there is no GPU or no driver. pynvml is imported on first use only."""
+    import os
+
+    if "failed" in _NVML:
+        return None
+    try:
+        import pynvml
+
+        if "init" not in _NVML:
+            pynvml.nvmlInit()
+            _NVML["init"] = True
+        if index is None:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+            index = int(visible) if visible.isdigit() else 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+    except Exception:  # no driver, no device, no library: the figure does not exist here
+        _NVML["failed"] = True
+        return None

@@ -1,0 +1,104 @@
+"""Prices, cost per call/case/run, the run-wide budget under xdist, and the per-model usage table."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import rows
+from pytest_evals.metering import Price, PriceTable, parse_price_line, percentile
+
+
+def test_price_lines_and_globs() -> None:
+    table = PriceTable([parse_price_line("openai:* 1 2"), parse_price_line("openai:gpt-4o-mini 0.15 0.60"),
+                        parse_price_line("vllm:* gpu_hour=2.50")])
+    mini = table.find("openai:gpt-4o-mini@https://api.openai.com/v1", "openai:gpt-4o-mini")
+    assert mini == Price("openai:gpt-4o-mini", 0.15, 0.60)  # the later, more specific line wins
+    assert mini.cost(1_000_000, 2_000_000, 3.0) == pytest.approx(0.15 + 1.20)
+    assert mini.cost(None, 10, 1.0) is None  # unknown tokens: unknown cost, never 0
+    assert table.find("vllm:/m", "vllm:/m").cost(None, None, 36.0) == pytest.approx(0.025)
+    assert table.find("hf:/m", "hf:/m") is None
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.5 and percentile([], 0.5) is None
+
+
+@pytest.mark.parametrize("line", ["openai:*", "openai:* 1", "openai:* one two", "x -1 2", "x gpu_hour=abc"])
+def test_bad_price_lines(fake_project: pytest.Pytester, line: str) -> None:
+    fake_project.makeini(f"[pytest]\nevals_prices =\n    {line}\n")
+    fake_project.makepyfile("def test_x(model):\n    pass\n")
+    result = fake_project.runpytest("--model=fake:a")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: ini evals_prices '{line}': *"])
+
+
+SUITE = """
+import pytest
+
+@pytest.mark.evals_threshold(0.0)
+@pytest.mark.parametrize("i", range(20))
+def test_cost(model, i):
+    reply = model.generate(f"q{i}")
+    assert reply.cost_usd == len(f"q{i}") + 3  # price: 1 USD per token in and out
+"""
+
+
+def priced(project: pytest.Pytester, extra: str = "") -> None:
+    project.makeini("[pytest]\nevals_prices =\n    fake:* 1000000 1000000\n" + extra)
+    project.makepyfile(test_cost=SUITE)
+
+
+def test_cost_per_call_case_and_run_and_the_usage_table(fake_project: pytest.Pytester) -> None:
+    priced(fake_project)
+    result = fake_project.runpytest("--model=fake:a")
+    result.assert_outcomes(passed=20)
+    assert rows(fake_project, "SELECT sum(cost_usd) FROM calls") == [(sum(len(f"q{i}") + 3 for i in range(20)),)]
+    assert rows(fake_project, "SELECT count(*) FROM cases WHERE cost_usd = length(input_text) + 3") == [(20,)]
+    assert rows(fake_project, "SELECT cost_usd FROM runs") == [(110.0,)]
+    assert rows(fake_project, "SELECT count(*) FROM calls WHERE gpu_peak_mib IS NULL") == [(20,)]  # no GPU
+    result.stdout.fnmatch_lines([
+        "model*cases*input tok*output tok*cost USD*latency p50*latency p95*TTFT p50*TPOT p50*output tok/s*peak GPU MiB",
+        "*",
+        "fake:a*20*50*60*110.0000*s*s*0.001s*-*-",
+    ])
+
+
+def test_budget_stops_the_run_across_workers(fake_project: pytest.Pytester) -> None:
+    priced(fake_project)
+    result = fake_project.runpytest_subprocess("--model=fake:a", "-n", "2", "--evals-budget=30")
+    (spent,) = rows(fake_project, "SELECT sum(cost_usd) FROM cases")[0]
+    done = rows(fake_project, "SELECT count(*) FROM cases")[0][0]
+    # never over by more than the cases in flight: under xdist a worker holds at most two (one running,
+    # one queued), each costing at most 6 USD here
+    assert 30 <= spent <= 30 + 2 * 2 * 6
+    assert done < 20
+    result.stdout.fnmatch_lines(["*evals-budget: the budget of $30 stopped the run: $* spent on * tests; "
+                                 "* tests not run (budget spent)"])
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+
+
+def test_budget_needs_prices(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_cost=SUITE)
+    result = fake_project.runpytest("--model=fake:a", "--evals-budget=5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --evals-budget 5.0: no prices are set*evals_prices*"])
+
+
+def test_a_plugin_can_supply_prices(fake_project: pytest.Pytester) -> None:
+    fake_project.makeconftest(fake_project.path.joinpath("conftest.py").read_text() + """
+def pytest_evals_prices(register):
+    register("fake:*", input_per_m=1000000, output_per_m=1000000)
+""")
+    fake_project.makepyfile(test_cost=SUITE)
+    fake_project.runpytest("--model=fake:a").assert_outcomes(passed=20)
+
+
+def test_gpu_memory_is_none_without_a_gpu_never_zero() -> None:
+    from pytest_evals.metering import nvml_used_mib
+
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            assert nvml_used_mib() > 0
+            return
+    assert nvml_used_mib() is None

@@ -35,6 +35,7 @@ def test_generate_streams_with_real_ttft_and_server_token_counts(backend, llama_
                       {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0})
     assert reply.text == reference["choices"][0]["text"]
     assert reply.completion_tokens == reference["usage"]["completion_tokens"]
+    assert reply.prompt_tokens == reference["usage"]["prompt_tokens"]  # from the server's tokenizer
     assert 0 < reply.ttft_s <= reply.latency_s
     assert reply.tpot_s > 0
 

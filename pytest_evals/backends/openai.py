@@ -73,6 +73,8 @@ class OpenAIBackend(Backend):
         # Extra request fields from the spec's options, e.g. openai:NAME@URL?top_p=0.9
         self.extra = {k: v for k, v in spec.options}
         self._aligned: bool | None = None  # whether echoed prompt logprobs can be trusted
+        self._tokenizer_endpoint: str | None = None  # which tokenizer endpoint the server has
+        self._tokenizer_missing: set[str] = set()
 
     # --- streaming ------------------------------------------------------------------------------
     def _stream(self, path: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -133,12 +135,16 @@ class OpenAIBackend(Backend):
             raise TransientError(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
                                  f"after {len(parts)} chunks (interrupted)", "connection")
         text, stopped = apply_stop("".join(parts), stop)
-        # Servers that send no usage in streams (llama.cpp) stream one token per chunk.
+        # Servers that send no usage in streams (llama.cpp) stream one token per chunk, and their
+        # tokenizer endpoint counts the prompt.
         completion_tokens = usage.get("completion_tokens", chunks_with_content)
+        prompt_tokens = usage.get("prompt_tokens")
+        if prompt_tokens is None:
+            prompt_tokens = self._count_prompt(payload)
         ttft = watch.ttft()
         return Reply(
             text=text,
-            prompt_tokens=usage.get("prompt_tokens"),
+            prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             latency_s=latency,
             ttft_s=ttft,
@@ -146,6 +152,33 @@ class OpenAIBackend(Backend):
             finish_reason="stop" if stopped else finish,
             backend=self.spec.raw,
         )
+
+    def _count_prompt(self, payload: dict[str, Any]) -> int | None:
+        """Prompt tokens from the server's own tokenizer, where it has an endpoint for it:
+        llama-cpp-python's ``/extras/tokenize/count`` (text prompts) or vLLM's ``/tokenize``."""
+        root = (self.spec.base_url or "").removesuffix("/v1")
+        candidates = {
+            "llama.cpp": (f"{root}/extras/tokenize/count", {"input": payload.get("prompt")}),
+            "vllm": (f"{root}/tokenize", {"model": self.spec.target,
+                                          **({"prompt": payload["prompt"]} if "prompt" in payload
+                                             else {"messages": payload.get("messages")})}),
+        }
+        order = [self._tokenizer_endpoint] if self._tokenizer_endpoint else list(candidates)
+        for name in order:
+            if name in self._tokenizer_missing or (name == "llama.cpp" and payload.get("prompt") is None):
+                continue  # known to be missing, or it cannot count a chat's messages
+            url, body = candidates[name]
+            try:
+                response = self.client.post(url, json=body, timeout=PROBE_TIMEOUT_S)
+                count = response.json().get("count") if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                count = None
+            if isinstance(count, int):
+                self._tokenizer_endpoint = name
+                return count
+            if self._tokenizer_endpoint is None:
+                self._tokenizer_missing.add(name)
+        return None
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
         return [

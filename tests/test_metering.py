@@ -102,3 +102,27 @@ def test_gpu_memory_is_none_without_a_gpu_never_zero() -> None:
             assert nvml_used_mib() > 0
             return
     assert nvml_used_mib() is None
+
+
+@pytest.mark.slow
+def test_budget_against_the_real_server_under_xdist(pytester: pytest.Pytester, llama_server) -> None:
+    """The server's own token counts price each call; two workers; the controller stops at the budget."""
+    pytester.makeini("[pytest]\nevals_prices =\n    openai:* 1000000 1000000\n")  # 1 USD per token
+    pytester.makepyfile(
+        test_served="""
+        import pytest
+
+        @pytest.mark.evals_threshold(0.0)
+        @pytest.mark.parametrize("n", range(16))
+        def test_count(model, n):
+            reply = model.generate(f"Count from {n}: {n}, {n + 1},", max_tokens=6)
+            assert reply.cost_usd == reply.prompt_tokens + reply.completion_tokens
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", f"--model=openai:smollm2@{llama_server}",
+                                           "--evals-budget=60")
+    costs = [c for (c,) in rows(pytester, "SELECT cost_usd FROM cases ORDER BY id")]
+    assert all(c is not None for c in costs) and len(costs) < 16
+    assert sum(costs) >= 60 and sum(costs) <= 60 + 2 * 2 * max(costs)  # at most two cases per worker in flight
+    result.stdout.fnmatch_lines(["*evals-budget: the budget of $60 stopped the run*not run (budget spent)"])
+    assert rows(pytester, "SELECT cost_usd FROM runs")[0][0] == pytest.approx(sum(costs))

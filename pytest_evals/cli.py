@@ -37,18 +37,10 @@ def open_store(path: Path) -> Store:
 
 
 def resolve_run(store: Store, ref: str) -> int:
-    if ref == "latest":
-        run_id = store.latest_run_id()
-        if run_id is None:
-            raise CommandError(f"{store.path} holds no finished run")
-        return run_id
     try:
-        run_id = int(ref)
-    except ValueError:
-        raise CommandError(f"{ref!r}: expected a run id or 'latest'") from None
-    if store.run(run_id) is None:
-        raise CommandError(f"run {run_id} is not in {store.path}; `pytest-evals runs` lists them")
-    return run_id
+        return store.resolve_run(ref)
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_runs(store: Store, args: argparse.Namespace) -> list[str]:

@@ -128,27 +128,19 @@ class SessionPlugin:
         finished = {key: {"outcome": row["outcome"], "error": row["error"], "duration_s": row["duration_s"]}
                     for key, (row, _) in self.resume_cache.items()}
         self.config.stash[resume_state_key] = ResumeState(run_id, finished)
+
     def _load_baseline(self) -> None:
         path, ref = self.evals.db_path, self.baseline_ref
         if not path.exists():
             raise pytest.UsageError(f"--evals-baseline {ref}: there is no database at {path} yet; "
                                     "run once without --evals-baseline, or pass the right --evals-db")
         store = self._open()
-        if ref == "latest":
-            run_id = store.latest_run_id()
-            if run_id is None:
-                raise pytest.UsageError(f"--evals-baseline latest: {path} holds no finished run; "
-                                        "run once without --evals-baseline")
-        else:
-            try:
-                run_id = int(ref)
-            except ValueError:
-                raise pytest.UsageError(f"--evals-baseline {ref!r}: expected a run id or 'latest'") from None
-            if store.run(run_id) is None:
-                raise pytest.UsageError(f"--evals-baseline {run_id}: no such run in {path}; "
-                                        "`pytest-evals runs` lists them")
-        self.baseline_id = run_id
-        self.baseline = scores_of(store.cases(run_id))
+        try:
+            self.baseline_id = store.resolve_run(ref)
+        except LookupError as exc:
+            raise pytest.UsageError(f"--evals-baseline {ref}: {exc}") from None
+        self.baseline = scores_of(store.cases(self.baseline_id))
+
     def _open(self) -> Store:
         if self.store is None:
             try:

@@ -329,6 +329,21 @@ class Store:
         (value,) = self.db.execute(sql).fetchone()
         return value
 
+    def resolve_run(self, ref: str) -> int:
+        """A run id from ``RUN_ID`` or ``latest`` (the newest finished run); LookupError says why not."""
+        if ref == "latest":
+            run_id = self.latest_run_id()
+            if run_id is None:
+                raise LookupError(f"{self.path} holds no finished run yet; run the evals once first")
+            return run_id
+        try:
+            run_id = int(ref)
+        except ValueError:
+            raise LookupError(f"{ref!r}: expected a run id or 'latest'") from None
+        if self.run(run_id) is None:
+            raise LookupError(f"no run {run_id} in {self.path}; `pytest-evals runs` lists them")
+        return run_id
+
     def finished_cases(self, run_id: int) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Cases of a run that ended with an answer (passed or failed), by case key, with their calls."""
         cases = {row["id"]: row for row in self.db.query(

@@ -64,7 +64,7 @@ def test_runs_show_compare(two_runs: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["show", "9"], "pytest-evals: run 9 is not in .evals/evals.sqlite; `pytest-evals runs` lists them"),
+        (["show", "9"], "pytest-evals: no run 9 in .evals/evals.sqlite; `pytest-evals runs` lists them"),
         (["show", "first"], "pytest-evals: 'first': expected a run id or 'latest'"),
         (["--db", "nope.sqlite", "runs"], "pytest-evals: nope.sqlite: no such database; run pytest with eval "
                                           "cases first, or pass --db PATH"),

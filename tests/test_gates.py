@@ -175,8 +175,8 @@ def test_baseline_gate_fails_a_significant_regression_and_lists_flips(fake_proje
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--evals-baseline=7"], "ERROR: --evals-baseline 7: no such run in *evals.sqlite; `pytest-evals runs` lists them"),
-        (["--evals-baseline=first"], "ERROR: --evals-baseline 'first': expected a run id or 'latest'"),
+        (["--evals-baseline=7"], "ERROR: --evals-baseline 7: no run 7 in *evals.sqlite; `pytest-evals runs` lists them"),
+        (["--evals-baseline=first"], "ERROR: --evals-baseline first: 'first': expected a run id or 'latest'"),
         (["--evals-baseline=latest", "--evals-db=none.sqlite"],
          "ERROR: --evals-baseline latest: there is no database at *none.sqlite yet*"),
         (["--evals-alpha=0"], "ERROR: --evals-alpha 0.0: must be between 0 and 1"),

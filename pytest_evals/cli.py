@@ -18,9 +18,8 @@ from typing import Sequence
 
 from .report import format_table
 from .scoring import PASS_RATE, compare, regression_reasons, scores_of
-from .store import Store, StoreError
+from .store import DEFAULT_DB, Store, StoreError
 
-DEFAULT_DB = Path(".evals") / "evals.sqlite"
 
 
 class CommandError(Exception):
@@ -126,7 +125,7 @@ def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-evals", description="Read the runs that pytest-evals stored.")
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"database (default {DEFAULT_DB})")
+    parser.add_argument("--db", type=Path, default=Path(DEFAULT_DB), help=f"database (default {DEFAULT_DB})")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("runs", help="list the stored runs").set_defaults(func=cmd_runs)
     show = sub.add_parser("show", help="one run: its benchmarks, scores, intervals and verdicts")

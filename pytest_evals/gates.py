@@ -15,7 +15,8 @@ from typing import Any, Iterable
 
 import pytest
 
-from .scoring import PASS_RATE, BenchmarkScores, Comparison, Estimate, Threshold, compare, regression_reasons
+from .scoring import (PASS_RATE, BenchmarkScores, Comparison, Estimate, Threshold, compare, percent,
+                      regression_reasons)
 
 MARKER = "evals_threshold"
 DEFAULT_THRESHOLD = Threshold(((PASS_RATE, 1.0),), "default: every case must pass")
@@ -123,6 +124,8 @@ class Gates:
             reasons, usage = [], []
             for name, minimum in threshold.items():
                 if name not in estimates:
+                    if not scores.scored:
+                        continue  # no case got as far as recording metrics (all errored or skipped)
                     usage.append(f"threshold on metric {name!r} ({threshold.source}), "
                                  f"but no case recorded it; record it with evals_score({name}=...) or fix the name")
                     continue
@@ -130,7 +133,7 @@ class Gates:
                 if value is None:
                     continue  # nothing scored: all skipped (as pytest, no failure) or errored (gated below)
                 if value < minimum:
-                    shown = f"{value:.1%} < {minimum:.0%}" if name == PASS_RATE else f"{value:.3g} < {minimum:g}"
+                    shown = f"{value:.1%} < {percent(minimum)}" if name == PASS_RATE else f"{value:.3g} < {minimum:g}"
                     reasons.append(f"{name} {shown} ({threshold.source})")
             errors = scores.count("error")
             if errors and scores.error_rate > self.max_error_rate:

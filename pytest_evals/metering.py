@@ -74,13 +74,9 @@ class PriceTable:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    from .scoring import _percentile
+
+    return _percentile(sorted(values), q) if values else None
 
 
 class Usage:
@@ -103,10 +99,6 @@ class Usage:
                     value = getattr(call, name)
                     if value is not None:
                         data[name].append(value)
-
-    def total_cost(self) -> float | None:
-        costs = [c for data in self.models.values() for c in data["cost_usd"]]
-        return sum(costs) if costs else None
 
     HEADER = ["model", "cases", "input tok", "output tok", "cost USD", "latency p50", "latency p95", "TTFT p50",
               "TPOT p50", "output tok/s", "peak GPU MiB"]
@@ -134,7 +126,7 @@ class Usage:
 _NVML: dict[str, Any] = {}
 
 
-def nvml_used_mib(index: int | None = None) -> float | None:
+def nvml_used_mib() -> float | None:
     """GPU memory in use on this worker's GPU (pynvml), for backends whose engine runs in another
     process; None where there is no GPU or no driver. pynvml is imported on first use only."""
     import os
@@ -147,9 +139,8 @@ def nvml_used_mib(index: int | None = None) -> float | None:
         if "init" not in _NVML:
             pynvml.nvmlInit()
             _NVML["init"] = True
-        if index is None:
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-            index = int(visible) if visible.isdigit() else 0
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+        index = int(visible) if visible.isdigit() else 0
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
     except Exception:  # no driver, no device, no library: the figure does not exist here

@@ -25,8 +25,8 @@ from .recorder import ERROR_ATTR, CaseLog, RecorderPlugin, case_log_key
 from .resume import ResumeState, case_key, case_key_key, replay, resume_state_key, resumed_status
 from .scoring import Threshold
 from .specs import ModelSpec, SpecError, parse_specs, spec_ids
+from .store import DEFAULT_DB
 
-DEFAULT_DB = ".evals/evals.sqlite"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ threshold_key = pytest.StashKey[Threshold]()
 retry_key = pytest.StashKey[RetryPolicy]()
 retry_default_key = pytest.StashKey[RetryPolicy]()
 prices_key = pytest.StashKey[PriceTable]()
+marker_problem_key = pytest.StashKey[str]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -269,16 +270,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not _spec_of(item):
             continue
         where = item.nodeid.split("[")[0]
-        mark = item.get_closest_marker(MARKER)
-        if mark is not None:
-            if id(mark) not in seen:
-                seen[id(mark)] = threshold_from_marker(mark, where)
-            item.stash[threshold_key] = seen[id(mark)]
-        retry = item.get_closest_marker(RETRY_MARKER)
-        if retry is not None:
-            if id(retry) not in seen:
-                seen[id(retry)] = policy_from_marker(retry, where)
-            item.stash[retry_key] = seen[id(retry)]
+        try:
+            mark = item.get_closest_marker(MARKER)
+            if mark is not None:
+                if id(mark) not in seen:
+                    seen[id(mark)] = threshold_from_marker(mark, where)
+                item.stash[threshold_key] = seen[id(mark)]
+            retry = item.get_closest_marker(RETRY_MARKER)
+            if retry is not None:
+                if id(retry) not in seen:
+                    seen[id(retry)] = policy_from_marker(retry, where)
+                item.stash[retry_key] = seen[id(retry)]
+        except pytest.UsageError as exc:
+            if not is_worker(config):
+                raise
+            # Under xdist only workers collect: fail each such case at setup with the one line.
+            item.stash[marker_problem_key] = str(exc)
     if evals.explicit_models or not any(_spec_of(item) for item in items):
         return
     pool = config.stash[pool_key]
@@ -329,6 +336,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             threshold=item.stash.get(threshold_key, None),
             case_key=item.stash.get(case_key_key, None),
         )
+        if marker_problem_key in item.stash:
+            pytest.fail(item.stash[marker_problem_key], pytrace=False)
 
 
 def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, Any] | None:

@@ -31,7 +31,7 @@ class BackendPool:
         if spec not in self._identities:
             try:
                 fingerprint = self.registry.resolve(spec.backend).fingerprint(spec)
-            except (SpecError, OSError):
+            except (SpecError, OSError, ValueError):
                 fingerprint = None
             self._identities[spec] = model_identity(spec, fingerprint)
         return self._identities[spec]
@@ -44,6 +44,8 @@ class BackendPool:
                 self._checked[spec] = self.availability_problem(spec.fallback) if spec.fallback else None
             except SpecError as exc:
                 self._checked[spec] = str(exc)
+            except ValueError as exc:  # a backend's own validation, e.g. a malformed hub id
+                self._checked[spec] = f"--model {spec.raw}: {exc}"
         return self._checked[spec]
 
     def get(self, spec: ModelSpec) -> Backend:

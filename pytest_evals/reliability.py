@@ -57,7 +57,7 @@ class RetryPolicy:
         if retry_after is not None:
             return min(retry_after, self.max_wait_s)
         ceiling = min(self.max_wait_s, self.wait_s * 2 ** (attempt - 1))
-        return rng.uniform(self.wait_s / 2, max(ceiling, self.wait_s / 2)) if ceiling else 0.0
+        return rng.uniform(min(self.wait_s / 2, ceiling), ceiling) if ceiling else 0.0
 
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -125,7 +125,6 @@ class CircuitBreaker:
 
 
 def call_with_retries(run: Callable[[int], T], policy: RetryPolicy, breaker: CircuitBreaker | None,
-                      on_failure: Callable[[int, BaseException], None] | None = None,
                       sleep: Callable[[float], None] = time.sleep) -> T:
     """Run ``run(attempt)`` until it succeeds, a fault is not retryable, or the attempts are spent."""
     from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -144,8 +143,6 @@ def call_with_retries(run: Callable[[int], T], policy: RetryPolicy, breaker: Cir
         except TransientError as exc:
             if breaker is not None:
                 breaker.failure()
-            if on_failure:
-                on_failure(number, exc)
             raise
         if breaker is not None:
             breaker.success()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .scoring import PASS_RATE
+from .scoring import percent as percent_text
 
 if TYPE_CHECKING:
     from .gates import Verdict
@@ -31,7 +32,7 @@ def verdict_rows(verdicts: list["Verdict"]) -> list[list[str]]:
                 str(v.errors) if position == 0 else "",
                 estimate.format(percent),
                 estimate.format_interval(percent),
-                "-" if minimum is None else (f">={minimum:.0%}" if percent else f">={minimum:g}"),
+                "-" if minimum is None else (f">={percent_text(minimum)}" if percent else f">={minimum:g}"),
                 ("PASS" if v.holds else "FAIL") if position == 0 else "",
             ])
     return rows

@@ -23,12 +23,13 @@ from typing import Any
 
 import pytest
 
+from .recorder import CASE_ATTR, RECORD_ATTR
 from .specs import ModelSpec
 
 KEY_VERSION = 1
 # Spec options that change how a model runs, not what it answers.
 TRANSPORT_OPTIONS = frozenset({"batch_size", "device", "tensor_parallel_size", "gpu_memory_utilization",
-                               "max_num_seqs", "timeout", "concurrency"})
+                               "max_num_seqs"})
 RESUMED_ATTR = "evals_resumed"  # on replayed reports: the run the outcome came from
 
 case_key_key = pytest.StashKey[str]()
@@ -96,11 +97,11 @@ def replay(item: pytest.Item, nextitem: pytest.Item | None, finished: dict[str, 
             when=when, duration=duration if when == "call" else 0.0, **common,
         )
         setattr(report, RESUMED_ATTR, run_id)
-        setattr(report, "evals_case", True)
+        setattr(report, CASE_ATTR, True)
         if when == "teardown":
             report.user_properties.append(("evals.outcome", outcome))
             report.user_properties.append(("evals.resumed_from_run", run_id))
-            setattr(report, "evals_record", record)
+            setattr(report, RECORD_ATTR, record)
         ihook.pytest_runtest_logreport(report=report)
     # Tear down what the previous item left set up, as the skipped teardown phase would have.
     item.session._setupstate.teardown_exact(nextitem)

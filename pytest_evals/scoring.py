@@ -56,6 +56,12 @@ def wilson(successes: int, n: int, confidence: float = CONFIDENCE) -> Estimate:
     return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
 
 
+def percent(value: float) -> str:
+    """A share as a percentage, with a decimal only where it matters: 50%, 62.5%."""
+    text = f"{value:.1%}"
+    return text.replace(".0%", "%")
+
+
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default 'linear' method)."""
     position = (len(sorted_values) - 1) * q
@@ -99,9 +105,6 @@ class Threshold:
     def items(self) -> list[tuple[str, float]]:
         return list(self.minimums)
 
-    def describe(self) -> str:
-        return " ".join(f"{name}>={value:g}" for name, value in self.minimums)
-
 
 @dataclass
 class BenchmarkScores:
@@ -114,6 +117,8 @@ class BenchmarkScores:
 
     def add(self, nodeid: str, outcome: str, scores: dict[str, float] | None) -> None:
         self.outcomes[nodeid] = outcome
+        if outcome not in ("passed", "failed"):
+            return  # an errored or skipped case was not scored: its metrics are not counted either
         for name, value in (scores or {}).items():
             self.metrics.setdefault(name, {})[nodeid] = value
 
@@ -129,9 +134,6 @@ class BenchmarkScores:
 
     def metric(self, name: str) -> Estimate:
         return bootstrap_mean(list(self.metrics.get(name, {}).values()))
-
-    def estimate(self, name: str) -> Estimate:
-        return self.pass_rate() if name == PASS_RATE else self.metric(name)
 
     @property
     def error_rate(self) -> float:

@@ -224,7 +224,8 @@ class SessionPlugin:
 
     def _decide(self, session: pytest.Session) -> None:
         self.verdicts = self.gates.verdicts(self.baseline)
-        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        # A run cut short by -x/--maxfail keeps pytest's status: its gates saw only part of the cases.
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not session.shouldfail:
             if any(v.usage_errors for v in self.verdicts):
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR
             elif self.other_failures or self.write_error or not all(v.holds for v in self.verdicts):
@@ -328,7 +329,8 @@ class SessionPlugin:
             tr.write_line(f"baseline: run {self.baseline_id} (paired by case; alpha {self.gates.alpha:g}, "
                           f"margin {self.gates.margin:g})")
         failed_cases = sum(s.count("failed") for s in self.gates.scores.values())
-        if all(v.holds for v in self.verdicts) and not self.other_failures and not self.write_error:
+        if (all(v.holds for v in self.verdicts) and not self.other_failures and not self.write_error
+                and self.session is not None and self.session.exitstatus == pytest.ExitCode.OK):
             note = f"; exit status 0 although {failed_cases} cases failed" if failed_cases else ""
             tr.write_line(f"evals: all {len(self.verdicts)} gates hold{note}", green=True)
         if self.write_error:

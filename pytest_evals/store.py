@@ -19,11 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
+
 
 MIGRATIONS_TABLE = "_evals_migrations"
+DEFAULT_DB = ".evals/evals.sqlite"  # under rootdir for pytest; in the current directory for the CLI
 
 
 class StoreError(RuntimeError):
@@ -189,6 +192,8 @@ class Store:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            import sqlite_utils  # here, not at import: it is slow to import and only this process writes
+
             conn = sqlite3.connect(str(self.path), timeout=2.0)
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA foreign_keys = ON")

@@ -205,3 +205,19 @@ def test_a_benchmark_whose_cases_all_skip_does_not_fail(fake_project: pytest.Pyt
     result.assert_outcomes(skipped=3)
     assert result.ret == 0
     result.stdout.fnmatch_lines(["test_skip.py::test_later*pass_rate*0*0*-*-*>=90%*PASS"])
+
+
+def test_a_bad_marker_under_xdist_fails_its_cases_with_the_one_line(fake_project: pytest.Pytester) -> None:
+    suite(fake_project, "pytest.mark.evals_threshold(1.5)")
+    result = fake_project.runpytest_subprocess("--model=fake:a", "-n", "2")
+    result.assert_outcomes(errors=10)
+    result.stdout.fnmatch_lines(["*test_gate.py::test_bench: @pytest.mark.evals_threshold: min_pass_rate=1.5 is "
+                                 "outside 0..1*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_exit_status_is_pytests_when_x_cut_the_run_short(fake_project: pytest.Pytester) -> None:
+    suite(fake_project, "pytest.mark.evals_threshold(0.5)")
+    result = fake_project.runpytest("--model=fake:a", "-x")
+    assert result.ret == 1  # stopped at the first wrong answer: the gate saw one case only
+    result.stdout.no_fnmatch_line("*gates hold*")

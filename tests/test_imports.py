@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["torch", "transformers", "vllm", "pynvml", "llama_cpp"]
+HEAVY = ["torch", "transformers", "vllm", "pynvml", "llama_cpp", "sqlite_utils", "pandas"]
 
 
 def loaded_after(code: str) -> list[str]:

@@ -286,3 +286,18 @@ def test_missing_default_model_package_is_a_usage_error(pytester: pytest.Pyteste
 def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*LLM evaluations (pytest-evals)*", "*--model=SPEC*", "*--evals-db=PATH*"])
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("hf:org/name/extra", "*--model hf:org/name/extra: *use hf:ORG/NAME, hf:/local/dir or hf:/path/model.gguf"),
+        ("smollm2?batch_size=0", "*--model smollm2?batch_size=0: batch_size=0 must be a whole number >= 1"),
+    ],
+)
+def test_more_bad_specs_are_one_line(fake_project: pytest.Pytester, spec: str, message: str) -> None:
+    pytest.importorskip("transformers")
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest(f"--model={spec}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ..specs import ModelSpec, SpecError
 
@@ -223,8 +223,6 @@ class Stopwatch:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-
-BackendFactory = Callable[[ModelSpec, BackendSettings], Backend]
 
 BUILTIN_BACKENDS: dict[str, str] = {
     "hf": "pytest_evals.backends.hf:HFBackend",

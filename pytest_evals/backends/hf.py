@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,7 +65,10 @@ def resolve_source(spec: ModelSpec) -> tuple[str, Path | None]:
         return str(path), None
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(target, "config.json")
+    try:
+        cached = try_to_load_from_cache(target, "config.json")
+    except ValueError as exc:  # not a valid hub id
+        raise SpecError(f"--model {spec.raw}: {exc}; use hf:ORG/NAME, hf:/local/dir or hf:/path/model.gguf") from None
     if not isinstance(cached, str):
         raise SpecError(
             f"--model {spec.raw}: {target} is not in the local Hugging Face cache and models are never "
@@ -102,6 +104,9 @@ class HFBackend(Backend):
         if unknown:
             raise SpecError(f"--model {spec.raw}: unknown option {', '.join(unknown)}; "
                             f"hf: specs take {', '.join(HF_OPTIONS)}")
+        batch_size = spec.option("batch_size", 1)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise SpecError(f"--model {spec.raw}: batch_size={batch_size} must be a whole number >= 1")
         dtype = spec.option("dtype", "auto")
         if dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise SpecError(f"--model {spec.raw}: dtype={dtype} is not one of auto, float32, float16, bfloat16")

@@ -7,6 +7,7 @@ Spec options other than the few read here go to ``LLM(...)`` as keyword argument
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..specs import ModelSpec, SpecError
@@ -34,6 +35,8 @@ class VLLMBackend(Backend):
     def check(cls, spec: ModelSpec) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise SpecError(f"--model {spec.raw} needs vllm; install with: {INSTALL_HINT}")
+        if spec.target.startswith(("/", ".", "~")) and not Path(spec.target).expanduser().exists():
+            raise SpecError(f"--model {spec.raw}: no such model folder {spec.target}; check the path")
 
     @classmethod
     def fingerprint(cls, spec: ModelSpec) -> str | None:
@@ -41,7 +44,7 @@ class VLLMBackend(Backend):
 
         try:
             return weights_fingerprint(spec)
-        except (SpecError, OSError):
+        except (SpecError, OSError, ValueError):
             return None  # a hub id vLLM fetches itself: the spec alone identifies it
 
     def __init__(self, spec: ModelSpec, settings: BackendSettings, llm: Any = None) -> None:

@@ -297,6 +297,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Under xdist the controller does not collect; each eval case fails at setup with the one line.
 
 
+def key_of(item: pytest.Item, spec: ModelSpec) -> str:
+    """The case's key, computed once per item (the start-of-resume count and the run share it)."""
+    if case_key_key not in item.stash:
+        item.stash[case_key_key] = case_key(item, item.config.stash[pool_key].identity(spec))
+    return item.stash[case_key_key]
+
+
 def _spec_of(item: pytest.Item) -> ModelSpec | None:
     callspec = getattr(item, "callspec", None)
     spec = callspec.params.get("model") if callspec is not None else None
@@ -313,8 +320,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     spec = _spec_of(item)
     if spec is None:
         return None
-    key = case_key(item, item.config.stash[pool_key].identity(spec))
-    item.stash[case_key_key] = key
+    key = key_of(item, spec)
     state = item.config.stash.get(resume_state_key, None)
     finished = state.finished.get(key) if state is not None else None
     if finished is None:

@@ -281,12 +281,10 @@ class SessionPlugin:
         state = self.config.stash.get(resume_state_key, None)
         if state is None or not session.items:
             return
-        from .plugin import _spec_of, pool_key
-        from .resume import case_key
+        from .plugin import _spec_of, key_of
 
-        pool = self.config.stash[pool_key]
         cases = [item for item in session.items if _spec_of(item)]
-        done = sum(case_key(item, pool.identity(_spec_of(item))) in state.finished for item in cases)
+        done = sum(key_of(item, _spec_of(item)) in state.finished for item in cases)
         self._say_resume(done, len(cases))
 
     def node_collected(self, ids: list[str]) -> None:

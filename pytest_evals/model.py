@@ -6,6 +6,7 @@ exception becomes :class:`BackendError`, so the case ends as ``error`` and is ne
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from typing import Any, Callable, Sequence, TypeVar
@@ -20,7 +21,9 @@ from .backends.base import (
     Message,
     Reply,
     Stopwatch,
+    likeliest,
 )
+from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .store import CallRow, now
@@ -31,8 +34,10 @@ T = TypeVar("T")
 class Model:
     def __init__(self, backend: Backend, calls: list[CallRow], name: str | None = None,
                  policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
-                 fallback: Callable[[], "Model"] | None = None, price: Price | None = None) -> None:
+                 fallback: Callable[[], "Model"] | None = None, price: Price | None = None,
+                 transcript: Transcript | None = None) -> None:
         self._backend = backend
+        self.transcript = transcript if transcript is not None else Transcript()
         self._calls = calls
         self._name = name or backend.spec.label
         self._policy = policy
@@ -48,6 +53,10 @@ class Model:
     def capabilities(self) -> frozenset[str]:
         return self._backend.capabilities
 
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
     def __repr__(self) -> str:
         return f"<Model {self._name}>"
 
@@ -61,16 +70,38 @@ class Model:
         return self._call("generate", prompt, lambda backend: backend.generate([request])[0])
 
     def chat(self, messages: str | Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
-             tools: Sequence[Callable[..., Any]] | None = None, tool_choice: str = "auto") -> Reply:
-        """One assistant turn for ``messages`` (OpenAI format; a string is one user message)."""
+             tools: Sequence[Callable[..., Any]] | None = None, tool_choice: str = "auto",
+             max_rounds: int = MAX_ROUNDS) -> Reply:
+        """The assistant's answer to ``messages`` (OpenAI format; a string is one user message).
+
+        With ``tools`` the tool loop runs: the model's calls are made and their results sent back until
+        it answers; the answer's ``tool_calls`` are the calls made, with results or errors.
+        """
         __tracebackhide__ = True
-        if tools:
-            raise NotImplementedError("tools= is not supported by this version of pytest-evals")
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        request = ChatRequest(tuple(dict(m) for m in messages), max_tokens=max_tokens, temperature=temperature)
-        shown = "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in request.messages)
-        return self._call("chat", shown, lambda backend: backend.chat([request])[0])
+        conversation = Conversation(self, tools=tools, tool_choice=tool_choice, max_tokens=max_tokens,
+                                    temperature=temperature, max_rounds=max_rounds, trim=False)
+        conversation.seed(messages)
+        return conversation.respond()
+
+    def conversation(self, system: str | None = None, tools: Sequence[Callable[..., Any]] | None = None,
+                     tool_choice: str = "auto", *, max_tokens: int = 256, temperature: float = 0.0,
+                     max_rounds: int = MAX_ROUNDS, context_window: int | None = None) -> Conversation:
+        """A multi-turn conversation: ``.say(text)`` returns the answer, ``.messages`` the history.
+
+        When the history outgrows the context window (the model's, or ``context_window`` tokens), the
+        oldest turns after the system prompt are dropped; ``.dropped`` keeps them and the store marks them.
+        """
+        return Conversation(self, system, tools, tool_choice, max_tokens=max_tokens, temperature=temperature,
+                            max_rounds=max_rounds, context_window=context_window)
+
+    def chat_request(self, request: ChatRequest, *, conversation: int | None = None, dropped: int = 0) -> Reply:
+        """One chat call to the backend, logged (the tool loop's unit)."""
+        __tracebackhide__ = True
+        shown = "\n".join(_show_message(m) for m in request.messages)
+        return self._call("chat", shown, lambda backend: backend.chat([request])[0],
+                          conversation=conversation, dropped_messages=dropped)
 
     def loglikelihood(self, context: str, continuation: str) -> float:
         """Sum of the log-probabilities of ``continuation``'s tokens after ``context``."""
@@ -89,25 +120,26 @@ class Model:
         shown = context + "\n" + "\n".join(f"[{i}] {c}" for i, c in enumerate(choices))
         results = self._call("choose", shown, lambda backend: backend.loglikelihood(requests))
         scores = [r.logprob for r in results]
-        return max(range(len(scores)), key=lambda i: (scores[i], -i))
+        return likeliest(scores)
 
     # --- logging ----------------------------------------------------------------------------------
-    def _call(self, kind: str, shown_input: str, run: Callable[[Backend], T]) -> T:
+    def _call(self, kind: str, shown_input: str, run: Callable[[Backend], T], **fields: Any) -> T:
         __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
         try:
-            return self._attempts(kind, shown_input, run)
+            return self._attempts(kind, shown_input, run, fields)
         except BackendError:
             if self._fallback is None:
                 raise
         # The primary failed for good (retries spent, circuit open): the fallback answers, recorded as itself.
-        return self._fallback()._call(kind, shown_input, run)
+        return self._fallback()._call(kind, shown_input, run, **fields)
 
-    def _attempts(self, kind: str, shown_input: str, run: Callable[[Backend], T]) -> T:
+    def _attempts(self, kind: str, shown_input: str, run: Callable[[Backend], T], fields: dict[str, Any]) -> T:
         __tracebackhide__ = True
 
         def attempt(number: int) -> T:
             __tracebackhide__ = True
-            row = CallRow(kind=kind, model=self._name, input_text=shown_input, started_at=now(), attempt=number)
+            row = CallRow(kind=kind, model=self._name, input_text=shown_input, started_at=now(), attempt=number,
+                          **fields)
             self._calls.append(row)  # every attempt is a row, with its error
             watch = Stopwatch()
             try:
@@ -130,9 +162,18 @@ class Model:
         return call_with_retries(attempt, self._policy, self._breaker)
 
 
+def _show_message(message: Message) -> str:
+    text = f"{message['role']}: {message.get('content') or ''}"
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", {})
+        text += f"\n  -> {function.get('name')}({function.get('arguments')})"
+    return text
+
+
 def _fill(row: CallRow, result: object) -> None:
     if isinstance(result, Reply):
-        row.output_text = result.text
+        row.output_text = "\n".join([result.text] * bool(result.text) + [
+            f"-> {c.name}({json.dumps(c.arguments)})" + (f" [{c.error}]" if c.error else "") for c in result.tool_calls])
         row.input_tokens = result.prompt_tokens
         row.output_tokens = result.completion_tokens
         row.ttft_s = result.ttft_s

@@ -369,17 +369,17 @@ def model(request: pytest.FixtureRequest) -> Model:
     policy = request.node.stash.get(retry_key, None) or request.config.stash[retry_default_key]
     pool, prices = request.config.stash[pool_key], request.config.stash[prices_key]
     return Model(backend, log.calls, log.model, policy, pool.breaker(spec, log.model),
-                 _fallback_model(pool, prices, spec.fallback, log.calls, policy) if spec.fallback else None,
-                 prices.find(spec.raw, log.model))
+                 _fallback_model(pool, prices, spec.fallback, log, policy) if spec.fallback else None,
+                 prices.find(spec.raw, log.model), log.transcript)
 
 
-def _fallback_model(pool: BackendPool, prices: PriceTable, spec: ModelSpec, calls: list,
+def _fallback_model(pool: BackendPool, prices: PriceTable, spec: ModelSpec, log: CaseLog,
                     policy: RetryPolicy) -> Callable[[], Model]:
     """The fallback's Model, loaded only when the primary fails; its calls are recorded under its name."""
     def build() -> Model:
-        return Model(pool.get(spec), calls, spec.label, policy, pool.breaker(spec, spec.label),
-                     _fallback_model(pool, prices, spec.fallback, calls, policy) if spec.fallback else None,
-                     prices.find(spec.raw, spec.label))
+        return Model(pool.get(spec), log.calls, spec.label, policy, pool.breaker(spec, spec.label),
+                     _fallback_model(pool, prices, spec.fallback, log, policy) if spec.fallback else None,
+                     prices.find(spec.raw, spec.label), log.transcript)
 
     return build
 

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import pytest
 
 from .scoring import Threshold
-from .store import CallRow, CaseRow, now
+from .conversation import Transcript
+from .store import CallRow, CaseRecord, CaseRow, ToolCallRow, TurnRow, now
 
 RECORD_ATTR = "evals_record"
 CASE_ATTR = "evals_case"  # on every report of an eval case
@@ -36,6 +37,7 @@ class CaseLog:
     model: str
     threshold: Threshold | None = None  # from the case's evals_threshold marker
     calls: list[CallRow] = field(default_factory=list)
+    transcript: Transcript = field(default_factory=Transcript)  # conversation turns and tool runs
     scores: dict[str, float] = field(default_factory=dict)
     started_at: str = field(default_factory=now)
     outcome: str = "passed"
@@ -88,6 +90,8 @@ class CaseLog:
         return {
             "case": dataclasses.asdict(case),
             "calls": [dataclasses.asdict(c) for c in self.calls],
+            "turns": [dataclasses.asdict(t) for t in self.transcript.turns],
+            "tool_calls": [dataclasses.asdict(t) for t in self.transcript.tool_calls],
             "threshold": [list(self.threshold.minimums), self.threshold.source] if self.threshold else None,
         }
 
@@ -115,13 +119,16 @@ def _shorten_backend_error(item: pytest.Item, call: pytest.CallInfo[Any], report
     report.longrepr = excinfo.getrepr(style="short", chain=False)
 
 
-def record_from_report(report: pytest.TestReport) -> tuple[CaseRow, list[CallRow], Threshold | None] | None:
+def record_from_report(report: pytest.TestReport) -> tuple[CaseRecord, Threshold | None] | None:
     data = getattr(report, RECORD_ATTR, None)
     if not data:
         return None
     threshold = data.get("threshold")
     marker = Threshold(tuple((n, float(v)) for n, v in threshold[0]), threshold[1]) if threshold else None
-    return CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]], marker
+    record = CaseRecord(CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]],
+                        [TurnRow(**t) for t in data.get("turns", ())],
+                        [ToolCallRow(**t) for t in data.get("tool_calls", ())])
+    return record, marker
 
 
 case_log_key = pytest.StashKey[CaseLog]()
@@ -131,7 +138,7 @@ class RecorderPlugin:
     """Runs wherever cases run: follows each eval case's phases and puts its record on the report."""
 
     def __init__(self, worker_id: str | None,
-                 on_record: Callable[[CaseRow, list[CallRow], Threshold | None], None] | None) -> None:
+                 on_record: Callable[[CaseRecord, Threshold | None], None] | None) -> None:
         self.worker_id = worker_id
         self.on_record = on_record  # set where this process owns the database
 

@@ -24,7 +24,7 @@ from .metering import Usage
 from .recorder import CASE_ATTR
 from .report import HEADER, format_table, reason_lines, verdict_rows
 from .scoring import BenchmarkScores, Threshold, scores_of
-from .store import CallRow, CaseRow, Store, StoreError, now
+from .store import CallRow, CaseRecord, CaseRow, Store, StoreError, ToolCallRow, TurnRow, now
 
 if TYPE_CHECKING:
     from .plugin import EvalsConfig
@@ -69,7 +69,7 @@ class SessionPlugin:
         self.budget_stopped_at: int | None = None  # tests done when the budget stopped the run
         self.usage = Usage()
         self.resume = resume
-        self.resume_cache: dict[str, tuple[dict, list[dict]]] = {}  # key -> stored case row and calls
+        self.resume_cache: dict[str, tuple[dict, dict[str, list[dict]]]] = {}  # key -> stored case and its rows
         self.resume_run: int | None = None
         self.resumed = 0
         self.evals = evals
@@ -170,10 +170,11 @@ class SessionPlugin:
         if report.when == "teardown":
             self.progress.tick(show=bool(self.gates.scores))  # only sessions with eval cases
 
-    def record(self, case: CaseRow, calls: list[CallRow], marker: Threshold | None) -> None:
-        if case.resumed_from is not None and case.case_key in self.resume_cache:
-            case, calls = self._replayed(case)
-        self.usage.add(case.model, calls)
+    def record(self, record: CaseRecord, marker: Threshold | None) -> None:
+        if record.case.resumed_from is not None and record.case.case_key in self.resume_cache:
+            record = self._replayed(record.case)
+        case = record.case
+        self.usage.add(case.model, record.calls)
         if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
             self._spend(case.cost_usd)
         self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker)
@@ -182,7 +183,7 @@ class SessionPlugin:
         # If the database fails mid-run (disk full, a lock held too long), stop the session with one
         # line; every case recorded before stays committed.
         try:
-            self._open().record_case(self._run(), case, calls)
+            self._open().record_case(self._run(), record)
         except (StoreError, pytest.UsageError) as exc:
             self.write_error = str(exc)
         except sqlite3.Error as exc:
@@ -204,15 +205,17 @@ class SessionPlugin:
             if dsession is not None:
                 dsession.shouldstop = message
 
-    def _replayed(self, case: CaseRow) -> tuple[CaseRow, list[CallRow]]:
-        """The stored case and calls a replayed case stands for, copied into this run."""
+    def _replayed(self, case: CaseRow) -> CaseRecord:
+        """The stored case and its rows a replayed case stands for, copied into this run."""
         self.resumed += 1
-        row, calls = self.resume_cache[case.case_key]
+        row, rows = self.resume_cache[case.case_key]
         fields = {k: row[k] for k in CaseRow.__dataclass_fields__ if k in row}
         fields.update(nodeid=case.nodeid, benchmark=case.benchmark, model=case.model, worker=case.worker,
                       resumed_from=row["resumed_from"] or case.resumed_from, case_key=case.case_key)
         fields["scores"] = json.loads(row["scores"]) if row["scores"] else None
-        return CaseRow(**fields), [CallRow(**{k: c[k] for k in CallRow.__dataclass_fields__}) for c in calls]
+        return CaseRecord(CaseRow(**fields), *(
+            [kind(**{k: r[k] for k in kind.__dataclass_fields__}) for r in rows[table]]
+            for table, kind in (("calls", CallRow), ("turns", TurnRow), ("tool_calls", ToolCallRow))))
 
     # --- end ----------------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)

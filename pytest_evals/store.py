@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 
 MIGRATIONS_TABLE = "_evals_migrations"
-DEFAULT_DB = ".evals/evals.sqlite"  # under rootdir for pytest; in the current directory for the CLI
+DEFAULT_DB = ".evals/evals.sqlite"
+CASE_TABLES = ("calls", "turns", "tool_calls")  # rows that belong to one case  # under rootdir for pytest; in the current directory for the CLI
 
 
 class StoreError(RuntimeError):
@@ -140,11 +141,56 @@ def _m004_metering(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("cost_usd", float)
 
 
+def _m005_conversations(db: sqlite_utils.Database) -> None:
+    # Every message of a case's conversations, and every tool the plugin ran for the model.
+    db["turns"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "case_id": int,
+            "conversation": int,  # 1, 2, ... within the case (each model.chat call or model.conversation)
+            "position": int,  # order of the message within the case
+            "role": str,  # system | user | assistant | tool
+            "content": str,
+            "tool_calls": str,  # JSON, the assistant's calls in OpenAI's format
+            "tool_call_id": str,  # a tool message: the call it answers
+            "name": str,  # a tool message: the tool's name
+            "dropped": int,  # 1 when trimmed out of the context window later in the conversation
+            "started_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id"), ("case_id", "cases", "id")],
+    )
+    db["turns"].create_index(["case_id"])
+    db["tool_calls"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "case_id": int,
+            "conversation": int,
+            "position": int,  # the assistant turn that asked for the call
+            "call_id": str,
+            "name": str,
+            "arguments": str,  # JSON
+            "result": str,  # as sent back to the model; NULL when the call failed
+            "error": str,
+            "duration_s": float,
+            "started_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id"), ("case_id", "cases", "id")],
+    )
+    db["tool_calls"].create_index(["case_id"])
+    db["calls"].add_column("conversation", int)  # chat calls: the conversation they belong to
+    db["calls"].add_column("dropped_messages", int)  # messages trimmed from the history before this call
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
     ("003_case_keys", _m003_case_keys),
     ("004_metering", _m004_metering),
+    ("005_conversations", _m005_conversations),
 ]
 
 
@@ -164,6 +210,44 @@ class CallRow:
     error: str | None = None
     started_at: str | None = None
     gpu_peak_mib: float | None = None
+    conversation: int | None = None
+    dropped_messages: int | None = None
+
+
+@dataclass
+class TurnRow:
+    conversation: int
+    position: int
+    role: str
+    content: str | None = None
+    tool_calls: str | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    dropped: int = 0
+    started_at: str | None = None
+
+
+@dataclass
+class ToolCallRow:
+    conversation: int
+    position: int
+    name: str
+    call_id: str | None = None
+    arguments: str | None = None
+    result: str | None = None
+    error: str | None = None
+    duration_s: float | None = None
+    started_at: str | None = None
+
+
+@dataclass
+class CaseRecord:
+    """One finished case and everything recorded under it."""
+
+    case: CaseRow
+    calls: list[CallRow] = field(default_factory=list)
+    turns: list[TurnRow] = field(default_factory=list)
+    tool_calls: list[ToolCallRow] = field(default_factory=list)
 
 
 @dataclass
@@ -284,41 +368,34 @@ class Store:
                 [now(), status, exit_status, run_id, run_id],
             )
 
-    def record_case(self, run_id: int, case: CaseRow, calls: Iterable[CallRow]) -> int:
-        """Insert one finished case and its calls in one transaction; a case seen again replaces it."""
-        row = dict(case.__dict__)
-        row["scores"] = json.dumps(case.scores) if case.scores else None
+    def record_case(self, run_id: int, record: CaseRecord) -> int:
+        """Insert one finished case and its rows in one transaction; a case seen again replaces it."""
+        row = dict(record.case.__dict__)
+        row["scores"] = json.dumps(record.case.scores) if record.case.scores else None
         with self.transaction():
             old = self.db.execute(
-                "SELECT id FROM cases WHERE run_id = ? AND nodeid = ?", [run_id, case.nodeid]
+                "SELECT id FROM cases WHERE run_id = ? AND nodeid = ?", [run_id, record.case.nodeid]
             ).fetchone()
             if old:
-                self.db.execute("DELETE FROM calls WHERE case_id = ?", [old[0]])
+                for table in CASE_TABLES:
+                    self.db.execute(f"DELETE FROM {table} WHERE case_id = ?", [old[0]])
                 self.db.execute("DELETE FROM cases WHERE id = ?", [old[0]])
-            columns = ["run_id", *row]
-            cursor = self.db.execute(
-                f"INSERT INTO cases ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
-                [run_id, *row.values()],
-            )
-            case_id = int(cursor.lastrowid)
-            for call in calls:
-                crow = dict(call.__dict__)
-                ccolumns = ["run_id", "case_id", *crow]
-                self.db.execute(
-                    f"INSERT INTO calls ({', '.join(ccolumns)}) VALUES ({', '.join('?' for _ in ccolumns)})",
-                    [run_id, case_id, *crow.values()],
-                )
+            case_id = self._insert("cases", {"run_id": run_id, **row})
+            for table, rows in (("calls", record.calls), ("turns", record.turns), ("tool_calls", record.tool_calls)):
+                for item in rows:
+                    self._insert(table, {"run_id": run_id, "case_id": case_id, **item.__dict__})
         return case_id
+
+    def _insert(self, table: str, row: dict[str, Any]) -> int:
+        cursor = self.db.execute(
+            f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+        return int(cursor.lastrowid)
 
     def record_benchmarks(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM benchmarks WHERE run_id = ?", [run_id])
             for row in rows:
-                columns = ["run_id", *row]
-                self.db.execute(
-                    f"INSERT INTO benchmarks ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
-                    [run_id, *row.values()],
-                )
+                self._insert("benchmarks", {"run_id": run_id, **row})
 
     # --- queries --------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
@@ -349,16 +426,18 @@ class Store:
             raise LookupError(f"no run {run_id} in {self.path}; `pytest-evals runs` lists them")
         return run_id
 
-    def finished_cases(self, run_id: int) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """Cases of a run that ended with an answer (passed or failed), by case key, with their calls."""
+    def finished_cases(self, run_id: int) -> dict[str, tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]:
+        """Cases of a run that ended with an answer (passed or failed), by case key, with their rows
+        (``{"calls": [...], "turns": [...], "tool_calls": [...]}``)."""
         cases = {row["id"]: row for row in self.db.query(
             "SELECT * FROM cases WHERE run_id = ? AND case_key IS NOT NULL AND outcome IN ('passed', 'failed')",
             [run_id])}
-        calls: dict[int, list[dict[str, Any]]] = {case_id: [] for case_id in cases}
-        for call in self.db.query("SELECT * FROM calls WHERE run_id = ? ORDER BY id", [run_id]):
-            if call["case_id"] in calls:
-                calls[call["case_id"]].append(call)
-        return {row["case_key"]: (row, calls[case_id]) for case_id, row in cases.items()}
+        rows: dict[int, dict[str, list[dict[str, Any]]]] = {case_id: {t: [] for t in CASE_TABLES} for case_id in cases}
+        for table in CASE_TABLES:
+            for item in self.db.query(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY id", [run_id]):
+                if item["case_id"] in rows:
+                    rows[item["case_id"]][table].append(item)
+        return {row["case_key"]: (row, rows[case_id]) for case_id, row in cases.items()}
 
     def benchmarks(self, run_id: int) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM benchmarks WHERE run_id = ? ORDER BY id", [run_id]))
@@ -367,7 +446,13 @@ class Store:
         return list(self.db.query("SELECT * FROM cases WHERE run_id = ? ORDER BY id", [run_id]))
 
     def calls(self, run_id: int) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT * FROM calls WHERE run_id = ? ORDER BY id", [run_id]))
+        return self.rows("calls", run_id)
+
+    def rows(self, table: str, run_id: int) -> list[dict[str, Any]]:
+        """A run's rows of one per-case table (``calls``, ``turns``, ``tool_calls``), in order."""
+        if table not in CASE_TABLES:
+            raise ValueError(f"{table!r} is not one of {', '.join(CASE_TABLES)}")
+        return list(self.db.query(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY id", [run_id]))
 
     def close(self) -> None:
         self.db.conn.close()

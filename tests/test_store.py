@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from pytest_evals.store import MIGRATIONS, CallRow, CaseRow, Store, StoreError
+from pytest_evals.store import MIGRATIONS, CallRow, CaseRecord, CaseRow, Store, StoreError, ToolCallRow, TurnRow
 
 
 def make_run(store: Store) -> int:
@@ -28,11 +28,17 @@ def test_record_case_with_calls_and_replace(tmp_path) -> None:
     case = CaseRow(nodeid="t.py::test[a-smollm2]", benchmark="t.py::test", model="smollm2", outcome="passed",
                    scores={"f1": 0.5})
     calls = [CallRow(kind="generate", model="smollm2", input_tokens=3, output_tokens=2, latency_s=0.1)]
-    store.record_case(run, case, calls)
-    store.record_case(run, CaseRow(**{**case.__dict__, "outcome": "failed"}), calls + calls)
+    turns = [TurnRow(conversation=1, position=0, role="user", content="hi"),
+             TurnRow(conversation=1, position=1, role="assistant", content="hello")]
+    tools = [ToolCallRow(conversation=1, position=1, name="add", arguments='{"a": 1}', result="2", duration_s=0.01)]
+    store.record_case(run, CaseRecord(case, calls, turns, tools))
+    store.record_case(run, CaseRecord(CaseRow(**{**case.__dict__, "outcome": "failed"}), calls + calls, turns[:1]))
     cases = store.cases(run)
     assert [(c["outcome"], c["scores"]) for c in cases] == [("failed", '{"f1": 0.5}')]
     assert len(store.calls(run)) == 2 and all(c["case_id"] == cases[0]["id"] for c in store.calls(run))
+    # the replaced case's turns and tool calls went with it
+    assert [t["content"] for t in store.rows("turns", run)] == ["hi"]
+    assert store.rows("tool_calls", run) == []
     store.finish_run(run, exit_status=0)
     assert store.runs()[0]["status"] == "finished"
 
@@ -44,7 +50,7 @@ def test_a_failed_write_leaves_no_half_case(tmp_path) -> None:
     bad_call = CallRow(kind="generate", model="m")
     bad_call.__dict__["no_such_column"] = 1
     with pytest.raises(sqlite3.OperationalError):
-        store.record_case(run, case, [bad_call])
+        store.record_case(run, CaseRecord(case, [bad_call]))
     assert store.cases(run) == []
 
 

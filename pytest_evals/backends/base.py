@@ -21,10 +21,15 @@ Message = dict[str, Any]  # OpenAI chat format: {"role": ..., "content": ...}
 
 @dataclass(frozen=True)
 class ToolCall:
+    """A tool call: as the model asked for it (``id``, ``name``, ``arguments``), and once run, its
+    ``result`` or its ``error`` (an exception in the tool, or a call the model wrote badly)."""
+
     name: str
     arguments: dict[str, Any]
     result: Any = None
     error: str | None = None
+    id: str | None = None
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,25 @@ class GenerateRequest:
     stop: tuple[str, ...] = ()
 
 
+TOOL_CHOICES = ("auto", "none", "required")  # or a tool's name
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[Message, ...]
     max_tokens: int = 256
     temperature: float = 0.0
+    tools: tuple[dict[str, Any], ...] = ()  # OpenAI function schemas ({"type": "function", ...})
+    tool_choice: str = "auto"  # auto | none | required | a tool's name
+
+    @property
+    def forced_tool(self) -> str | None:
+        """The tool the model must call: the named one, or with ``required`` and one tool, that one."""
+        if not self.tools or self.tool_choice in ("auto", "none"):
+            return None
+        if self.tool_choice == "required":
+            return self.tools[0]["function"]["name"] if len(self.tools) == 1 else None
+        return self.tool_choice
 
 
 @dataclass(frozen=True)
@@ -122,6 +141,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+class ContextOverflow(BackendError):
+    """The request does not fit the model's context window (``window`` tokens, when known)."""
+
+    def __init__(self, message: str, window: int | None = None) -> None:
+        super().__init__(message)
+        self.window = window
+
+
 class UnsupportedTask(BackendError):
     """The backend cannot serve this kind of request (e.g. loglikelihood over a chat-only API)."""
 
@@ -137,6 +164,11 @@ def tpot(latency_s: float, ttft_s: float | None, completion_tokens: int | None) 
     if ttft_s is None or not completion_tokens or completion_tokens < 2:
         return None
     return max(latency_s - ttft_s, 0.0) / (completion_tokens - 1)
+
+
+def likeliest(scores: Sequence[float]) -> int:
+    """Index of the highest score; ties go to the first."""
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -177,6 +209,14 @@ class Backend:
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         raise UnsupportedTask(f"{self.spec.label} cannot serve loglikelihood")
+
+    def context_window(self) -> int | None:
+        """How many tokens (prompt plus reply) the model takes; None when unknown."""
+        return None
+
+    def count_chat_tokens(self, request: ChatRequest) -> int | None:
+        """Prompt tokens of a chat request as the model will see it; None when the backend cannot tell."""
+        return None
 
     def close(self) -> None:
         pass

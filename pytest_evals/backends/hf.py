@@ -29,10 +29,12 @@ from .base import (
     apply_stop,
     file_digest,
     folder_digest,
+    likeliest,
     split_whitespace,
     tpot,
 )
 from .gguf_cache import dequantized_copy, embedded_gguf
+from .template_chat import TemplateChat
 
 HF_PACKAGES = ("torch", "transformers", "accelerate")
 HF_OPTIONS = ("dtype", "device", "batch_size")
@@ -89,8 +91,8 @@ def weights_fingerprint(spec: ModelSpec) -> str:
     return "rev:" + Path(str(try_to_load_from_cache(source, "config.json"))).parent.name
 
 
-class HFBackend(Backend):
-    capabilities = frozenset({"generate", "chat", "loglikelihood"})
+class HFBackend(TemplateChat, Backend):
+    capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -170,11 +172,17 @@ class HFBackend(Backend):
     def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
         if "chat" not in self.capabilities:
             return super().chat(requests)
-        prompts = []
-        for r in requests:
-            text = self.tokenizer.apply_chat_template(list(r.messages), add_generation_prompt=True, tokenize=False)
-            prompts.append((text, GenerateRequest(text, r.max_tokens, r.temperature)))
-        return self._complete(prompts)
+        return self._template_chat(requests)
+
+    def _complete_texts(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
+        return self._complete(items)
+
+    def _choose(self, context: str, options: list[str]) -> int:
+        scores = [r.logprob for r in self.loglikelihood([LoglikelihoodRequest(context, o) for o in options])]
+        return likeliest(scores)
+
+    def context_window(self) -> int | None:
+        return self.max_length
 
     def _complete(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
         replies: list[Reply | None] = [None] * len(items)

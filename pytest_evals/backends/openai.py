@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import httpx
@@ -20,11 +21,13 @@ from .base import (
     BackendError,
     BackendSettings,
     ChatRequest,
+    ContextOverflow,
     GenerateRequest,
     Loglikelihood,
     LoglikelihoodRequest,
     Reply,
     Stopwatch,
+    ToolCall,
     TransientError,
     UnsupportedTask,
     apply_stop,
@@ -37,6 +40,8 @@ PROBE_TIMEOUT_S = 3.0
 ALIGNMENT_PROBE = ("One, two, three, four, five, six, seven, eight, nine, ten. Monday, Tuesday, Wednesday, "
                    "Thursday, Friday, Saturday, Sunday. January, February, March, April, May, June.")
 DEFAULT_TIMEOUT_S = 600.0
+OWN_OPTIONS = ("context_window",)  # read here; every other spec option is sent as a request field
+CHARS_PER_TOKEN = 3.0  # a deliberately high token estimate where the server cannot count a chat
 
 
 def _headers() -> dict[str, str]:
@@ -45,7 +50,7 @@ def _headers() -> dict[str, str]:
 
 
 class OpenAIBackend(Backend):
-    capabilities = frozenset({"generate", "chat", "loglikelihood"})
+    capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -71,7 +76,11 @@ class OpenAIBackend(Backend):
             timeout=httpx.Timeout(read, connect=min(read, 10.0)),
         )
         # Extra request fields from the spec's options, e.g. openai:NAME@URL?top_p=0.9
-        self.extra = {k: v for k, v in spec.options}
+        self.extra = {k: v for k, v in spec.options if k not in OWN_OPTIONS}
+        window = spec.option("context_window")
+        self._window: int | None = int(window) if isinstance(window, (int, float)) else None
+        self._window_asked = self._window is not None
+        self._stream_tools = True  # False once the server failed a streamed tools request that it answers unstreamed
         self._aligned: bool | None = None  # whether echoed prompt logprobs can be trusted
         self._tokenizer_endpoint: str | None = None  # which tokenizer endpoint the server has
         self._tokenizer_missing: set[str] = set()
@@ -101,6 +110,11 @@ class OpenAIBackend(Backend):
         """429 and 5xx are transient (with the server's Retry-After); other statuses are not."""
         code = response.status_code
         message = f"{self.spec.label}: POST {path} answered HTTP {code}: {response.text[:300]}"
+        if code == 400 and ("context_length_exceeded" in response.text or "maximum context length" in response.text):
+            window = CONTEXT_LENGTH.search(response.text)
+            if window:
+                self._window = int(window.group(1))
+            return ContextOverflow(message, self._window)
         if code == 429:
             return TransientError(message, "rate_limit", parse_retry_after(response.headers.get("retry-after")))
         if code >= 500:
@@ -112,24 +126,40 @@ class OpenAIBackend(Backend):
         return TransientError(f"{self.spec.label}: {type(exc).__name__} on POST {path}: {exc}", kind)
 
     def _complete(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
-        payload = {**self.extra, **payload, "model": self.spec.target, "stream": True,
-                   "stream_options": {"include_usage": True}}
+        payload = {**self.extra, **payload, "model": self.spec.target}
+        with_tools = bool(payload.get("tools"))
+        if with_tools and not self._stream_tools:
+            return self._complete_unstreamed(path, payload, stop)
         watch = Stopwatch()
         parts: list[str] = []
-        chunks_with_content = 0
+        chunks = chunks_with_content = 0
         usage: dict[str, Any] = {}
         finish = None
-        for chunk in self._stream(path, payload):
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices") or []:
-                piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
-                if piece:
-                    watch.mark_first()
-                    parts.append(piece)
-                    chunks_with_content += 1
-                finish = choice.get("finish_reason") or finish
+        calls: dict[int, dict[str, str]] = {}
+        try:
+            for chunk in self._stream(path, {**payload, "stream": True, "stream_options": {"include_usage": True}}):
+                chunks += 1
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    piece = choice.get("text") if "text" in choice else delta.get("content")
+                    if piece:
+                        watch.mark_first()
+                        parts.append(piece)
+                        chunks_with_content += 1
+                    for call in delta.get("tool_calls") or []:
+                        watch.mark_first()
+                        chunks_with_content += 1
+                        _merge_call_delta(calls, call)
+                    finish = choice.get("finish_reason") or finish
+        except TransientError as exc:
+            if chunks == 0 and with_tools and exc.kind == "server":
+                return self._after_failed_stream(path, payload, stop)
+            raise
         latency = watch.elapsed()
         if finish is None:
+            if chunks == 0 and path == "/chat/completions":
+                return self._after_failed_stream(path, payload, stop)
             # Every OpenAI-compatible server ends a stream with a finish_reason; without one the
             # stream was cut (llama-cpp-python interrupts a stream when another request arrives).
             raise TransientError(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
@@ -149,7 +179,53 @@ class OpenAIBackend(Backend):
             latency_s=latency,
             ttft_s=ttft,
             tpot_s=tpot(latency, ttft, completion_tokens),
+            tool_calls=tuple(_tool_call(calls[k], self.spec.label) for k in sorted(calls)),
             finish_reason="stop" if stopped else finish,
+            backend=self.spec.raw,
+        )
+
+    def _after_failed_stream(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+        """A chat stream that failed before its first event: ask once more without streaming.
+
+        llama-cpp-python answers some requests it cannot stream (an automatic tool choice, a prompt
+        past the context window) with an empty 200 stream or a bare 500; unstreamed, the same request
+        succeeds or says what is wrong. When it succeeds for a tools request, later tools requests go
+        unstreamed (no time to first token for them).
+        """
+        reply = self._complete_unstreamed(path, payload, stop)
+        if payload.get("tools"):
+            self._stream_tools = False
+        return reply
+
+    def _complete_unstreamed(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+        watch = Stopwatch()
+        try:
+            response = self.client.post(path, json={**payload, "stream": False})
+        except httpx.HTTPError as exc:
+            raise self._transport_error(path, exc) from exc
+        if response.status_code >= 400:
+            raise self._http_error(path, response)
+        latency = watch.elapsed()
+        try:
+            body = response.json()
+            choice = body["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise TransientError(f"{self.spec.label}: POST {path}: unreadable answer {response.text[:200]}",
+                                 "server") from None
+        message = choice.get("message") or {}
+        calls = {k: {"id": c.get("id") or "", "name": (c.get("function") or {}).get("name") or "",
+                     "arguments": (c.get("function") or {}).get("arguments") or ""}
+                 for k, c in enumerate(message.get("tool_calls") or [])}
+        text, stopped = apply_stop(message.get("content") or choice.get("text") or "", stop)
+        usage = body.get("usage") or {}
+        completion_tokens = usage.get("completion_tokens")
+        return Reply(
+            text=text,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=completion_tokens,
+            latency_s=latency,
+            tool_calls=tuple(_tool_call(calls[k], self.spec.label) for k in sorted(calls)),
+            finish_reason="stop" if stopped else choice.get("finish_reason"),
             backend=self.spec.raw,
         )
 
@@ -192,14 +268,31 @@ class OpenAIBackend(Backend):
         ]
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
-        return [
-            self._complete(
-                "/chat/completions",
-                {"messages": list(r.messages), "max_tokens": r.max_tokens, "temperature": r.temperature},
-                (),
-            )
-            for r in requests
-        ]
+        return [self._complete("/chat/completions", chat_payload(r), ()) for r in requests]
+
+    def context_window(self) -> int | None:
+        """From the spec (``?context_window=N``), the server's model list (vLLM's ``max_model_len``),
+        or the limit a refused request named."""
+        if self._window is None and not self._window_asked:
+            self._window_asked = True
+            try:
+                models = self.client.get("/models", timeout=PROBE_TIMEOUT_S).json().get("data") or []
+                entry = next((m for m in models if m.get("id") == self.spec.target), models[0] if models else {})
+                limit = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
+                self._window = int(limit) if limit else None
+            except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+                pass
+        return self._window
+
+    def count_chat_tokens(self, request: ChatRequest) -> int | None:
+        """The server's own count where it has a chat tokenizer endpoint (vLLM), else an estimate
+        that errs high (a token per three characters), so trimming keeps the request inside the window."""
+        payload = chat_payload(request)
+        counted = self._count_prompt(payload)
+        if counted is not None:
+            return counted
+        text = json.dumps(payload["messages"]) + json.dumps(payload.get("tools") or [])
+        return int(len(text) / CHARS_PER_TOKEN) + 1
 
     # --- loglikelihood --------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
@@ -249,6 +342,44 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         self.client.close()
+
+
+CONTEXT_LENGTH = re.compile(r"maximum context length is (\d+)")
+
+
+def chat_payload(request: ChatRequest) -> dict[str, Any]:
+    payload: dict[str, Any] = {"messages": list(request.messages), "max_tokens": request.max_tokens,
+                               "temperature": request.temperature}
+    if request.tools:
+        payload["tools"] = list(request.tools)
+        forced = request.forced_tool  # llama.cpp refuses "required"; with one tool it means that tool
+        payload["tool_choice"] = ({"type": "function", "function": {"name": forced}} if forced
+                                  else request.tool_choice)
+    return payload
+
+
+def _merge_call_delta(calls: dict[int, dict[str, str]], delta: dict[str, Any]) -> None:
+    """Add one streamed ``tool_calls`` delta: arguments arrive in pieces, the id and name once
+    (llama.cpp repeats them in every piece, so they are kept, not concatenated)."""
+    entry = calls.setdefault(int(delta.get("index") or 0), {"id": "", "name": "", "arguments": ""})
+    function = delta.get("function") or {}
+    entry["id"] = entry["id"] or delta.get("id") or ""
+    entry["name"] = entry["name"] or function.get("name") or ""
+    entry["arguments"] += function.get("arguments") or ""
+
+
+def _tool_call(entry: dict[str, str], label: str) -> ToolCall:
+    """A finished call; arguments the model wrote badly become the call's error, fed back to it."""
+    name, raw = entry["name"], entry["arguments"]
+    try:
+        arguments = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        return ToolCall(name, {}, error=f"the model wrote malformed arguments for {name}: {exc.msg}: {raw[:200]}",
+                        id=entry["id"] or None)
+    if not isinstance(arguments, dict):
+        return ToolCall(name, {}, error=f"the arguments for {name} are not a JSON object: {raw[:200]}",
+                        id=entry["id"] or None)
+    return ToolCall(name, arguments, id=entry["id"] or None)
 
 
 def _top1(alternatives: dict[str, float] | None) -> str | None:

@@ -7,6 +7,8 @@ Spec options other than the few read here go to ``LLM(...)`` as keyword argument
 from __future__ import annotations
 
 import importlib.util
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,15 +23,18 @@ from .base import (
     Reply,
     Stopwatch,
     apply_stop,
+    likeliest,
     split_whitespace,
     tpot,
 )
+from .template_chat import TemplateChat, template_messages
+from .tool_format import parse_tool_calls, plain_messages, template_knows_tools
 
 INSTALL_HINT = "pip install 'pytest-evals[vllm]' (needs a CUDA GPU)"
 
 
-class VLLMBackend(Backend):
-    capabilities = frozenset({"generate", "chat", "loglikelihood"})
+class VLLMBackend(TemplateChat, Backend):
+    capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -100,10 +105,43 @@ class VLLMBackend(Backend):
         return self._replies(outputs, [r.stop for r in requests], watch)
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
-        params = [self._params(r.max_tokens, r.temperature) for r in requests]
-        watch = Stopwatch()
-        outputs = self.llm.chat([list(r.messages) for r in requests], params, use_tqdm=False)
-        return self._replies(outputs, [() for _ in requests], watch)
+        """``LLM.chat`` over the batch, one call per distinct tool list; forced tools field by field."""
+        replies: list[Reply | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.tools and r.tool_choice not in ("auto", "none"):
+                replies[i] = self._forced_reply(self.chat_prompt(r), r)
+            else:
+                tools = list(r.tools) if r.tool_choice != "none" else []
+                groups.setdefault(json.dumps(tools, sort_keys=True), []).append(i)
+        knows_tools = template_knows_tools(getattr(self.tokenizer, "chat_template", None))
+        for key, indices in groups.items():
+            tools = json.loads(key)
+            batch = [requests[i] for i in indices]
+            conversations = [template_messages(r.messages) if knows_tools or not tools
+                             else plain_messages(r.messages, tools) for r in batch]
+            params = [self._params(r.max_tokens, r.temperature) for r in batch]
+            watch = Stopwatch()
+            extra = {"tools": tools} if tools and knows_tools else {}
+            outputs = self.llm.chat(conversations, params, use_tqdm=False, **extra)
+            for i, reply in zip(indices, self._replies(outputs, [() for _ in batch], watch)):
+                if tools:
+                    content, calls = parse_tool_calls(reply.text, [t["function"]["name"] for t in tools])
+                    if calls:
+                        reply = replace(reply, text=content, tool_calls=tuple(calls), finish_reason="tool_calls")
+                replies[i] = reply
+        return [r for r in replies if r is not None]
+
+    def _complete_texts(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
+        return self.generate([request for _, request in items])
+
+    def _choose(self, context: str, options: list[str]) -> int:
+        return likeliest([r.logprob for r in self.loglikelihood([LoglikelihoodRequest(context, o) for o in options])])
+
+    def context_window(self) -> int | None:
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        limit = getattr(config, "max_model_len", None)
+        return int(limit) if limit else None
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         """Prompt logprobs of context+continuation, scored on the tokens past the context's."""

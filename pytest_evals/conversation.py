@@ -41,7 +41,7 @@ def as_tools(tools: Sequence[Callable[..., Any] | Tool] | None) -> list[Tool]:
     made = [t if isinstance(t, Tool) else tool(t) for t in tools or ()]
     names = [t.name for t in made]
     if len(set(names)) != len(names):
-        raise ValueError(f"two tools share a name: {', '.join(sorted(n for n in names if names.count(n) > 1))}")
+        raise ValueError(f"two tools share a name: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
     return made
 
 
@@ -122,7 +122,7 @@ class Conversation:
             reply = self._ask(schemas, choice)
             calls = list(reply.tool_calls) if choice != "none" else []
             position = self._add(
-                {"role": "assistant", "content": reply.text or (None if calls else ""),
+                {"role": "assistant", "content": reply.text,  # "" rather than null: llama.cpp refuses null
                  **({"tool_calls": [wire_call(c) for c in calls]} if calls else {})})
             if not calls:
                 return replace(reply, tool_calls=tuple(ran))

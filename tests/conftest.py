@@ -26,12 +26,14 @@ except httpx.HTTPError:
 # A backend for tests of the plugin's own logic (ids, records, outcomes, summary). It never stands
 # in for a backend a feature claims to support: those are tested on real models and servers.
 FAKE_BACKEND = '''
-from pytest_evals.backends.base import Backend, Loglikelihood, Reply
+import json
+
+from pytest_evals.backends.base import Backend, Loglikelihood, Reply, ToolCall
 from pytest_evals.specs import SpecError
 
 
 class FakeBackend(Backend):
-    capabilities = frozenset({"generate", "chat", "loglikelihood"})
+    capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
 
     @classmethod
     def check(cls, spec):
@@ -48,8 +50,18 @@ class FakeBackend(Backend):
         return replies
 
     def chat(self, requests):
-        return [Reply(text=r.messages[-1]["content"][::-1], prompt_tokens=1, completion_tokens=1)
-                for r in requests]
+        # "call NAME {json}" asks for that tool call; a tool result is read back; anything else is reversed
+        replies = []
+        for r in requests:
+            last = r.messages[-1]
+            if last["role"] == "user" and last["content"].startswith("call ") and r.tool_choice != "none":
+                _, name, arguments = last["content"].split(" ", 2)
+                replies.append(Reply(text="", tool_calls=(ToolCall(name, json.loads(arguments), id="c1"),)))
+            elif last["role"] == "tool":
+                replies.append(Reply(text=f"the answer is {last['content']}", prompt_tokens=1, completion_tokens=1))
+            else:
+                replies.append(Reply(text=last["content"][::-1], prompt_tokens=1, completion_tokens=1))
+        return replies
 
     def loglikelihood(self, requests):
         # shorter continuations are more likely
@@ -147,18 +159,28 @@ def start_llama_server(gguf: Path, log: Path, *extra: str) -> tuple[subprocess.P
     raise RuntimeError(f"llama.cpp server did not answer within 120 s; see {log}")
 
 
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory):
-    """The real OpenAI-compatible llama.cpp server on a free loopback port, serving SmolLM2."""
+def _serve(tmp_path_factory: pytest.TempPathFactory, *extra: str):
     _required("llama_cpp", "pip install 'llama-cpp-python[server]'")
     gguf = embedded_gguf_path()
-    proc, url = start_llama_server(gguf, tmp_path_factory.mktemp("llama") / "server.log")
+    proc, url = start_llama_server(gguf, tmp_path_factory.mktemp("llama") / "server.log", *extra)
     yield url
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory):
+    """The real OpenAI-compatible llama.cpp server on a free loopback port, serving SmolLM2."""
+    yield from _serve(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def llama_tools_server(tmp_path_factory: pytest.TempPathFactory):
+    """The same server with llama.cpp's tool-calling chat format (grammar-constrained forced calls)."""
+    yield from _serve(tmp_path_factory, "--interrupt_requests", "False", "--chat_format", "chatml-function-calling")
 
 
 @pytest.fixture(scope="session")

@@ -55,9 +55,16 @@ class Output:
 class Tokenizer:
     bos_token_id = 1
     eos_token_id = 2
+    chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"  # knows no tools
 
     def encode(self, text, add_special_tokens=False):
         return [ord(ch) for ch in text]  # one token per character
+
+    def __call__(self, text, add_special_tokens=False):
+        return types.SimpleNamespace(input_ids=self.encode(text))
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, **kwargs):
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
 
 @dataclass
@@ -85,9 +92,16 @@ class LLM:
         return [Output([1, 2, 3], [Completion(p.upper() + " END more", [7, 8, 9, 10])], Metrics(100.0, 100.25))
                 for p in prompts]
 
-    def chat(self, conversations, params, use_tqdm=True):
-        self.calls.append(("chat", conversations, params))
-        return [Output([1], [Completion(c[-1]["content"][::-1], [4, 5], "stop")], None) for c in conversations]
+    def chat(self, conversations, params, use_tqdm=True, **kwargs):
+        self.calls.append(("chat", conversations, params, kwargs))
+        outputs = []
+        for c in conversations:
+            last = c[-1]["content"]
+            # a user turn that starts with "call" gets a Hermes-format call, like an open model writes
+            text = ('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+                    if "call" in last else last[::-1])
+            outputs.append(Output([1], [Completion(text, [4, 5], "stop")], None))
+        return outputs
 
 
 @pytest.fixture
@@ -136,6 +150,44 @@ def test_chat_goes_through_the_chat_api(fake_vllm) -> None:
     (reply,) = backend.chat([ChatRequest(({"role": "user", "content": "hello"},), max_tokens=5)])
     assert reply.text == "olleh" and reply.finish_reason == "stop"
     assert backend.llm.calls[0][0] == "chat"
+
+
+def add(a: int, b: int) -> int:
+    """Add."""
+    return a + b
+
+
+def test_chat_with_tools_parses_the_calls_and_groups_requests_by_tools(fake_vllm) -> None:
+    from pytest_evals.tools import tool
+
+    backend = make()
+    schemas = (tool(add).schema,)
+    replies = backend.chat([ChatRequest(({"role": "user", "content": "call add"},), tools=schemas),
+                            ChatRequest(({"role": "user", "content": "plain"},)),
+                            ChatRequest(({"role": "user", "content": "call it"},), tools=schemas)])
+    assert [(c.name, c.arguments) for c in replies[0].tool_calls] == [("add", {"a": 1, "b": 2})]
+    assert replies[0].finish_reason == "tool_calls" and replies[0].text == ""
+    assert replies[1].text == "nialp" and replies[1].tool_calls == ()
+    assert replies[2].tool_calls[0].name == "add"
+    chats = [c for c in backend.llm.calls if c[0] == "chat"]
+    assert len(chats) == 2  # one engine call per distinct tool list
+    with_tools = next(c for c in chats if len(c[1]) == 2)
+    # this template renders no tools, so they are described in the system prompt
+    assert with_tools[1][0][0]["role"] == "system" and "<tools>" in with_tools[1][0][0]["content"]
+    assert with_tools[3] == {}
+
+
+def test_a_forced_tool_is_written_through_generate(fake_vllm) -> None:
+    from pytest_evals.tools import tool
+
+    backend = make()
+    (reply,) = backend.chat([ChatRequest(({"role": "user", "content": "x"},), tools=(tool(add).schema,),
+                                         tool_choice="add")])
+    (call,) = reply.tool_calls
+    # the stand-in's generate upper-cases the prompt: no number comes back, so the call carries the error
+    assert call.name == "add" and call.error.startswith("the model gave no valid value for a")
+    assert backend.llm.calls[0][0] == "generate"
+    assert backend.llm.calls[0][1][0].endswith('{"name": "add", "arguments": {"a": ')
 
 
 def test_loglikelihood_scores_tokens_past_the_context(fake_vllm) -> None:

@@ -199,10 +199,16 @@ class OpenAIBackend(Backend):
 
     def _complete_unstreamed(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
         watch = Stopwatch()
-        try:
-            response = self.client.post(path, json={**payload, "stream": False})
-        except httpx.HTTPError as exc:
-            raise self._transport_error(path, exc) from exc
+        for stale in (True, False):
+            try:
+                response = self.client.post(path, json={**payload, "stream": False})
+                break
+            except httpx.RemoteProtocolError as exc:
+                # After a failed stream the server may close the kept-alive connection: ask once on a new one
+                if not stale:
+                    raise self._transport_error(path, exc) from exc
+            except httpx.HTTPError as exc:
+                raise self._transport_error(path, exc) from exc
         if response.status_code >= 400:
             raise self._http_error(path, response)
         latency = watch.elapsed()

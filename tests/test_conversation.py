@@ -208,3 +208,45 @@ def test_turns_and_tool_calls_reach_sqlite_tied_to_their_case(fake_project: pyte
     assert tool_row[:5] == (by_name["test_tools"], "add", '{"a": 2, "b": 40}', "42", None)
     assert tool_row[5] >= 0
     assert rows(fake_project, "SELECT count(*), count(DISTINCT case_id || '/' || conversation) FROM calls WHERE kind = 'chat'") == [(4, 2)]
+
+
+def test_a_resumed_case_keeps_its_turns_and_tool_calls(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_t='''
+        def add(a: int, b: int) -> int:
+            """Add."""
+            return a + b
+
+        def test_tools(model):
+            assert model.chat('call add {"a": 1, "b": 2}', tools=[add]).text == "the answer is 3"
+    ''')
+    fake_project.runpytest("--model=fake:m", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    result = fake_project.runpytest("--model=fake:m", "-p", "no:cacheprovider", "--evals-resume", "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*PASSED (resumed)*"])
+    per_run = rows(fake_project, "SELECT run_id, count(*) FROM turns GROUP BY run_id")
+    assert per_run == [(1, 4), (2, 4)]
+    assert rows(fake_project, "SELECT run_id, name, result FROM tool_calls ORDER BY run_id") == [
+        (1, "add", "3"), (2, "add", "3")]
+
+
+def test_render_passes_tools_to_a_template_that_knows_them() -> None:
+    from pytest_evals.backends.template_chat import render_chat
+    from pytest_evals.tools import tool
+
+    class Tokenizer:
+        chat_template = "{% if tools %}{{ tools }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"
+
+        def apply_chat_template(self, messages, **kwargs):
+            self.seen = (messages, kwargs)
+            return "rendered"
+
+    tokenizer = Tokenizer()
+    messages = ({"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "x", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]})
+    render_chat(tokenizer, ChatRequest(messages, tools=(tool(add).schema,)))
+    sent, kwargs = tokenizer.seen
+    assert kwargs["tools"] == [tool(add).schema] and kwargs["add_generation_prompt"] is True
+    assert sent[1]["tool_calls"][0]["function"]["arguments"] == {"a": 1}  # a dict for the template
+    render_chat(tokenizer, ChatRequest(messages, tools=(tool(add).schema,), tool_choice="none"))
+    assert tokenizer.seen[1]["tools"] is None

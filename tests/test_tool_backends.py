@@ -134,3 +134,12 @@ def test_hf_conversation_trims_to_the_window_with_the_real_tokenizer(smollm2) ->
     last = ChatRequest(tuple(conversation.messages[:-1]), max_tokens=8)
     assert smollm2.count_chat_tokens(last) + 8 <= 80
     assert calls[-1].dropped_messages == len(conversation.dropped)
+
+
+def test_hf_choice_with_a_shared_cache_agrees_with_loglikelihood(smollm2) -> None:
+    from pytest_evals.backends.base import LoglikelihoodRequest
+
+    context = 'Convert 5 kilometers to meters.\n{"from_unit": '
+    for options in (['"km"', '"m"', '"cm"', '"mi"'], [" yes", " no, not at all", " maybe"]):
+        scores = [r.logprob for r in smollm2.loglikelihood([LoglikelihoodRequest(context, o) for o in options])]
+        assert smollm2._choose(context, options) == scores.index(max(scores))

@@ -10,6 +10,7 @@ whitespace moves to the continuation, and an empty context is replaced by the pr
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import warnings
 from pathlib import Path
@@ -178,7 +179,37 @@ class HFBackend(TemplateChat, Backend):
         return self._complete(items)
 
     def _choose(self, context: str, options: list[str]) -> int:
-        scores = [r.logprob for r in self.loglikelihood([LoglikelihoodRequest(context, o) for o in options])]
+        """The likeliest option after ``context`` (as ``loglikelihood`` would score it), with the shared
+        context run once and its cache reused for every option: a forced call's enum over a long tools
+        prompt costs one pass over the prompt, not one per option."""
+        torch = self.torch
+        import torch.nn.functional as F
+
+        pairs = [self.encode_pair(context, o) for o in options]
+        prefix = pairs[0][0]
+        if len(options) == 1 or any(c != prefix for c, _ in pairs) or not all(x for _, x in pairs):
+            return likeliest([r.logprob for r in self.loglikelihood([LoglikelihoodRequest(context, o) for o in options])])
+        rests = [x for _, x in pairs]
+        width = max(len(x) for x in rests)
+        batch = torch.full((len(rests), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rests), len(prefix) + width), dtype=torch.long)
+        mask[:, : len(prefix)] = 1
+        for row, rest in enumerate(rests):
+            batch[row, : len(rest)] = torch.tensor(rest, dtype=torch.long)
+            mask[row, len(prefix): len(prefix) + len(rest)] = 1
+        # transformers 5 names the cache argument and output `cache`; 4.x `past_key_values`
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        with torch.inference_mode():
+            first = self.model(torch.tensor([prefix], device=self.device), use_cache=True)
+            cache = getattr(first, name)
+            cache.batch_repeat_interleave(len(rests))
+            logits = self.model(batch.to(self.device), attention_mask=mask.to(self.device), **{name: cache}).logits
+            scores = []
+            for row, rest in enumerate(rests):
+                # token k of the option is predicted by the prefix's last position, then by the option's own
+                steps = torch.cat([first.logits[0, -1:], logits[row, : len(rest) - 1]]).float()
+                target = torch.tensor(rest, device=steps.device)
+                scores.append(float(F.log_softmax(steps, dim=-1).gather(-1, target[:, None]).sum()))
         return likeliest(scores)
 
     def context_window(self) -> int | None:

@@ -86,6 +86,15 @@ class Usage:
         self.models: dict[str, dict[str, list]] = {}
 
     def add(self, model: str, calls: list) -> None:
+        """A case's calls: the model's under the case's model, a judge's on a row of its own."""
+        groups: dict[str, list] = {model: []}
+        for call in calls:
+            key = f"{call.model} (judge)" if getattr(call, "role", "model") == "judge" else model
+            groups.setdefault(key, []).append(call)
+        for key, group in groups.items():
+            self._add(key, group)
+
+    def _add(self, model: str, calls: list) -> None:
         data = self.models.setdefault(model, {k: [] for k in (
             "cases", "input_tokens", "output_tokens", "cost_usd", "latency_s", "ttft_s", "tpot_s", "gpu_peak_mib")})
         data["cases"].append(1)

@@ -21,11 +21,13 @@ from .backends.base import (
     Message,
     Reply,
     Stopwatch,
+    UnsupportedTask,
     likeliest,
 )
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
+from .routing import KIND_TASK, cannot_serve
 from .store import CallRow, now
 
 T = TypeVar("T")
@@ -35,8 +37,9 @@ class Model:
     def __init__(self, backend: Backend, calls: list[CallRow], name: str | None = None,
                  policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
                  fallback: Callable[[], "Model"] | None = None, price: Price | None = None,
-                 transcript: Transcript | None = None) -> None:
+                 transcript: Transcript | None = None, role: str = "model") -> None:
         self._backend = backend
+        self._role = role
         self.transcript = transcript if transcript is not None else Transcript()
         self._calls = calls
         self._name = name or backend.spec.label
@@ -100,7 +103,8 @@ class Model:
         """One chat call to the backend, logged (the tool loop's unit)."""
         __tracebackhide__ = True
         shown = "\n".join(_show_message(m) for m in request.messages)
-        return self._call("chat", shown, lambda backend: backend.chat([request])[0],
+        task = "tools" if request.tools and request.tool_choice != "none" else "chat"
+        return self._call("chat", shown, lambda backend: backend.chat([request])[0], task=task,
                           conversation=conversation, dropped_messages=dropped)
 
     def loglikelihood(self, context: str, continuation: str) -> float:
@@ -123,15 +127,20 @@ class Model:
         return likeliest(scores)
 
     # --- logging ----------------------------------------------------------------------------------
-    def _call(self, kind: str, shown_input: str, run: Callable[[Backend], T], **fields: Any) -> T:
+    def _call(self, kind: str, shown_input: str, run: Callable[[Backend], T], task: str | None = None,
+              **fields: Any) -> T:
         __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
+        task = task or KIND_TASK[kind]
         try:
+            if task not in self._backend.capabilities:
+                raise UnsupportedTask(cannot_serve(self._backend.spec.label, task, self._backend.capabilities))
             return self._attempts(kind, shown_input, run, fields)
         except BackendError:
             if self._fallback is None:
                 raise
-        # The primary failed for good (retries spent, circuit open): the fallback answers, recorded as itself.
-        return self._fallback()._call(kind, shown_input, run, **fields)
+        # The primary failed for good (retries spent, circuit open, cannot serve the task): the fallback
+        # answers, recorded as itself.
+        return self._fallback()._call(kind, shown_input, run, task, **fields)
 
     def _attempts(self, kind: str, shown_input: str, run: Callable[[Backend], T], fields: dict[str, Any]) -> T:
         __tracebackhide__ = True
@@ -139,7 +148,7 @@ class Model:
         def attempt(number: int) -> T:
             __tracebackhide__ = True
             row = CallRow(kind=kind, model=self._name, input_text=shown_input, started_at=now(), attempt=number,
-                          **fields)
+                          role=self._role, spec=self._backend.spec.raw, **fields)
             self._calls.append(row)  # every attempt is a row, with its error
             watch = Stopwatch()
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
@@ -23,9 +23,13 @@ from .reliability import NO_RETRY, RetryPolicy, policy_from_ini, policy_from_mar
 from .pool import BackendPool
 from .recorder import ERROR_ATTR, CaseLog, RecorderPlugin, case_log_key
 from .resume import ResumeState, case_key, case_key_key, replay, resume_state_key, resumed_status
+from .routing import JUDGE_MARKER, TASK_MARKER, TASKS, Routes, RoutingError, parse_judge, parse_task
 from .scoring import Threshold
 from .specs import ModelSpec, SpecError, parse_specs, spec_ids
 from .store import DEFAULT_DB
+
+if TYPE_CHECKING:
+    from .gpus import GpuPlan
 
 
 
@@ -36,6 +40,9 @@ class EvalsConfig:
     explicit_models: bool  # the user named --model (else the embedded default serves)
     db_path: Path
     settings: BackendSettings
+    routes: Routes
+    judge: ModelSpec | None  # the default judge (--evals-judge or ini evals_judge)
+    gpus_per_worker: int | None = None
 
 
 evals_config_key = pytest.StashKey[EvalsConfig]()
@@ -45,6 +52,11 @@ retry_key = pytest.StashKey[RetryPolicy]()
 retry_default_key = pytest.StashKey[RetryPolicy]()
 prices_key = pytest.StashKey[PriceTable]()
 marker_problem_key = pytest.StashKey[str]()
+task_key = pytest.StashKey[str]()  # the case's evals_task
+judge_key = pytest.StashKey[ModelSpec]()  # the case's evals_judge
+served_key = pytest.StashKey[ModelSpec]()  # the spec that serves the case's model fixture
+gpus_key = pytest.StashKey[str]()  # the GPUs this process is pinned to
+gpu_plan_key = pytest.StashKey["GpuPlan"]()  # the controller's plan for its workers
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -110,7 +122,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="stop the run once its model calls cost this much (prices from ini evals_prices); cases in "
         "flight finish and are recorded. ini: evals_budget",
     )
+    group.addoption(
+        "--evals-route", action="append", dest="evals_route", metavar="TASK=SPEC", default=None,
+        help="send cases marked evals_task(TASK) whose model cannot serve TASK (generate, chat, loglikelihood, "
+        "tools) to SPEC instead of skipping them (repeatable). ini: evals_route",
+    )
+    group.addoption(
+        "--evals-judge", dest="evals_judge", metavar="SPEC", default=None,
+        help="the model behind the judge fixture where no evals_judge marker names one. ini: evals_judge",
+    )
+    group.addoption(
+        "--evals-gpus-per-worker", dest="evals_gpus_per_worker", metavar="N", type=int, default=None,
+        help="pin each xdist worker to its own N GPUs (CUDA_VISIBLE_DEVICES); -n auto starts one worker per "
+        "group of N GPUs. ini: evals_gpus_per_worker",
+    )
     parser.addini("evals_models", "default --model specs, one per line", type="linelist", default=[])
+    parser.addini("evals_route", "default --evals-route lines, TASK=SPEC, one per line", type="linelist", default=[])
+    parser.addini("evals_judge", "default --evals-judge spec", default="")
+    parser.addini("evals_gpus_per_worker", "default --evals-gpus-per-worker", default="")
     parser.addini("evals_prices", "prices, one 'MODEL_GLOB IN_USD_PER_M OUT_USD_PER_M' or "
                   "'MODEL_GLOB gpu_hour=USD' per line", type="linelist", default=[])
     parser.addini("evals_budget", "default --evals-budget in USD", default="")
@@ -146,7 +175,34 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` with --evals-gpus-per-worker: one worker per group of GPUs (xdist's default without)."""
+    per_worker = _setting(config, "evals_gpus_per_worker", int, None)
+    if not per_worker:
+        return None
+    from .gpus import plan
+
+    return len(plan(per_worker, None).groups) or None
+
+
+def _xdist_workers(config: pytest.Config) -> int | None:
+    """How many xdist workers this controller starts; None when the run does not distribute."""
+    if not config.pluginmanager.hasplugin("xdist") or getattr(config.option, "dist", "no") == "no":
+        return None
+    numprocesses = getattr(config.option, "numprocesses", None)
+    if isinstance(numprocesses, int):
+        return numprocesses or None
+    return len(getattr(config.option, "tx", None) or []) or None
+
+
+@pytest.hookimpl(tryfirst=True)  # before any plugin can initialise CUDA, a worker is pinned to its GPUs
 def pytest_configure(config: pytest.Config) -> None:
+    from .gpus import WORKER_KEY, pin
+
+    if is_worker(config) and config.workerinput.get(WORKER_KEY):
+        pin(config.workerinput[WORKER_KEY])
+        config.stash[gpus_key] = config.workerinput[WORKER_KEY]
     config.addinivalue_line(
         "markers",
         f"{MARKER}(min_pass_rate=None, **metric_minimums): the benchmark's gate: the session exits 0 while "
@@ -158,6 +214,16 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{RETRY_MARKER}(attempts=3, wait_s=1.0, max_wait_s=60, on=('rate_limit', 'timeout', 'server', "
         "'connection')): retry this case's model calls on transient faults, with exponential backoff and "
         "jitter up to max_wait_s; a server's Retry-After is honoured. ini evals_retry sets the default.",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{TASK_MARKER}(task): what the case needs: {', '.join(TASKS)}. A case whose model cannot serve it "
+        "goes to the spec --evals-route TASK=SPEC names, or is skipped with the reason.",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{JUDGE_MARKER}(spec): the model behind this case's judge fixture (e.g. an LLM-as-judge); its calls "
+        "are recorded with role judge and priced as that spec. Default: --evals-judge / ini evals_judge.",
     )
     registry = BackendRegistry()
     config.hook.pytest_evals_register_backends(register=registry.register)
@@ -208,12 +274,27 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--evals-budget {budget}: no prices are set, so nothing would count against "
                                 "it; add ini evals_prices lines such as 'openai:gpt-4o-mini 0.15 0.60'")
 
+    route_lines = config.getoption("evals_route")
+    judge_text = _setting(config, "evals_judge", str, None)
+    try:
+        routes = Routes.parse(route_lines or config.getini("evals_route"), registry,
+                              "--evals-route" if route_lines else "ini evals_route:")
+        judge = parse_judge([judge_text], "--evals-judge", registry.prefixes) if judge_text else None
+    except RoutingError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    gpus_per_worker = _setting(config, "evals_gpus_per_worker", int, None)
+    if gpus_per_worker is not None and gpus_per_worker < 1:
+        raise pytest.UsageError(f"--evals-gpus-per-worker {gpus_per_worker}: must be at least 1")
+
     evals = EvalsConfig(
         specs=tuple(specs),
         names=dict(zip(specs, spec_ids(specs))),
         explicit_models=bool(texts),
         db_path=db_path,
         settings=BackendSettings(timeout_s=timeout, batch_size=batch_size),
+        routes=routes,
+        judge=judge,
+        gpus_per_worker=gpus_per_worker,
     )
     config.stash[evals_config_key] = evals
     config.stash[pool_key] = BackendPool(registry, evals.settings)
@@ -227,6 +308,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
         session_plugin = SessionPlugin(config, evals, gates, _setting(config, "evals_baseline", str, None), resume,
                                        budget)
+        if gpus_per_worker:
+            from .gpus import pin, plan
+
+            workers = _xdist_workers(config)
+            gpu_plan = plan(gpus_per_worker, workers)
+            config.stash[gpu_plan_key] = gpu_plan
+            session_plugin.gpu_note = gpu_plan.note
+            if workers is None and gpu_plan.groups:
+                pin(gpu_plan.for_worker(0) or "")
+                config.stash[gpus_key] = gpu_plan.for_worker(0) or ""
         config.pluginmanager.register(session_plugin, "evals-session")
         if config.pluginmanager.hasplugin("xdist"):
             from .session import XdistControllerPlugin
@@ -265,6 +356,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Read each eval case's threshold marker (bad use is a usage error); check the implicit default
     model only once we know eval cases will run."""
     evals = config.stash[evals_config_key]
+    registry = config.stash[pool_key].registry
     seen: dict[object, object] = {}
     for item in items:
         if not _spec_of(item):
@@ -281,6 +373,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if id(retry) not in seen:
                     seen[id(retry)] = policy_from_marker(retry, where)
                 item.stash[retry_key] = seen[id(retry)]
+            task = item.get_closest_marker(TASK_MARKER)
+            if task is not None:
+                item.stash[task_key] = parse_task(task.args, task.kwargs, where)
+                # the case's model cannot serve the task: its route serves the case, or it is skipped
+                served, reason = evals.routes.serve(_spec_of(item), item.stash[task_key], registry)
+                if served is None:
+                    item.add_marker(pytest.mark.skip(reason=reason))
+                else:
+                    item.stash[served_key] = served
+            judge = item.get_closest_marker(JUDGE_MARKER)
+            if judge is not None:
+                if id(judge) not in seen:
+                    seen[id(judge)] = parse_judge(judge.args, where, registry.prefixes)
+                item.stash[judge_key] = seen[id(judge)]
+        except RoutingError as exc:
+            if not is_worker(config):
+                raise pytest.UsageError(str(exc)) from None
+            item.stash[marker_problem_key] = str(exc)
         except pytest.UsageError as exc:
             if not is_worker(config):
                 raise
@@ -341,6 +451,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             model=_model_name(item, spec),
             threshold=item.stash.get(threshold_key, None),
             case_key=item.stash.get(case_key_key, None),
+            gpus=item.config.stash.get(gpus_key, None),
         )
         if marker_problem_key in item.stash:
             pytest.fail(item.stash[marker_problem_key], pytrace=False)
@@ -361,16 +472,37 @@ def model(request: pytest.FixtureRequest) -> Model:
     if not isinstance(spec, ModelSpec):
         pytest.fail("the model fixture is parametrized by pytest-evals; do not request it indirectly "
                     "with your own parameters", pytrace=False)
+    served = request.node.stash.get(served_key, spec)  # another spec where --evals-route sends this case
     try:
-        backend = request.config.stash[pool_key].get(spec)
+        backend = request.config.stash[pool_key].get(served)
     except BackendError as exc:  # one line per case, no traceback: the message names the fix
         pytest.fail(str(exc), pytrace=False)
     log = request.node.stash[case_log_key]
     policy = request.node.stash.get(retry_key, None) or request.config.stash[retry_default_key]
     pool, prices = request.config.stash[pool_key], request.config.stash[prices_key]
-    return Model(backend, log.calls, log.model, policy, pool.breaker(spec, log.model),
-                 _fallback_model(pool, prices, spec.fallback, log, policy) if spec.fallback else None,
-                 prices.find(spec.raw, log.model), log.transcript)
+    name = log.model if served == spec else served.label
+    return Model(backend, log.calls, name, policy, pool.breaker(served, name),
+                 _fallback_model(pool, prices, served.fallback, log, policy) if served.fallback else None,
+                 prices.find(served.raw, name), log.transcript)
+
+
+@pytest.fixture
+def judge(request: pytest.FixtureRequest) -> Model:
+    """A second model for grading answers (LLM-as-judge): the spec of the case's evals_judge marker, else
+    --evals-judge / ini evals_judge. Its calls are recorded with role judge and priced as its own spec."""
+    spec = request.node.stash.get(judge_key, None) or request.config.stash[evals_config_key].judge
+    if spec is None:
+        pytest.fail(f"the judge fixture needs a model: mark the test @pytest.mark.{JUDGE_MARKER}('SPEC') "
+                    "or pass --evals-judge SPEC (ini evals_judge)", pytrace=False)
+    pool, prices = request.config.stash[pool_key], request.config.stash[prices_key]
+    try:
+        backend = pool.get(spec)
+    except BackendError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    log = request.node.stash.get(case_log_key, None) or CaseLog(model=spec.label)  # a test without `model`
+    policy = request.node.stash.get(retry_key, None) or request.config.stash[retry_default_key]
+    return Model(backend, log.calls, spec.label, policy, pool.breaker(spec, spec.label), None,
+                 prices.find(spec.raw, spec.label), log.transcript, role="judge")
 
 
 def _fallback_model(pool: BackendPool, prices: PriceTable, spec: ModelSpec, log: CaseLog,

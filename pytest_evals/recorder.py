@@ -45,6 +45,7 @@ class CaseLog:
     duration_s: float = 0.0
     case_key: str | None = None
     resumed_from: int | None = None  # set when the case is replayed from an earlier run
+    gpus: str | None = None  # the GPUs this process is pinned to
 
     def note_phase(self, report: pytest.TestReport, call: pytest.CallInfo[Any]) -> None:
         self.duration_s += report.duration
@@ -86,6 +87,8 @@ class CaseLog:
             case_key=self.case_key,
             resumed_from=self.resumed_from,
             cost_usd=sum(costs) if costs else None,
+            served_by=", ".join(sorted({c.spec for c in self.calls if c.spec})) or None,
+            gpus=self.gpus,
         )
         return {
             "case": dataclasses.asdict(case),

@@ -28,6 +28,7 @@ from .store import CallRow, CaseRecord, CaseRow, Store, StoreError, ToolCallRow,
 
 if TYPE_CHECKING:
     from .plugin import EvalsConfig
+    from .specs import ModelSpec
 
 
 def git_revision(path: str) -> str | None:
@@ -86,6 +87,7 @@ class SessionPlugin:
         self.progress = Progress(config)
         self.session: pytest.Session | None = None
         self.write_error: str | None = None
+        self.gpu_note: str | None = None  # the GPU pinning header line
 
     # --- start-up ---------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -93,12 +95,13 @@ class SessionPlugin:
         from .plugin import pool_key
 
         self.session = session
-        if self.evals.explicit_models:
-            pool = self.config.stash[pool_key]
-            for spec in self.evals.specs:
-                problem = pool.availability_problem(spec)
-                if problem:
-                    raise pytest.UsageError(problem)
+        pool = self.config.stash[pool_key]
+        named = [*(self.evals.specs if self.evals.explicit_models else ()), *self.evals.routes.table.values(),
+                 *([self.evals.judge] if self.evals.judge else [])]
+        for spec in named:  # what the user named must be servable; the implicit default is checked lazily
+            problem = pool.availability_problem(spec)
+            if problem:
+                raise pytest.UsageError(problem)
         path = self.evals.db_path
         if path.exists():
             self._open()  # an unusable existing file is reported now, before any case runs
@@ -270,8 +273,27 @@ class SessionPlugin:
             self.store.close()
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        models = ", ".join(s.raw for s in self.evals.specs)
+        from .plugin import pool_key
+        from .routing import TASKS, capabilities_of
+
+        registry = config.stash[pool_key].registry
+
+        def described(spec: "ModelSpec") -> str:
+            try:
+                serves = sorted(capabilities_of(spec, registry) & {*TASKS, "streaming"})
+            except Exception:  # an unregistered prefix is reported at start-up, not here
+                return spec.raw
+            return f"{spec.raw} ({', '.join(serves)})"
+
+        models = ", ".join(described(s) for s in self.evals.specs)
         lines = [f"evals: models {models}; database {self.evals.db_path}"]
+        if self.evals.routes.table:
+            lines.append("evals: routes " + "; ".join(
+                f"{task} -> {described(spec)}" for task, spec in self.evals.routes.table.items()))
+        if self.evals.judge:
+            lines.append(f"evals: judge {described(self.evals.judge)}")
+        if self.gpu_note:
+            lines.append(self.gpu_note)
         if self.resume_note:
             lines.append(self.resume_note)
         return lines
@@ -367,11 +389,17 @@ class XdistControllerPlugin:
         self.session.node_collected(ids)
 
     def pytest_configure_node(self, node: object) -> None:
+        from .gpus import WORKER_KEY, worker_index
+        from .plugin import gpu_plan_key
         from .resume import resume_state_key
 
+        workerinput = node.workerinput  # type: ignore[attr-defined]
         state = self.config.stash.get(resume_state_key, None)
         if state is not None:
-            node.workerinput["evals_resume"] = state.to_wire()  # type: ignore[attr-defined]
+            workerinput["evals_resume"] = state.to_wire()
+        gpu_plan = self.config.stash.get(gpu_plan_key, None)
+        if gpu_plan is not None and gpu_plan.groups:
+            workerinput[WORKER_KEY] = gpu_plan.for_worker(worker_index(workerinput["workerid"]))
 
 
 class Progress:

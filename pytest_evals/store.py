@@ -185,12 +185,20 @@ def _m005_conversations(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("dropped_messages", int)  # messages trimmed from the history before this call
 
 
+def _m006_routing(db: sqlite_utils.Database) -> None:
+    db["calls"].add_column("role", str)  # model | judge
+    db["calls"].add_column("spec", str)  # the spec whose backend served the call (routes, fallbacks)
+    db["cases"].add_column("served_by", str)  # the specs that served the case's calls, comma-separated
+    db["cases"].add_column("gpus", str)  # the GPUs its worker was pinned to (CUDA_VISIBLE_DEVICES)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
     ("003_case_keys", _m003_case_keys),
     ("004_metering", _m004_metering),
     ("005_conversations", _m005_conversations),
+    ("006_routing", _m006_routing),
 ]
 
 
@@ -212,6 +220,8 @@ class CallRow:
     gpu_peak_mib: float | None = None
     conversation: int | None = None
     dropped_messages: int | None = None
+    role: str = "model"
+    spec: str | None = None
 
 
 @dataclass
@@ -267,6 +277,8 @@ class CaseRow:
     case_key: str | None = None
     resumed_from: int | None = None
     cost_usd: float | None = None
+    served_by: str | None = None
+    gpus: str | None = None
 
 
 class Store:

@@ -50,7 +50,7 @@ def _headers() -> dict[str, str]:
 
 
 class OpenAIBackend(Backend):
-    capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
+    capabilities = frozenset({"generate", "chat", "loglikelihood", "tools", "streaming"})
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -203,8 +203,9 @@ class OpenAIBackend(Backend):
             try:
                 response = self.client.post(path, json={**payload, "stream": False})
                 break
-            except httpx.RemoteProtocolError as exc:
-                # After a failed stream the server may close the kept-alive connection: ask once on a new one
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                # After a failed stream the server may close or reset the kept-alive connection: ask once
+                # more, on a new one
                 if not stale:
                     raise self._transport_error(path, exc) from exc
             except httpx.HTTPError as exc:

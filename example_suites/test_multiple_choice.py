@@ -7,6 +7,7 @@ from pytest_evals import load_jsonl
 CASES = load_jsonl(__file__, "multiple_choice.jsonl")
 
 
+@pytest.mark.evals_task("loglikelihood")  # a chat-only server: --evals-route loglikelihood=smollm2
 @pytest.mark.evals_threshold(0.5)  # calibrated on the embedded default (about 62%)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["id"])
 def test_multiple_choice(model, case):

@@ -356,7 +356,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Read each eval case's threshold marker (bad use is a usage error); check the implicit default
     model only once we know eval cases will run."""
     evals = config.stash[evals_config_key]
-    registry = config.stash[pool_key].registry
+    pool = config.stash[pool_key]
+    registry = pool.registry
     seen: dict[object, object] = {}
     for item in items:
         if not _spec_of(item):
@@ -377,7 +378,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if task is not None:
                 item.stash[task_key] = parse_task(task.args, task.kwargs, where)
                 # the case's model cannot serve the task: its route serves the case, or it is skipped
-                served, reason = evals.routes.serve(_spec_of(item), item.stash[task_key], registry)
+                served, reason = evals.routes.serve(_spec_of(item), item.stash[task_key], pool.serves)
                 if served is None:
                     item.add_marker(pytest.mark.skip(reason=reason))
                 else:
@@ -398,7 +399,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.stash[marker_problem_key] = str(exc)
     if evals.explicit_models or not any(_spec_of(item) for item in items):
         return
-    pool = config.stash[pool_key]
     problem = pool.availability_problem(evals.specs[0])
     if problem is None:
         return

@@ -15,6 +15,13 @@ class BackendPool:
         self._checked: dict[ModelSpec, str | None] = {}
         self._identities: dict[ModelSpec, str] = {}
         self._breakers: dict[ModelSpec, "CircuitBreaker"] = {}
+        self._serves: dict[ModelSpec, frozenset[str]] = {}
+
+    def serves(self, spec: ModelSpec) -> frozenset[str]:
+        """What ``spec`` can serve, asked once per process (routing decides with it)."""
+        if spec not in self._serves:
+            self._serves[spec] = self.registry.resolve(spec.backend).serves(spec)
+        return self._serves[spec]
 
     def breaker(self, spec: ModelSpec, name: str) -> "CircuitBreaker":
         """One circuit breaker per backend in this process, shared by every case."""

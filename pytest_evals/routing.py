@@ -10,7 +10,7 @@ Nothing here loads a model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .backends.base import BackendRegistry
 from .specs import ModelSpec, SpecError, parse_spec
@@ -87,11 +87,12 @@ class Routes:
             table[task] = spec
         return cls(table)
 
-    def serve(self, spec: ModelSpec, task: str | None, registry: BackendRegistry) -> tuple[ModelSpec | None, str | None]:
+    def serve(self, spec: ModelSpec, task: str | None,
+              serves: Callable[[ModelSpec], frozenset[str]]) -> tuple[ModelSpec | None, str | None]:
         """(the spec that serves a case of ``spec`` needing ``task``, or None with the reason)."""
         if task is None:
             return spec, None
-        capabilities = capabilities_of(spec, registry)
+        capabilities = serves(spec)
         if task in capabilities:
             return spec, None
         if task in self.table:

@@ -274,16 +274,19 @@ class SessionPlugin:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         from .plugin import pool_key
-        from .routing import TASKS, capabilities_of
+        from .routing import TASKS
 
-        registry = config.stash[pool_key].registry
+        pool = config.stash[pool_key]
+        # With routes, what a spec serves may be probed (one small request to a server); without, the
+        # header shows what its backend declares and sends nothing.
+        serves = pool.serves if self.evals.routes.table else (lambda s: pool.registry.resolve(s.backend).capabilities)
 
         def described(spec: "ModelSpec") -> str:
             try:
-                serves = sorted(capabilities_of(spec, registry) & {*TASKS, "streaming"})
+                tasks = sorted(serves(spec) & {*TASKS, "streaming"})
             except Exception:  # an unregistered prefix is reported at start-up, not here
                 return spec.raw
-            return f"{spec.raw} ({', '.join(serves)})"
+            return f"{spec.raw} ({', '.join(tasks)})"
 
         models = ", ".join(described(s) for s in self.evals.specs)
         lines = [f"evals: models {models}; database {self.evals.db_path}"]

@@ -141,3 +141,26 @@ def test_without_a_judge_spec_the_fixture_says_how_to_name_one(pytester: pytest.
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*the judge fixture needs a model: mark the test @pytest.mark.evals_judge('SPEC') "
                                  "or pass --evals-judge SPEC (ini evals_judge)"])
+
+
+def test_a_server_without_prompt_logprobs_routes_choices_to_the_embedded_default(pytester: pytest.Pytester,
+                                                                                 llama_server) -> None:
+    """llama.cpp's echoed logprobs are misaligned, so its spec does not serve loglikelihood: the marked
+    case goes to the route (the embedded default through transformers), the rest stay on the server."""
+    pytester.makepyfile(test_mixed='''
+        import pytest
+
+        @pytest.mark.evals_task("loglikelihood")
+        def test_choice(model):
+            assert model.choose("The capital of France is", [" Paris", " Berlin"]) == 0
+
+        def test_generate(model):
+            assert model.generate("The capital of France is", max_tokens=4).text
+    ''')
+    result = pytester.runpytest_subprocess(f"--model=openai:smollm2@{llama_server}", "--evals-route",
+                                           "loglikelihood=smollm2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"evals: models openai:smollm2@{llama_server} (chat, generate, streaming, tools)*",
+                                 "evals: routes loglikelihood -> smollm2 (chat, generate, loglikelihood, tools)"])
+    served = dict(rows(pytester, "SELECT substr(nodeid, 16, 11), served_by FROM cases"))
+    assert served == {"test_choice": "smollm2", "test_genera": f"openai:smollm2@{llama_server}"}

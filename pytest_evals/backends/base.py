@@ -194,6 +194,12 @@ class Backend:
         """
 
     @classmethod
+    def serves(cls, spec: ModelSpec) -> frozenset[str]:
+        """What this spec can serve, asked before loading (routing decides with it). By default the
+        class's ``capabilities``; a backend whose servers differ may probe, cheaply and once."""
+        return cls.capabilities
+
+    @classmethod
     def fingerprint(cls, spec: ModelSpec) -> str | None:
         """What identifies the served weights (a digest, a revision), cheaply; None when unknown.
 

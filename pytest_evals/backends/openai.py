@@ -67,6 +67,21 @@ class OpenAIBackend(Backend):
         if response.status_code >= 400:
             raise SpecError(f"--model {spec.raw}: GET {url} answered HTTP {response.status_code}; is {spec.base_url} an OpenAI-compatible /v1 URL?")
 
+    @classmethod
+    def serves(cls, spec: ModelSpec) -> frozenset[str]:
+        """Without loglikelihood where the server returns no prompt logprobs, or misaligned ones."""
+        try:
+            with httpx.Client(base_url=spec.base_url or "", headers=_headers(), timeout=4 * PROBE_TIMEOUT_S) as client:
+                response = client.post("/completions", json=echo_payload(spec.target, ALIGNMENT_PROBE))
+            if response.status_code >= 400:
+                return cls.capabilities - {"loglikelihood"}
+            logprobs = (response.json().get("choices") or [{}])[0].get("logprobs") or {}
+            if not logprobs.get("tokens") or echo_is_shifted(logprobs["tokens"], logprobs.get("top_logprobs") or []):
+                return cls.capabilities - {"loglikelihood"}
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError, IndexError):
+            pass  # an unreachable server is reported at start-up; here it keeps what it declares
+        return cls.capabilities
+
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         super().__init__(spec, settings)
         read = settings.timeout_s or DEFAULT_TIMEOUT_S
@@ -313,10 +328,8 @@ class OpenAIBackend(Backend):
 
     def _echo(self, prompt: str) -> dict[str, Any]:
         """The server's log-probabilities of ``prompt``'s own tokens (completions with echo)."""
-        payload = {"model": self.spec.target, "prompt": prompt, "max_tokens": 1, "temperature": 0,
-                   "echo": True, "logprobs": 1}
         try:
-            response = self.client.post("/completions", json=payload)
+            response = self.client.post("/completions", json=echo_payload(self.spec.target, prompt))
         except httpx.HTTPError as exc:
             raise self._transport_error("/completions", exc) from exc
         if response.status_code >= 400:
@@ -352,6 +365,11 @@ class OpenAIBackend(Backend):
 
 
 CONTEXT_LENGTH = re.compile(r"maximum context length is (\d+)")
+
+
+def echo_payload(model: str, prompt: str) -> dict[str, Any]:
+    """A completions request that returns the prompt's own tokens with their logprobs."""
+    return {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
 
 
 def chat_payload(request: ChatRequest) -> dict[str, Any]:

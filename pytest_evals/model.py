@@ -24,6 +24,7 @@ from .backends.base import (
     UnsupportedTask,
     likeliest,
 )
+from .batching import Planner
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
@@ -37,8 +38,9 @@ class Model:
     def __init__(self, backend: Backend, calls: list[CallRow], name: str | None = None,
                  policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
                  fallback: Callable[[], "Model"] | None = None, price: Price | None = None,
-                 transcript: Transcript | None = None, role: str = "model") -> None:
+                 transcript: Transcript | None = None, role: str = "model", planner: Planner | None = None) -> None:
         self._backend = backend
+        self._planner = planner  # batching across cases; None: every call goes to the backend alone
         self._role = role
         self.transcript = transcript if transcript is not None else Transcript()
         self._calls = calls
@@ -70,7 +72,7 @@ class Model:
         __tracebackhide__ = True
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         request = GenerateRequest(prompt, max_tokens=max_tokens, temperature=temperature, stop=stops)
-        return self._call("generate", prompt, lambda backend: backend.generate([request])[0])
+        return self._call("generate", prompt, self._run("generate", [request]))
 
     def chat(self, messages: str | Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
              tools: Sequence[Callable[..., Any]] | None = None, tool_choice: str = "auto",
@@ -104,15 +106,14 @@ class Model:
         __tracebackhide__ = True
         shown = "\n".join(_show_message(m) for m in request.messages)
         task = "tools" if request.tools and request.tool_choice != "none" else "chat"
-        return self._call("chat", shown, lambda backend: backend.chat([request])[0], task=task,
+        return self._call("chat", shown, self._run("chat", [request]), task=task,
                           conversation=conversation, dropped_messages=dropped)
 
     def loglikelihood(self, context: str, continuation: str) -> float:
         """Sum of the log-probabilities of ``continuation``'s tokens after ``context``."""
         __tracebackhide__ = True
         request = LoglikelihoodRequest(context, continuation)
-        result = self._call("loglikelihood", context + continuation,
-                            lambda backend: backend.loglikelihood([request])[0])
+        result = self._call("loglikelihood", context + continuation, self._run("loglikelihood", [request]))
         return result.logprob
 
     def choose(self, context: str, choices: Sequence[str]) -> int:
@@ -122,11 +123,23 @@ class Model:
             raise ValueError("choose() needs at least one choice")
         requests = [LoglikelihoodRequest(context, c) for c in choices]
         shown = context + "\n" + "\n".join(f"[{i}] {c}" for i, c in enumerate(choices))
-        results = self._call("choose", shown, lambda backend: backend.loglikelihood(requests))
+        results = self._call("choose", shown, self._run("loglikelihood", requests, one=False))
         scores = [r.logprob for r in results]
         return likeliest(scores)
 
-    # --- logging ----------------------------------------------------------------------------------
+    # --- dispatch and logging ---------------------------------------------------------------------
+    def _run(self, method: str, requests: list[Any], one: bool = True) -> Callable[[Backend], Any]:
+        """What one attempt does: the backend's batch method on ``requests`` (through the batch
+        planner, which may already hold the results of a batched call)."""
+        def run(backend: Backend) -> Any:
+            if self._planner is not None:
+                results = self._planner.serve(backend, method, requests)
+            else:
+                results = getattr(backend, method)(requests)
+            return results[0] if one else results
+
+        return run
+
     def _call(self, kind: str, shown_input: str, run: Callable[[Backend], T], task: str | None = None,
               **fields: Any) -> T:
         __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
@@ -161,6 +174,9 @@ class Model:
                 raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
             row.latency_s = watch.elapsed()
             _fill(row, result)
+            if self._planner is not None and self._planner.last_hit is not None:
+                row.batched = 1  # served from a batched call: its timings are the batch's
+                row.latency_s = self._planner.last_hit
             row.gpu_peak_mib = getattr(self._backend, "last_gpu_peak_mib", None)
             if self._price is not None:
                 row.cost_usd = self._price.cost(row.input_tokens, row.output_tokens, row.latency_s)

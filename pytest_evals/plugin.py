@@ -29,6 +29,7 @@ from .specs import ModelSpec, SpecError, parse_specs, spec_ids
 from .store import DEFAULT_DB
 
 if TYPE_CHECKING:
+    from .batching import Planner
     from .gpus import GpuPlan
 
 
@@ -55,6 +56,7 @@ marker_problem_key = pytest.StashKey[str]()
 task_key = pytest.StashKey[str]()  # the case's evals_task
 judge_key = pytest.StashKey[ModelSpec]()  # the case's evals_judge
 served_key = pytest.StashKey[ModelSpec]()  # the spec that serves the case's model fixture
+planner_key = pytest.StashKey["Planner"]()  # batching across cases, where the batch size is above 1
 gpus_key = pytest.StashKey[str]()  # the GPUs this process is pinned to
 gpu_plan_key = pytest.StashKey["GpuPlan"]()  # the controller's plan for its workers
 
@@ -298,6 +300,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[evals_config_key] = evals
     config.stash[pool_key] = BackendPool(registry, evals.settings)
+    if batch_size > 1:
+        from .batching import WINDOW_PER_BATCH, BatchPlugin, Planner
+
+        planner = Planner(window=WINDOW_PER_BATCH * batch_size)
+        config.stash[planner_key] = planner
+        config.pluginmanager.register(BatchPlugin(config, planner), "evals-batching")
 
     worker_id = config.workerinput["workerid"] if is_worker(config) else None
     resume = bool(config.getoption("evals_resume") or config.getini("evals_resume")) and not config.getoption(
@@ -483,7 +491,7 @@ def model(request: pytest.FixtureRequest) -> Model:
     name = log.model if served == spec else served.label
     return Model(backend, log.calls, name, policy, pool.breaker(served, name),
                  _fallback_model(pool, prices, served.fallback, log, policy) if served.fallback else None,
-                 prices.find(served.raw, name), log.transcript)
+                 prices.find(served.raw, name), log.transcript, planner=request.config.stash.get(planner_key, None))
 
 
 @pytest.fixture

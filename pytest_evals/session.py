@@ -88,6 +88,8 @@ class SessionPlugin:
         self.session: pytest.Session | None = None
         self.write_error: str | None = None
         self.gpu_note: str | None = None  # the GPU pinning header line
+        self.batched_calls = 0  # model calls served from a batch across cases
+        self.model_calls = 0
 
     # --- start-up ---------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -178,6 +180,8 @@ class SessionPlugin:
             record = self._replayed(record.case)
         case = record.case
         self.usage.add(case.model, record.calls)
+        self.batched_calls += sum(1 for c in record.calls if c.batched)
+        self.model_calls += sum(1 for c in record.calls if c.role == "model")
         if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
             self._spend(case.cost_usd)
         self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker)
@@ -343,6 +347,9 @@ class SessionPlugin:
             tr.write_line("")
             for line in format_table(Usage.HEADER, self.usage.rows(), name_columns=1):
                 tr.write_line(line)
+        if self.model_calls and self.evals.settings.batch_size > 1:
+            tr.write_line(f"evals-batch: {self.batched_calls} of {self.model_calls} model calls served from batches "
+                          f"across cases; {self.model_calls - self.batched_calls} one at a time")
         if self.budget_stopped_at is not None:
             not_run = max(self.progress.total - self.progress.done, 0)
             tr.write_line(f"evals-budget: the budget of ${self.budget:g} stopped the run: ${self.spent:.4f} spent on "

@@ -192,6 +192,10 @@ def _m006_routing(db: sqlite_utils.Database) -> None:
     db["cases"].add_column("gpus", str)  # the GPUs its worker was pinned to (CUDA_VISIBLE_DEVICES)
 
 
+def _m007_batching(db: sqlite_utils.Database) -> None:
+    db["calls"].add_column("batched", int)  # 1: served from a call batched across cases
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
@@ -199,6 +203,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("004_metering", _m004_metering),
     ("005_conversations", _m005_conversations),
     ("006_routing", _m006_routing),
+    ("007_batching", _m007_batching),
 ]
 
 
@@ -222,6 +227,7 @@ class CallRow:
     dropped_messages: int | None = None
     role: str = "model"
     spec: str | None = None
+    batched: int | None = None
 
 
 @dataclass

@@ -1,0 +1,156 @@
+"""Batching across cases: each case stays an ordinary pytest item, but its first model call is served
+from a batched backend call made for a window of cases before they run.
+
+Before a case runs, the plugin takes the window of up to W cases that are about to run in this
+process (the next items of the same module or class; under xdist, this worker's queue) and *traces*
+them: it runs each through pytest's own protocol, unlogged, with a model that records the case's first
+request and stops the case there. The recorded requests are deduplicated and sent to each backend as
+one batched call (the backend sorts by length and pads; an HTTP backend sends them concurrently). Then
+each case runs normally: a call whose requests are in the window's results is answered from them; any
+other call (a second turn, a request the trace did not reach, a batch that failed) goes to the backend
+alone, as without batching, with its retries. A traced case that never runs (``-x``, Ctrl-C, the
+budget) records nothing.
+
+The cost: code in a test body before its first model call runs twice (once traced). A batch size of 1
+(``--evals-batch-size 1``) turns this off.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any, Hashable
+
+import pytest
+
+from .backends.base import ChatRequest
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+WINDOW_PER_BATCH = 8  # a window holds this many batches' worth of cases
+
+
+class TraceStop(BaseException):
+    """Stops a traced case at its first model call (a BaseException, so ``except Exception`` in a test
+    body does not swallow it)."""
+
+
+def request_key(method: str, request: Any) -> Hashable:
+    if isinstance(request, ChatRequest):
+        return method, json.dumps([request.messages, request.max_tokens, request.temperature, request.tools,
+                                   request.tool_choice], sort_keys=True, default=str)
+    return method, request  # the other requests are frozen dataclasses of hashable fields
+
+
+class Planner:
+    """One per process: the traced requests of the current window, and the results of their batches."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.tracing = False
+        self.traced: list[tuple[Backend, str, list[Any]]] = []
+        self.results: dict[tuple[int, Hashable], list[Any]] = {}  # key -> [result, batch seconds, cases left]
+        self.last_hit: float | None = None  # the batch time of the call just served, None if not served
+        self.batches = 0
+
+    def serve(self, backend: Backend, method: str, requests: list[Any]) -> list[Any]:
+        self.last_hit = None
+        if self.tracing:
+            self.traced.append((backend, method, list(requests)))
+            raise TraceStop
+        keys = [(id(backend), request_key(method, r)) for r in requests]
+        if keys and all(k in self.results for k in keys):
+            entries = [self.results[k] for k in keys]
+            for key, entry in zip(keys, entries):
+                entry[2] -= 1
+                if entry[2] <= 0:
+                    del self.results[key]
+            self.last_hit = max(entry[1] for entry in entries)
+            return [entry[0] for entry in entries]
+        return getattr(backend, method)(requests)
+
+    def run_traced(self) -> None:
+        """One batched call per backend and method for the window's requests. A call that fails leaves
+        its requests to the cases, which then make them alone, with their retry policies."""
+        groups: dict[tuple[int, str], tuple[Backend, dict[Hashable, Any], dict[Hashable, int]]] = {}
+        for backend, method, requests in self.traced:
+            _, unique, refs = groups.setdefault((id(backend), method), (backend, {}, {}))
+            for request in requests:
+                key = request_key(method, request)
+                unique.setdefault(key, request)
+                refs[key] = refs.get(key, 0) + 1
+        self.traced = []
+        for (backend_id, method), (backend, unique, refs) in groups.items():
+            start = time.perf_counter()
+            try:
+                results = getattr(backend, method)(list(unique.values()))
+            except Exception:  # noqa: BLE001 - each case meets the fault itself, where it is recorded
+                continue
+            elapsed = time.perf_counter() - start
+            self.batches += 1
+            for key, result in zip(unique, results):
+                self.results[(backend_id, key)] = [result, elapsed, refs[key]]
+
+
+traced_key = pytest.StashKey[bool]()
+
+
+class BatchPlugin:
+    """Traces the window ahead of each untraced eval case and runs its requests as batches."""
+
+    def __init__(self, config: pytest.Config, planner: Planner) -> None:
+        self.config = config
+        self.planner = planner
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        if self.planner.tracing or item.stash.get(traced_key, False) or not self._plannable(item):
+            return
+        window = [item]
+        for other in self._upcoming(item):
+            if len(window) >= self.planner.window:
+                break
+            if other.parent is item.parent and not other.stash.get(traced_key, False) and self._plannable(other):
+                window.append(other)
+        for case in window:
+            case.stash[traced_key] = True
+            self._trace(case, item)
+        self.planner.run_traced()
+
+    def _plannable(self, item: pytest.Item) -> bool:
+        from .plugin import _spec_of, key_of
+        from .resume import resume_state_key
+
+        spec = _spec_of(item)
+        if spec is None or item.get_closest_marker("skip") is not None:
+            return False
+        state = item.config.stash.get(resume_state_key, None)
+        return state is None or key_of(item, spec) not in state.finished  # a replayed case makes no call
+
+    def _upcoming(self, item: pytest.Item) -> list[pytest.Item]:
+        """The items this process runs after ``item``, in order (under xdist: this worker's queue)."""
+        items = item.session.items
+        interactor = next((p for p in self.config.pluginmanager.get_plugins()
+                           if hasattr(p, "torun") and hasattr(p, "nextitem_index")), None)
+        if interactor is None:
+            try:
+                return items[items.index(item) + 1:]
+            except ValueError:
+                return []
+        with interactor.torun.lock() as queue:
+            pending = [i for i in queue if isinstance(i, int)]
+        following = interactor.nextitem_index
+        indices = ([following] if isinstance(following, int) else []) + pending
+        return [items[i] for i in indices]
+
+    def _trace(self, case: pytest.Item, current: pytest.Item) -> None:
+        """Run ``case`` unlogged up to its first model call. Its teardown stops at the parent it shares
+        with ``current`` (a collector stands in for the next item), so module and class fixtures stay up."""
+        from _pytest.runner import runtestprotocol
+
+        self.planner.tracing = True
+        try:
+            runtestprotocol(case, log=False, nextitem=current.parent)  # type: ignore[arg-type]
+        finally:
+            self.planner.tracing = False

@@ -1,0 +1,117 @@
+"""Batching across cases: windows traced up to each case's first call, batched backend calls, and
+everything else (outcomes, records, -x, resume, xdist) as without batching. Plugin logic with a fake
+backend that logs the size of every call it gets; the real backends' batches are compared in
+tests/test_hf.py and benchmarks/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import FAKE_BACKEND, rows
+
+LOGGING_BACKEND = FAKE_BACKEND.replace('''    def generate(self, requests):
+        replies = []''', '''    def generate(self, requests):
+        with open("backend_calls.log", "a") as log:
+            log.write(json.dumps([r.prompt for r in requests]) + "\\n")
+        replies = []''')
+
+SUITE = '''
+import pytest
+
+SETUPS = []
+
+@pytest.fixture(scope="module")
+def shared():
+    SETUPS.append(1)
+    return len(SETUPS)
+
+@pytest.mark.evals_threshold(0.0)
+@pytest.mark.parametrize("i", range(20))
+def test_case(model, shared, i):
+    assert shared == 1  # module fixtures are set up once, traces or not
+    prompt = "same" if i in (3, 4) else ("boom" if i == 7 and BOOM else f"q{i}")
+    reply = model.generate(prompt)
+    if i == 9:
+        model.generate("second call")  # not the first call: made alone
+    assert i % 5 != 4, reply.text
+'''
+
+
+def backend_calls(project: pytest.Pytester) -> list[list[str]]:
+    log = project.path / "backend_calls.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def run(project: pytest.Pytester, *args: str, boom: bool = False) -> subprocess.CompletedProcess:
+    project.makepyfile(test_suite=f"BOOM = {boom}\n" + SUITE)
+    (project.path / "backend_calls.log").unlink(missing_ok=True)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:m", *args],
+                          cwd=project.path, env=environment, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(LOGGING_BACKEND)
+    return pytester
+
+
+def outcomes(project: pytest.Pytester, run_id: int) -> dict[str, tuple]:
+    return {n: (o, t) for n, o, t in rows(project, f"SELECT nodeid, outcome, output_text FROM cases WHERE run_id = {run_id}")}
+
+
+def test_a_window_is_one_batched_call_and_the_outcomes_equal_one_at_a_time(project: pytest.Pytester) -> None:
+    batched = run(project)
+    assert batched.returncode == 0, batched.stdout[-2000:]
+    calls = backend_calls(project)
+    # one call for the 20 first requests, deduplicated (cases 3 and 4 share a prompt), then case 9's second
+    assert [len(c) for c in calls] == [19, 1] and calls[1] == ["second call"]
+    assert "evals-batch: 20 of 21 model calls served from batches across cases; 1 one at a time" in batched.stdout
+    assert rows(project, "SELECT count(*) FROM calls WHERE batched = 1") == [(20,)]
+    alone = run(project, "--evals-batch-size", "1", "--evals-db", "alone.sqlite")
+    assert alone.returncode == 0 and [len(c) for c in backend_calls(project)] == [1] * 21
+    import sqlite3
+
+    con = sqlite3.connect(project.path / "alone.sqlite")
+    assert outcomes(project, 1) == {n: (o, t) for n, o, t in con.execute("SELECT nodeid, outcome, output_text FROM cases")}
+    assert con.execute("SELECT count(*) FROM calls WHERE batched = 1").fetchone() == (0,)
+
+
+def test_a_failed_batch_leaves_each_case_to_its_own_call(project: pytest.Pytester) -> None:
+    result = run(project, boom=True)
+    calls = backend_calls(project)
+    assert len(calls[0]) == 19 and "boom" in calls[0]  # the batch failed as a whole ...
+    assert sum(len(c) == 1 for c in calls) == 21  # ... so every case called alone (case 9 twice)
+    got = outcomes(project, 1)
+    assert got["test_suite.py::test_case[7-fake:m]"][0] == "error"
+    assert sum(o == "passed" for o, _ in got.values()) == 15
+    assert "1 error" in result.stdout
+
+
+def test_x_records_nothing_for_the_traced_cases_that_did_not_run(project: pytest.Pytester) -> None:
+    result = run(project, "-x")
+    assert result.returncode == 1
+    assert [len(c) for c in backend_calls(project)] == [19]  # the whole window was batched
+    # ... but only the cases that ran are recorded: 0-4, the fifth failing
+    assert sorted(outcomes(project, 1)) == [f"test_suite.py::test_case[{i}-fake:m]" for i in range(5)]
+
+
+def test_resumed_cases_are_not_traced(project: pytest.Pytester) -> None:
+    run(project, "-x")
+    resumed = run(project, "--evals-resume")
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    first = backend_calls(project)[0]
+    assert "q0" not in first and "same" not in first and len(first) == 15  # cases 5-19
+    assert "evals-resume: 5 cases replayed from run 1, not run again" in resumed.stdout
+
+
+def test_under_xdist_each_worker_batches_its_queue(project: pytest.Pytester) -> None:
+    result = run(project, "-n", "2")
+    assert result.returncode == 0, result.stdout[-2000:]
+    (batched,) = rows(project, "SELECT count(*) FROM calls WHERE batched = 1")[0]
+    assert batched >= 10 and max(len(c) for c in backend_calls(project)) > 1
+    assert rows(project, "SELECT count(*), sum(outcome = 'passed') FROM cases") == [(20, 16)]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Hashable
 
 import pytest
 
-from .backends.base import ChatRequest
+from .backends.base import ChatRequest, PartialBatch
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -85,12 +85,15 @@ class Planner:
             start = time.perf_counter()
             try:
                 results = getattr(backend, method)(list(unique.values()))
+            except PartialBatch as partial:  # keep what succeeded; the rest call alone
+                results = partial.results
             except Exception:  # noqa: BLE001 - each case meets the fault itself, where it is recorded
                 continue
             elapsed = time.perf_counter() - start
             self.batches += 1
             for key, result in zip(unique, results):
-                self.results[(backend_id, key)] = [result, elapsed, refs[key]]
+                if result is not None:
+                    self.results[(backend_id, key)] = [result, elapsed, refs[key]]
 
 
 traced_key = pytest.StashKey[bool]()

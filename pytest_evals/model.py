@@ -19,6 +19,7 @@ from .backends.base import (
     Loglikelihood,
     LoglikelihoodRequest,
     Message,
+    PartialBatch,
     Reply,
     Stopwatch,
     UnsupportedTask,
@@ -132,10 +133,13 @@ class Model:
         """What one attempt does: the backend's batch method on ``requests`` (through the batch
         planner, which may already hold the results of a batched call)."""
         def run(backend: Backend) -> Any:
-            if self._planner is not None:
-                results = self._planner.serve(backend, method, requests)
-            else:
-                results = getattr(backend, method)(requests)
+            try:
+                if self._planner is not None:
+                    results = self._planner.serve(backend, method, requests)
+                else:
+                    results = getattr(backend, method)(requests)
+            except PartialBatch as partial:  # a case's own call fails as its first failed request did
+                raise partial.first_error from None
             return results[0] if one else results
 
         return run

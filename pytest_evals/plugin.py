@@ -84,7 +84,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--evals-batch-size", dest="evals_batch_size", metavar="N", type=int, default=None,
-        help="most requests a local backend runs in one forward pass (default 8). ini: evals_batch_size",
+        help="most requests a local backend runs in one forward pass (default 8); cases are batched across "
+        "in windows of 8 batches; 1 runs every call alone. ini: evals_batch_size",
+    )
+    group.addoption(
+        "--evals-concurrency", dest="evals_concurrency", metavar="N", type=int, default=None,
+        help="most requests an HTTP backend has in flight at once (default 8; halves on HTTP 429 and grows "
+        "back). ini: evals_concurrency",
     )
     group.addoption(
         "--evals-threshold", action="append", dest="evals_threshold", metavar="'GLOB MIN [METRIC=MIN ...]'",
@@ -157,6 +163,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("evals_db", "default --evals-db path (relative to rootdir)", default="")
     parser.addini("evals_timeout", "default --evals-timeout in seconds", default="")
     parser.addini("evals_batch_size", "default --evals-batch-size", default="")
+    parser.addini("evals_concurrency", "default --evals-concurrency", default="")
 
 
 def _setting(config: pytest.Config, option: str, cast: Callable[[str], Any], default: Any) -> Any:
@@ -249,6 +256,9 @@ def pytest_configure(config: pytest.Config) -> None:
     timeout = _setting(config, "evals_timeout", float, None)
     if batch_size < 1:
         raise pytest.UsageError(f"--evals-batch-size {batch_size}: must be at least 1")
+    concurrency = _setting(config, "evals_concurrency", int, 8)
+    if concurrency < 1:
+        raise pytest.UsageError(f"--evals-concurrency {concurrency}: must be at least 1")
     if timeout is not None and timeout <= 0:
         raise pytest.UsageError(f"--evals-timeout {timeout}: must be a positive number of seconds")
 
@@ -293,7 +303,7 @@ def pytest_configure(config: pytest.Config) -> None:
         names=dict(zip(specs, spec_ids(specs))),
         explicit_models=bool(texts),
         db_path=db_path,
-        settings=BackendSettings(timeout_s=timeout, batch_size=batch_size),
+        settings=BackendSettings(timeout_s=timeout, batch_size=batch_size, concurrency=concurrency),
         routes=routes,
         judge=judge,
         gpus_per_worker=gpus_per_worker,

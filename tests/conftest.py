@@ -23,6 +23,15 @@ try:
 except httpx.HTTPError:
     pass
 
+# The same for torch: a test that uses `pytester` drops at its end every module imported while it ran,
+# and torch cannot be imported twice in one process. Imported here, it is never among them.
+if importlib.util.find_spec("torch") is not None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch warns about the pynvml shim
+        import torch  # noqa: F401
+
 # A backend for tests of the plugin's own logic (ids, records, outcomes, summary). It never stands
 # in for a backend a feature claims to support: those are tested on real models and servers.
 FAKE_BACKEND = '''

@@ -7,9 +7,9 @@ import sys
 HEAVY = ["torch", "transformers", "vllm", "pynvml", "llama_cpp", "sqlite_utils", "pandas"]
 
 
-def loaded_after(code: str) -> list[str]:
+def loaded_after(code: str, cwd: str | None = None) -> list[str]:
     probe = code + f"\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=cwd)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -18,8 +18,9 @@ def test_import_is_light() -> None:
                         "pytest_evals.backends.vllm, pytest_evals.backends.openai") == []
 
 
-def test_pytest_help_is_light() -> None:
+def test_pytest_help_is_light(tmp_path) -> None:
+    # in a project of its own: this repository's tests/conftest.py imports torch on purpose
     code = ("import io, contextlib, pytest\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    pytest.main(['--help'])")
-    assert loaded_after(code) == []
+    assert loaded_after(code, cwd=str(tmp_path)) == []

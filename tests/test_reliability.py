@@ -116,7 +116,8 @@ def test_every_attempt_is_a_row_and_outliving_retries_is_an_error(pytester: pyte
             model.generate(f"p-{fails}")
         """
     )
-    result = pytester.runpytest("--model=flaky:a", "--evals-max-error-rate=0.5")
+    # one call at a time: this backend fails by the batch's first prompt (batching has its own tests)
+    result = pytester.runpytest("--model=flaky:a", "--evals-max-error-rate=0.5", "--evals-batch-size=1")
     result.assert_outcomes(passed=2, errors=1)
     attempts = rows(pytester, "SELECT c.nodeid, k.attempt, k.error IS NOT NULL FROM calls k "
                               "JOIN cases c ON c.id = k.case_id ORDER BY k.id")
@@ -163,21 +164,36 @@ def test_under_real_faults_retries_give_the_fault_free_replies(pytester: pytest.
     upstream = llama_server.rsplit("/v1", 1)[0]
     clean = pytester.runpytest_subprocess(f"--model=openai:smollm2@{llama_server}", "--evals-db=clean.sqlite")
     assert clean.ret == 0
-    mix = FaultMix(MIX, seed=11, stall_s=2.5)
-    with FaultProxy(upstream, mix) as proxy:
-        faulty = pytester.runpytest_subprocess(
-            f"--model=openai:smollm2@{proxy.url}", "--evals-db=faulty.sqlite", "--evals-timeout=1.5",
-            "-o", "evals_retry=attempts=12 wait_s=0.05 max_wait_s=0.5")
-    assert faulty.ret == 0, faulty.stdout.str()[-3000:]
-    assert sum(mix.counts.values()) >= 5, mix.counts  # faults were really injected
     clean_out = {k.split("@")[0] + k.split("]")[-1]: v for k, v in outputs(pytester.path / "clean.sqlite").items()}
-    faulty_out = {k.split("@")[0] + k.split("]")[-1]: v for k, v in outputs(pytester.path / "faulty.sqlite").items()}
-    assert faulty_out == clean_out  # same reply for every case, nothing scored from a fault
-    con = sqlite3.connect(pytester.path / "faulty.sqlite")
-    retried = con.execute("SELECT count(*) FROM calls WHERE attempt > 1").fetchone()[0]
-    errors = con.execute("SELECT count(*) FROM cases WHERE outcome = 'error'").fetchone()[0]
-    con.close()
-    assert retried >= 5 and errors == 0
+    # one at a time (every call meets its faults alone), then batched across cases (a batch's failed
+    # requests are made again by their cases, with their retries)
+    # (concurrency 1: llama.cpp's server reuses the previous request's cached prefix, so requests sent in
+    # another order can give other greedy replies; the order of the batch is the order of the cases)
+    # (the batched pass at half the fault rates: its cases' own calls come in another order, and five
+    # faults in a row would open the circuit breaker)
+    for name, extra, rates in (("faulty", ["--evals-batch-size=1"], MIX),
+                               ("batched", ["--evals-concurrency=1"], {k: v / 2 for k, v in MIX.items()})):
+        mix = FaultMix(rates, seed=11, stall_s=2.5)
+        with FaultProxy(upstream, mix) as proxy:
+            faulty = pytester.runpytest_subprocess(
+                f"--model=openai:smollm2@{proxy.url}", f"--evals-db={name}.sqlite", "--evals-timeout=1.5",
+                "-o", "evals_retry=attempts=12 wait_s=0.05 max_wait_s=0.5", *extra)
+        assert faulty.ret == 0, faulty.stdout.str()[-3000:]
+        assert sum(mix.counts.values()) >= 3, mix.counts  # faults were really injected
+        got = {k.split("@")[0] + k.split("]")[-1]: v for k, v in outputs(pytester.path / f"{name}.sqlite").items()}
+        if name == "faulty":
+            assert got == clean_out  # same reply for every case, nothing scored from a fault
+        else:
+            # llama.cpp's server reuses the previous request's evaluated prefix, so a request retried
+            # after others can come back with other greedy tokens: every case answered, none errored
+            assert set(got) == set(clean_out) and all(got.values())
+        con = sqlite3.connect(pytester.path / f"{name}.sqlite")
+        retried = con.execute("SELECT count(*) FROM calls WHERE attempt > 1").fetchone()[0]
+        errors = con.execute("SELECT count(*) FROM cases WHERE outcome = 'error'").fetchone()[0]
+        con.close()
+        assert errors == 0
+        if name == "faulty":
+            assert retried >= 5 and sum(mix.counts.values()) >= 5
 
 
 @pytest.mark.slow

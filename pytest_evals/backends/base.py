@@ -105,6 +105,16 @@ class BackendSettings:
 
     timeout_s: float | None = None
     batch_size: int = 8
+    concurrency: int = 8  # most requests an HTTP backend has in flight at once
+
+
+class PartialBatch(Exception):
+    """Some requests of a batch failed: ``results`` holds the others (None where one failed)."""
+
+    def __init__(self, results: list[Any], first_error: BaseException) -> None:
+        super().__init__(str(first_error))
+        self.results = results
+        self.first_error = first_error
 
 
 class BackendError(RuntimeError):

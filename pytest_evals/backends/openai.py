@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Iterator, Sequence
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
 
 import httpx
 
@@ -25,6 +28,7 @@ from .base import (
     GenerateRequest,
     Loglikelihood,
     LoglikelihoodRequest,
+    PartialBatch,
     Reply,
     Stopwatch,
     ToolCall,
@@ -42,6 +46,45 @@ ALIGNMENT_PROBE = ("One, two, three, four, five, six, seven, eight, nine, ten. M
 DEFAULT_TIMEOUT_S = 600.0
 OWN_OPTIONS = ("context_window",)  # read here; every other spec option is sent as a request field
 CHARS_PER_TOKEN = 3.0  # a deliberately high token estimate where the server cannot count a chat
+RATE_LIMIT_TRIES = 3  # a batched request that meets 429s
+MAX_BATCH_WAIT_S = 5.0
+
+
+class Limiter:
+    """At most ``limit`` requests at once. A 429 halves the limit; ``limit`` successes in a row raise it
+    by one, back up to ``ceiling`` (additive increase, multiplicative decrease)."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = max(1, ceiling)
+        self.limit = self.ceiling
+        self.active = 0
+        self.streak = 0
+        self.condition = threading.Condition()
+
+    def __enter__(self) -> "Limiter":
+        with self.condition:
+            while self.active >= self.limit:
+                self.condition.wait()
+            self.active += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.condition:
+            self.active -= 1
+            self.condition.notify_all()
+
+    def succeeded(self) -> None:
+        with self.condition:
+            self.streak += 1
+            if self.streak >= self.limit and self.limit < self.ceiling:
+                self.limit += 1
+                self.streak = 0
+                self.condition.notify_all()
+
+    def throttled(self) -> None:
+        with self.condition:
+            self.limit = max(1, self.limit // 2)
+            self.streak = 0
 
 
 def _headers() -> dict[str, str]:
@@ -84,21 +127,23 @@ class OpenAIBackend(Backend):
 
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         super().__init__(spec, settings)
-        read = settings.timeout_s or DEFAULT_TIMEOUT_S
-        self.client = httpx.Client(
-            base_url=spec.base_url or "",
-            headers=_headers(),
-            timeout=httpx.Timeout(read, connect=min(read, 10.0)),
-        )
+        self.client = self._new_client()
         # Extra request fields from the spec's options, e.g. openai:NAME@URL?top_p=0.9
         self.extra = {k: v for k, v in spec.options if k not in OWN_OPTIONS}
         window = spec.option("context_window")
         self._window: int | None = int(window) if isinstance(window, (int, float)) else None
         self._window_asked = self._window is not None
         self._stream_tools = True  # False once the server failed a streamed tools request that it answers unstreamed
+        self.limiter = Limiter(settings.concurrency)
         self._aligned: bool | None = None  # whether echoed prompt logprobs can be trusted
         self._tokenizer_endpoint: str | None = None  # which tokenizer endpoint the server has
         self._tokenizer_missing: set[str] = set()
+
+    def _new_client(self) -> httpx.Client:
+        read = self.settings.timeout_s or DEFAULT_TIMEOUT_S
+        return httpx.Client(base_url=self.spec.base_url or "", headers=_headers(),
+                            timeout=httpx.Timeout(read, connect=min(read, 10.0)),
+                            limits=httpx.Limits(max_connections=max(10, 2 * self.settings.concurrency)))
 
     # --- streaming ------------------------------------------------------------------------------
     def _stream(self, path: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -207,6 +252,9 @@ class OpenAIBackend(Backend):
         succeeds or says what is wrong. When it succeeds for a tools request, later tools requests go
         unstreamed (no time to first token for them).
         """
+        # The failed stream's connection may still sit in the pool although the server closed it: the
+        # next requests go over a new client (requests in flight on the old one finish on it).
+        self.client = self._new_client()
         reply = self._complete_unstreamed(path, payload, stop)
         if payload.get("tools"):
             self._stream_tools = False
@@ -267,10 +315,10 @@ class OpenAIBackend(Backend):
                 continue  # known to be missing, or it cannot count a chat's messages
             url, body = candidates[name]
             try:
-                response = self.client.post(url, json=body, timeout=PROBE_TIMEOUT_S)
+                response = self.client.post(url, json=body)
                 count = response.json().get("count") if response.status_code == 200 else None
             except (httpx.HTTPError, ValueError, AttributeError):
-                count = None
+                return None  # a busy or failing server: no count this time, but the endpoint may exist
             if isinstance(count, int):
                 self._tokenizer_endpoint = name
                 return count
@@ -279,18 +327,50 @@ class OpenAIBackend(Backend):
         return None
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
-        return [
-            self._complete(
-                "/completions",
-                {"prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": r.temperature,
-                 **({"stop": list(r.stop)} if r.stop else {})},
-                r.stop,
-            )
-            for r in requests
-        ]
+        return self._map(lambda r: self._complete(
+            "/completions",
+            {"prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": r.temperature,
+             **({"stop": list(r.stop)} if r.stop else {})},
+            r.stop,
+        ), requests)
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
-        return [self._complete("/chat/completions", chat_payload(r), ()) for r in requests]
+        return self._map(lambda r: self._complete("/chat/completions", chat_payload(r), ()), requests)
+
+    def _map(self, one: Callable[[Any], Any], requests: Sequence[Any]) -> list[Any]:
+        """Each request on its own HTTP call, up to the concurrency limit at once (AIMD: a 429 halves
+        the limit and the request waits and tries again, up to twice; successes grow it back)."""
+        if len(requests) <= 1 or self.limiter.ceiling <= 1:
+            return [one(r) for r in requests]
+        results: list[Any] = [None] * len(requests)
+        errors: list[BaseException | None] = [None] * len(requests)
+
+        def run(i: int) -> None:
+            for attempt in range(RATE_LIMIT_TRIES):
+                with self.limiter:
+                    try:
+                        results[i] = one(requests[i])
+                        self.limiter.succeeded()
+                        return
+                    except TransientError as exc:
+                        if exc.kind != "rate_limit" or attempt == RATE_LIMIT_TRIES - 1:
+                            errors[i] = exc
+                            return
+                        self.limiter.throttled()
+                        wait = min(exc.retry_after if exc.retry_after is not None else 0.5, MAX_BATCH_WAIT_S)
+                    except Exception as exc:  # noqa: BLE001 - reported to the planner below
+                        errors[i] = exc
+                        return
+                time.sleep(wait)
+
+        with ThreadPoolExecutor(max_workers=self.limiter.ceiling) as pool:
+            list(pool.map(run, range(len(requests))))
+        failed = [e for e in errors if e is not None]
+        if failed:
+            if len(failed) == len(requests):
+                raise failed[0]
+            raise PartialBatch(results, failed[0])
+        return results
 
     def context_window(self) -> int | None:
         """From the spec (``?context_window=N``), the server's model list (vLLM's ``max_model_len``),
@@ -319,12 +399,12 @@ class OpenAIBackend(Backend):
     # --- loglikelihood --------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         self._check_alignment()
-        results = []
-        for r in requests:
+
+        def one(r: LoglikelihoodRequest) -> Loglikelihood:
             context, continuation = split_whitespace(r.context, r.continuation)
-            results.append(score_echo(self._echo(context + continuation), context, context + continuation,
-                                      self.spec.label))
-        return results
+            return score_echo(self._echo(context + continuation), context, context + continuation, self.spec.label)
+
+        return self._map(one, requests)
 
     def _echo(self, prompt: str) -> dict[str, Any]:
         """The server's log-probabilities of ``prompt``'s own tokens (completions with echo)."""

@@ -18,7 +18,9 @@ The cost: code in a test body before its first model call runs twice (once trace
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Hashable
 
 import pytest
@@ -53,6 +55,14 @@ class Planner:
         self.results: dict[tuple[int, Hashable], list[Any]] = {}  # key -> [result, batch seconds, cases left]
         self.last_hit: float | None = None  # the batch time of the call just served, None if not served
         self.batches = 0
+        self.pending: dict[tuple[int, Hashable], Future[None]] = {}  # keys whose batch runs in the background
+        self._background: ThreadPoolExecutor | None = None
+        self.lock = threading.Lock()
+        self.can_prefetch = False  # a backend of this run allows its batches in the background
+
+    def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=True)
 
     def serve(self, backend: Backend, method: str, requests: list[Any]) -> list[Any]:
         self.last_hit = None
@@ -60,19 +70,28 @@ class Planner:
             self.traced.append((backend, method, list(requests)))
             raise TraceStop
         keys = [(id(backend), request_key(method, r)) for r in requests]
-        if keys and all(k in self.results for k in keys):
-            entries = [self.results[k] for k in keys]
-            for key, entry in zip(keys, entries):
-                entry[2] -= 1
-                if entry[2] <= 0:
-                    del self.results[key]
+        for key in keys:
+            future = self.pending.pop(key, None)
+            if future is not None:
+                future.result()  # its batch is still in flight: wait for it (it never raises)
+        with self.lock:
+            entries = [self.results.get(k) for k in keys]
+            hit = bool(keys) and all(e is not None for e in entries)
+            if hit:
+                for key, entry in zip(keys, entries):
+                    entry[2] -= 1
+                    if entry[2] <= 0:
+                        del self.results[key]
+        if hit:
             self.last_hit = max(entry[1] for entry in entries)
             return [entry[0] for entry in entries]
         return getattr(backend, method)(requests)
 
-    def run_traced(self) -> None:
+    def run_traced(self, background: bool = False) -> None:
         """One batched call per backend and method for the window's requests. A call that fails leaves
-        its requests to the cases, which then make them alone, with their retry policies."""
+        its requests to the cases, which then make them alone, with their retry policies. With
+        ``background``, the calls of backends that allow it (HTTP) run in a thread while the cases of
+        the window before run; a case whose request is still in flight waits for it."""
         groups: dict[tuple[int, str], tuple[Backend, dict[Hashable, Any], dict[Hashable, int]]] = {}
         for backend, method, requests in self.traced:
             _, unique, refs = groups.setdefault((id(backend), method), (backend, {}, {}))
@@ -82,14 +101,26 @@ class Planner:
                 refs[key] = refs.get(key, 0) + 1
         self.traced = []
         for (backend_id, method), (backend, unique, refs) in groups.items():
-            start = time.perf_counter()
-            try:
-                results = getattr(backend, method)(list(unique.values()))
-            except PartialBatch as partial:  # keep what succeeded; the rest call alone
-                results = partial.results
-            except Exception:  # noqa: BLE001 - each case meets the fault itself, where it is recorded
-                continue
-            elapsed = time.perf_counter() - start
+            if background and getattr(backend, "background_batches", False):
+                if self._background is None:
+                    self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evals-batch")
+                future = self._background.submit(self._run_batch, backend_id, backend, method, unique, refs)
+                for key in unique:
+                    self.pending[(backend_id, key)] = future
+            else:
+                self._run_batch(backend_id, backend, method, unique, refs)
+
+    def _run_batch(self, backend_id: int, backend: Backend, method: str, unique: dict[Hashable, Any],
+                   refs: dict[Hashable, int]) -> None:
+        start = time.perf_counter()
+        try:
+            results = getattr(backend, method)(list(unique.values()))
+        except PartialBatch as partial:  # keep what succeeded; the rest call alone
+            results = partial.results
+        except Exception:  # noqa: BLE001 - each case meets the fault itself, where it is recorded
+            return
+        elapsed = time.perf_counter() - start
+        with self.lock:
             self.batches += 1
             for key, result in zip(unique, results):
                 if result is not None:
@@ -97,6 +128,7 @@ class Planner:
 
 
 traced_key = pytest.StashKey[bool]()
+head_key = pytest.StashKey[bool]()  # the first case of a window
 
 
 class BatchPlugin:
@@ -108,26 +140,46 @@ class BatchPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
-        if self.planner.tracing or item.stash.get(traced_key, False) or not self._plannable(item):
+        if self.planner.tracing or not self._plannable(item):
             return
-        window = [item]
-        for other in self._upcoming(item):
+        if not item.stash.get(traced_key, False):
+            self._trace_window(item, item)
+            self.planner.run_traced()
+            item.stash[head_key] = True
+        if item.stash.get(head_key, False) and self.planner.can_prefetch:
+            # HTTP: trace the next window now and send its requests while this one's cases run
+            following = next((o for o in self._upcoming(item) if o.parent is item.parent
+                              and not o.stash.get(traced_key, False) and self._plannable(o)), None)
+            if following is not None:
+                self._trace_window(following, item)
+                following.stash[head_key] = True
+                self.planner.run_traced(background=True)
+
+    def _trace_window(self, first: pytest.Item, current: pytest.Item) -> None:
+        """Trace ``first`` and the untraced cases that follow it in this process, up to the window size."""
+        window = [first]
+        for other in self._upcoming(first):
             if len(window) >= self.planner.window:
                 break
-            if other.parent is item.parent and not other.stash.get(traced_key, False) and self._plannable(other):
+            if (other is not first and other.parent is first.parent and not other.stash.get(traced_key, False)
+                    and self._plannable(other)):
                 window.append(other)
         for case in window:
             case.stash[traced_key] = True
-            self._trace(case, item)
-        self.planner.run_traced()
+            self._trace(case, current)
+        self.planner.can_prefetch = self.planner.can_prefetch or any(
+            getattr(backend, "background_batches", False) for backend, _, _ in self.planner.traced)
+
+    def pytest_sessionfinish(self) -> None:
+        self.planner.close()
 
     def _plannable(self, item: pytest.Item) -> bool:
         from .plugin import _spec_of, key_of
         from .resume import resume_state_key
 
         spec = _spec_of(item)
-        if spec is None or item.get_closest_marker("skip") is not None:
-            return False
+        if spec is None or any(item.get_closest_marker(m) is not None for m in ("skip", "skipif", "xfail")):
+            return False  # a body pytest would skip is never run, traced or not
         state = item.config.stash.get(resume_state_key, None)
         return state is None or key_of(item, spec) not in state.finished  # a replayed case makes no call
 
@@ -148,12 +200,31 @@ class BatchPlugin:
         return [items[i] for i in indices]
 
     def _trace(self, case: pytest.Item, current: pytest.Item) -> None:
-        """Run ``case`` unlogged up to its first model call. Its teardown stops at the parent it shares
-        with ``current`` (a collector stands in for the next item), so module and class fixtures stay up."""
-        from _pytest.runner import runtestprotocol
-
+        """Run ``case`` up to its first model call: its fixtures set up, its body called, its fixtures
+        torn down, without pytest's run-test hooks or reports (nothing is logged, recorded or formatted;
+        a failure here is the case's own to meet when it runs). The teardown stops at the parent it
+        shares with ``current``, so module and class fixtures stay up."""
+        setup_state = case.session._setupstate  # the same bookkeeping pytest's own protocol uses
         self.planner.tracing = True
+        has_request = hasattr(case, "_request")
         try:
-            runtestprotocol(case, log=False, nextitem=current.parent)  # type: ignore[arg-type]
+            if has_request and not case._request:  # type: ignore[attr-defined]
+                case._initrequest()  # type: ignore[attr-defined]
+            try:
+                setup_state.setup(case)
+                case.runtest()
+            except (pytest.exit.Exception, KeyboardInterrupt):
+                raise
+            except BaseException:  # noqa: BLE001 - TraceStop, or the case's own failure
+                pass
+            try:
+                setup_state.teardown_exact(current.parent)  # type: ignore[arg-type]
+            except (pytest.exit.Exception, KeyboardInterrupt):
+                raise
+            except BaseException:  # noqa: BLE001 - a failing teardown fails when the case runs
+                pass
         finally:
             self.planner.tracing = False
+            if has_request:  # as pytest's protocol leaves an item: the real run builds its request anew
+                case._request = False  # type: ignore[attr-defined]
+                case.funcargs = None  # type: ignore[attr-defined]

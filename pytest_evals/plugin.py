@@ -313,7 +313,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if batch_size > 1:
         from .batching import WINDOW_PER_BATCH, BatchPlugin, Planner
 
-        planner = Planner(window=WINDOW_PER_BATCH * batch_size)
+        planner = Planner(window=WINDOW_PER_BATCH * max(batch_size, concurrency))  # whole rounds for HTTP too
         config.stash[planner_key] = planner
         config.pluginmanager.register(BatchPlugin(config, planner), "evals-batching")
 
@@ -495,7 +495,8 @@ def model(request: pytest.FixtureRequest) -> Model:
         backend = request.config.stash[pool_key].get(served)
     except BackendError as exc:  # one line per case, no traceback: the message names the fix
         pytest.fail(str(exc), pytrace=False)
-    log = request.node.stash[case_log_key]
+    # (a case traced for batching runs without pytest's setup hooks: its log is a throwaway)
+    log = request.node.stash.get(case_log_key, None) or CaseLog(model=_model_name(request.node, spec))
     policy = request.node.stash.get(retry_key, None) or request.config.stash[retry_default_key]
     pool, prices = request.config.stash[pool_key], request.config.stash[prices_key]
     name = log.model if served == spec else served.label

@@ -8,7 +8,6 @@ case's record (plain dicts) on its teardown report, and the one process that own
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -90,11 +89,11 @@ class CaseLog:
             served_by=", ".join(sorted({c.spec for c in self.calls if c.spec})) or None,
             gpus=self.gpus,
         )
-        return {
-            "case": dataclasses.asdict(case),
-            "calls": [dataclasses.asdict(c) for c in self.calls],
-            "turns": [dataclasses.asdict(t) for t in self.transcript.turns],
-            "tool_calls": [dataclasses.asdict(t) for t in self.transcript.tool_calls],
+        return {  # plain dicts of scalars (shallow: dataclasses.asdict deep-copies, and is slow)
+            "case": dict(vars(case)),
+            "calls": [dict(vars(c)) for c in self.calls],
+            "turns": [dict(vars(t)) for t in self.transcript.turns],
+            "tool_calls": [dict(vars(t)) for t in self.transcript.tool_calls],
             "threshold": [list(self.threshold.minimums), self.threshold.source] if self.threshold else None,
         }
 

@@ -148,6 +148,8 @@ def call_with_retries(run: Callable[[int], T], policy: RetryPolicy, breaker: Cir
             breaker.success()
         return result
 
+    if policy.attempts <= 1:  # nothing to retry: spare tenacity's machinery (most cases)
+        return attempt(1)
     retrying = Retrying(stop=stop_after_attempt(policy.attempts), wait=wait,
                         retry=retry_if_exception(policy.retries), reraise=True, sleep=sleep)
     for state in retrying:

@@ -63,12 +63,21 @@ def model_identity(spec: ModelSpec, fingerprint: str | None) -> str:
     return _stable([base, options, fingerprint])
 
 
+_SOURCES: dict[Any, str] = {}  # code object -> its source; the cases of one function share it
+
+
 def source_of(item: pytest.Item) -> str:
     function = getattr(item, "function", None)
+    code = getattr(function, "__code__", None)
+    if code is not None and code in _SOURCES:
+        return _SOURCES[code]
     try:
-        return inspect.getsource(function) if function is not None else item.nodeid
+        source = inspect.getsource(function) if function is not None else item.nodeid
     except (OSError, TypeError):
         return item.nodeid
+    if code is not None:
+        _SOURCES[code] = source
+    return source
 
 
 def case_key(item: pytest.Item, model: str) -> str:

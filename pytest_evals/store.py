@@ -30,6 +30,24 @@ DEFAULT_DB = ".evals/evals.sqlite"
 CASE_TABLES = ("calls", "turns", "tool_calls")  # rows that belong to one case  # under rootdir for pytest; in the current directory for the CLI
 
 
+def _import_sqlite_utils() -> Any:
+    """sqlite-utils, imported here (not at module import: only the process that writes needs it),
+    without pandas: sqlite-utils imports pandas when it is installed, only to insert DataFrames, which
+    the store never does, and that import is most of a run's start-up. pandas stays importable."""
+    import sys
+
+    if "sqlite_utils" in sys.modules or "pandas" in sys.modules:
+        import sqlite_utils
+
+        return sqlite_utils
+    sys.modules["pandas"] = None  # type: ignore[assignment]  # makes `import pandas` fail, for now
+    try:
+        import sqlite_utils
+    finally:
+        del sys.modules["pandas"]
+    return sqlite_utils
+
+
 class StoreError(RuntimeError):
     """The database cannot be used; the message names the file and the fix."""
 
@@ -294,7 +312,7 @@ class Store:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            import sqlite_utils  # here, not at import: it is slow to import and only this process writes
+            sqlite_utils = _import_sqlite_utils()
 
             conn = sqlite3.connect(str(self.path), timeout=2.0)
             self.db = sqlite_utils.Database(conn)

@@ -1,0 +1,153 @@
+"""Concurrent HTTP: the plugin's batched, concurrent requests vs a raw asyncio loop and vs one at a time.
+
+    python benchmarks/http_concurrency.py [--requests 1000] [--concurrency 10] [--latency 0.1] [--repeats 3]
+
+A local OpenAI-compatible stub server (starlette + uvicorn, from llama-cpp-python's server extra) answers
+every streamed completion after a fixed latency, so what is measured is the client: how many requests it
+keeps in flight and what it adds. Timed, alternating:
+
+- raw asyncio: httpx.AsyncClient, asyncio.gather and a semaphore of the concurrency, streaming each
+  completion as the plugin does (just the requests, in one process, no pytest);
+- pytest-evals: a suite of one case per request, `--evals-concurrency` of the same size, whole process;
+- pytest-evals, one at a time: the same suite with `--evals-batch-size 1` (once: it is slow by design).
+
+Prints medians, spreads and the ratios (goals: raw / plugin >= 0.9, one at a time / plugin >= 8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SERVER = '''
+import asyncio, json, sys
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+LATENCY = float(sys.argv[2])
+
+
+async def models(request):
+    return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+
+async def completions(request):
+    body = await request.json()
+    await asyncio.sleep(LATENCY)
+    text = "echo:" + body["prompt"][-12:]
+
+    async def events():
+        yield "data: " + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]}) + "\\n\\n"
+        yield "data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}],
+                                     "usage": {"prompt_tokens": 5, "completion_tokens": 3}}) + "\\n\\n"
+        yield "data: [DONE]\\n\\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+app = Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", backlog=2048)
+'''
+
+SUITE = '''
+import pytest
+
+
+@pytest.mark.evals_threshold(0.0)
+@pytest.mark.parametrize("i", range({n}))
+def test_request(model, i):
+    assert model.generate(f"request {{i}}", max_tokens=4).text == f"echo:request {{i}}"[-17:] or True
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def raw(url: str, n: int, concurrency: int) -> None:
+    import httpx
+
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=2 * concurrency)) as client:
+        async def one(i: int) -> str:
+            async with limit:
+                parts = []
+                payload = {"model": "stub", "prompt": f"request {i}", "max_tokens": 4, "stream": True}
+                async with client.stream("POST", "/completions", json=payload) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                            parts.append(line)
+                return "".join(parts)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "server.py").write_text(SERVER)
+        (work / "test_requests.py").write_text(SUITE.format(n=args.requests))
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "server.py", str(port), str(args.latency)], cwd=work)
+        url = f"http://127.0.0.1:{port}/v1"
+        try:
+            import httpx
+
+            for _ in range(100):
+                try:
+                    if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+
+            def plugin(*extra: str) -> float:
+                start = time.perf_counter()
+                out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                      f"--model=openai:stub@{url}", f"--evals-concurrency={args.concurrency}",
+                                      f"--evals-db={work / 'runs.sqlite'}", *extra], cwd=work, env=env,
+                                     capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise SystemExit(f"pytest failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+                return time.perf_counter() - start
+
+            times: dict[str, list[float]] = {"raw asyncio": [], "pytest-evals": []}
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                asyncio.run(raw(url, args.requests, args.concurrency))
+                times["raw asyncio"].append(time.perf_counter() - start)
+                times["pytest-evals"].append(plugin())
+            times["pytest-evals, one at a time"] = [plugin("--evals-batch-size=1", "--evals-concurrency=1")]
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    print(f"{args.requests} streamed completions, server latency {args.latency * 1000:.0f} ms, concurrency "
+          f"{args.concurrency}; median, min-max over runs")
+    print(f"{'mode':<30} {'wall s':>8} {'spread':>16} {'runs':>5}")
+    for mode, values in times.items():
+        print(f"{mode:<30} {med[mode]:8.2f} {min(values):7.2f}-{max(values):7.2f} {len(values):5d}")
+    print(f"raw asyncio / pytest-evals: {med['raw asyncio'] / med['pytest-evals']:.2f}x (goal >= 0.9x)")
+    print(f"one at a time / pytest-evals: {med['pytest-evals, one at a time'] / med['pytest-evals']:.2f}x (goal >= 8x)")
+
+
+if __name__ == "__main__":
+    main()

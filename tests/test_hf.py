@@ -159,3 +159,12 @@ def test_hub_id_loads_offline_from_the_hugging_face_cache(pytester: pytest.Pytes
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines(["ERROR: --model hf:Example/NotCached: Example/NotCached is not in the local "
                                      "Hugging Face cache*`hf download Example/NotCached`*"])
+
+
+def test_choices_that_share_an_input_share_a_pass_and_score_as_alone(smollm2) -> None:
+    requests = [LoglikelihoodRequest("Question: What is the capital of France?\nAnswer:", f" {c}")
+                for c in ("Paris", "Rome", "Berlin", "a city in the north of Europe")]
+    together = smollm2.loglikelihood(requests)
+    for request, shared in zip(requests, together):
+        (alone,) = smollm2.loglikelihood([request])
+        assert abs(alone.logprob - shared.logprob) < 1e-4 and alone.is_greedy == shared.is_greedy

@@ -322,27 +322,35 @@ class HFBackend(TemplateChat, Backend):
         self._reset_gpu_peak()
         pairs = [self.encode_pair(r.context, r.continuation) for r in requests]
         limit = self.max_length + 1
-        inputs = [(ctx + cont)[-limit:][:-1] for ctx, cont in pairs]
+        inputs = [tuple((ctx + cont)[-limit:][:-1]) for ctx, cont in pairs]
+        # Requests whose model input is the same token sequence share one forward pass: the choices of a
+        # question that are one token long all read the logits after its context (lm-evaluation-harness
+        # does the same). The logits of a row do not depend on which requests read them.
+        readers: dict[tuple[int, ...], list[int]] = {}
+        for i, sequence in enumerate(inputs):
+            readers.setdefault(sequence, []).append(i)
+        unique = list(readers)
         results: list[Loglikelihood | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: -len(inputs[i]))
+        order = sorted(range(len(unique)), key=lambda u: -len(unique[u]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            width = max(len(inputs[i]) for i in chunk)
+            width = max(len(unique[u]) for u in chunk)
             # Right padding and no attention mask, as lm-evaluation-harness does: under causal
             # attention the padding after a sequence cannot change its logits.
             batch = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                batch[row, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
+            for row, u in enumerate(chunk):
+                batch[row, : len(unique[u])] = torch.tensor(unique[u], dtype=torch.long)
             with torch.inference_mode():
                 logprobs = F.log_softmax(self.model(batch.to(self.device)).logits, dim=-1)
-            for row, i in enumerate(chunk):
-                ctx, cont = pairs[i]
-                n = len(inputs[i])
-                selected = logprobs[row, n - len(cont): n]
-                target = torch.tensor(cont, dtype=torch.long, device=selected.device)
-                greedy = bool((selected.argmax(dim=-1) == target).all())
-                total = float(selected.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum())
-                results[i] = Loglikelihood(total, greedy, len(ctx), len(cont))
+            for row, u in enumerate(chunk):
+                n = len(unique[u])
+                for i in readers[unique[u]]:
+                    ctx, cont = pairs[i]
+                    selected = logprobs[row, n - len(cont): n]
+                    target = torch.tensor(cont, dtype=torch.long, device=selected.device)
+                    greedy = bool((selected.argmax(dim=-1) == target).all())
+                    total = float(selected.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum())
+                    results[i] = Loglikelihood(total, greedy, len(ctx), len(cont))
         self._read_gpu_peak()
         return [r for r in results if r is not None]
 

@@ -137,6 +137,18 @@ class BatchPlugin:
     def __init__(self, config: pytest.Config, planner: Planner) -> None:
         self.config = config
         self.planner = planner
+        self._batching: dict[Any, bool] = {}
+
+    def _batches(self, spec: Any) -> bool:
+        if spec not in self._batching:
+            from .plugin import pool_key
+
+            try:
+                backend = self.config.stash[pool_key].registry.resolve(spec.backend)
+                self._batching[spec] = bool(getattr(backend, "batches_across_cases", False))
+            except Exception:  # an unknown prefix fails at start-up, not here
+                self._batching[spec] = False
+        return self._batching[spec]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -174,12 +186,15 @@ class BatchPlugin:
         self.planner.close()
 
     def _plannable(self, item: pytest.Item) -> bool:
-        from .plugin import _spec_of, key_of
+        from .plugin import _spec_of, key_of, served_key
         from .resume import resume_state_key
 
         spec = _spec_of(item)
         if spec is None or any(item.get_closest_marker(m) is not None for m in ("skip", "skipif", "xfail")):
             return False  # a body pytest would skip is never run, traced or not
+        served = item.stash.get(served_key, spec)
+        if not self._batches(served):
+            return False  # its backend gains nothing from batches: no trace to pay for
         state = item.config.stash.get(resume_state_key, None)
         return state is None or key_of(item, spec) not in state.finished  # a replayed case makes no call
 

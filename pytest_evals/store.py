@@ -310,6 +310,7 @@ class Store:
 
     def __init__(self, path: str | Path, write: bool = True) -> None:
         self.path = Path(path)
+        self._written: set[tuple[int, str]] = set()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             sqlite_utils = _import_sqlite_utils()
@@ -409,9 +410,11 @@ class Store:
         row = dict(record.case.__dict__)
         row["scores"] = json.dumps(record.case.scores) if record.case.scores else None
         with self.transaction():
+            # (only a nodeid this store already wrote in this run can have an old row to replace)
             old = self.db.execute(
                 "SELECT id FROM cases WHERE run_id = ? AND nodeid = ?", [run_id, record.case.nodeid]
-            ).fetchone()
+            ).fetchone() if (run_id, record.case.nodeid) in self._written else None
+            self._written.add((run_id, record.case.nodeid))
             if old:
                 for table in CASE_TABLES:
                     self.db.execute(f"DELETE FROM {table} WHERE case_id = ?", [old[0]])

@@ -43,6 +43,7 @@ from pytest_evals.specs import SpecError
 
 class FakeBackend(Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
+    batches_across_cases = True  # as the real backends: the plugin's batching is exercised with it
 
     @classmethod
     def check(cls, spec):

@@ -191,6 +191,9 @@ class Backend:
     """Base class: subclasses override what they can serve and list it in ``capabilities``."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # Whether one call with many requests costs less than as many calls with one (a model that batches,
+    # a server taken concurrently). Only then are cases traced and batched across (see batching.py).
+    batches_across_cases: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         self.spec = spec

@@ -94,6 +94,7 @@ def weights_fingerprint(spec: ModelSpec) -> str:
 
 class HFBackend(TemplateChat, Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
+    batches_across_cases = True
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:

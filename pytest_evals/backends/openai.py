@@ -94,6 +94,7 @@ def _headers() -> dict[str, str]:
 
 class OpenAIBackend(Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood", "tools", "streaming"})
+    batches_across_cases = True
     background_batches = True  # I/O bound: the next window's batch may run while this one's cases do
 
     @classmethod

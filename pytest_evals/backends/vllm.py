@@ -35,6 +35,7 @@ INSTALL_HINT = "pip install 'pytest-evals[vllm]' (needs a CUDA GPU)"
 
 class VLLMBackend(TemplateChat, Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
+    batches_across_cases = True
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:

@@ -168,3 +168,19 @@ def test_choices_that_share_an_input_share_a_pass_and_score_as_alone(smollm2) ->
     for request, shared in zip(requests, together):
         (alone,) = smollm2.loglikelihood([request])
         assert abs(alone.logprob - shared.logprob) < 1e-4 and alone.is_greedy == shared.is_greedy
+
+
+def test_a_batch_out_of_memory_is_run_in_halves(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = [GenerateRequest(f"{n} + {n} =", max_tokens=4) for n in range(1, 6)]
+    expected = [r.text for r in smollm2.generate(requests)]
+    real, sizes = smollm2._generate_batch, []
+
+    def small_memory(items):
+        sizes.append(len(items))
+        if len(items) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(items)
+
+    monkeypatch.setattr(smollm2, "_generate_batch", small_memory)
+    assert [r.text for r in smollm2.generate(requests)] == expected
+    assert sizes == [5, 2, 3, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)

@@ -227,9 +227,21 @@ class HFBackend(TemplateChat, Backend):
             rest = [i for i in chunk if i not in same]
             for group in (same, rest):
                 if group:
-                    for i, reply in zip(group, self._generate_batch([items[i] for i in group])):
+                    for i, reply in zip(group, self._generate_halving([items[i] for i in group])):
                         replies[i] = reply
         return [r for r in replies if r is not None]
+
+    def _generate_halving(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
+        """One left-padded batch; on out-of-memory, its two halves one after the other (and so on)."""
+        try:
+            return self._generate_batch(items)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if len(items) < 2 or "out of memory" not in str(exc).lower():
+                raise
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+        half = len(items) // 2
+        return self._generate_halving(items[:half]) + self._generate_halving(items[half:])
 
     def _generate_batch(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
         torch = self.torch

@@ -54,7 +54,6 @@ class Planner:
         self.traced: list[tuple[Backend, str, list[Any]]] = []
         self.results: dict[tuple[int, Hashable], list[Any]] = {}  # key -> [result, batch seconds, cases left]
         self.last_hit: float | None = None  # the batch time of the call just served, None if not served
-        self.batches = 0
         self.pending: dict[tuple[int, Hashable], Future[None]] = {}  # keys whose batch runs in the background
         self._background: ThreadPoolExecutor | None = None
         self.lock = threading.Lock()
@@ -121,7 +120,6 @@ class Planner:
             return
         elapsed = time.perf_counter() - start
         with self.lock:
-            self.batches += 1
             for key, result in zip(unique, results):
                 if result is not None:
                     self.results[(backend_id, key)] = [result, elapsed, refs[key]]

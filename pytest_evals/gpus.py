@@ -9,6 +9,7 @@ library, nothing is pinned and the header says why.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 WORKER_KEY = "evals_gpus"  # workerinput key
 
 
+@functools.lru_cache(maxsize=1)  # asked for -n auto and again at configure: the driver is asked once
 def count_gpus() -> tuple[int, str | None]:
     """(number of GPUs the driver sees, or 0 with the reason). pynvml is imported here only."""
     try:

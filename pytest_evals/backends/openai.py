@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 import httpx
@@ -39,6 +40,7 @@ from .base import (
     split_whitespace,
     tpot,
 )
+from .tool_format import as_call
 
 PROBE_TIMEOUT_S = 3.0
 ALIGNMENT_PROBE = ("One, two, three, four, five, six, seven, eight, nine, ten. Monday, Tuesday, Wednesday, "
@@ -241,7 +243,7 @@ class OpenAIBackend(Backend):
             latency_s=latency,
             ttft_s=ttft,
             tpot_s=tpot(latency, ttft, completion_tokens),
-            tool_calls=tuple(_tool_call(calls[k], self.spec.label) for k in sorted(calls)),
+            tool_calls=tuple(_tool_call(calls[k]) for k in sorted(calls)),
             finish_reason="stop" if stopped else finish,
             backend=self.spec.raw,
         )
@@ -264,17 +266,10 @@ class OpenAIBackend(Backend):
 
     def _complete_unstreamed(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
         watch = Stopwatch()
-        for stale in (True, False):
-            try:
-                response = self.client.post(path, json={**payload, "stream": False})
-                break
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                # After a failed stream the server may close or reset the kept-alive connection: ask once
-                # more, on a new one
-                if not stale:
-                    raise self._transport_error(path, exc) from exc
-            except httpx.HTTPError as exc:
-                raise self._transport_error(path, exc) from exc
+        try:
+            response = self.client.post(path, json={**payload, "stream": False})
+        except httpx.HTTPError as exc:
+            raise self._transport_error(path, exc) from exc
         if response.status_code >= 400:
             raise self._http_error(path, response)
         latency = watch.elapsed()
@@ -296,7 +291,7 @@ class OpenAIBackend(Backend):
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=completion_tokens,
             latency_s=latency,
-            tool_calls=tuple(_tool_call(calls[k], self.spec.label) for k in sorted(calls)),
+            tool_calls=tuple(_tool_call(calls[k]) for k in sorted(calls)),
             finish_reason="stop" if stopped else choice.get("finish_reason"),
             backend=self.spec.raw,
         )
@@ -475,18 +470,11 @@ def _merge_call_delta(calls: dict[int, dict[str, str]], delta: dict[str, Any]) -
     entry["arguments"] += function.get("arguments") or ""
 
 
-def _tool_call(entry: dict[str, str], label: str) -> ToolCall:
+def _tool_call(entry: dict[str, str]) -> ToolCall:
     """A finished call; arguments the model wrote badly become the call's error, fed back to it."""
-    name, raw = entry["name"], entry["arguments"]
-    try:
-        arguments = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as exc:
-        return ToolCall(name, {}, error=f"the model wrote malformed arguments for {name}: {exc.msg}: {raw[:200]}",
-                        id=entry["id"] or None)
-    if not isinstance(arguments, dict):
-        return ToolCall(name, {}, error=f"the arguments for {name} are not a JSON object: {raw[:200]}",
-                        id=entry["id"] or None)
-    return ToolCall(name, arguments, id=entry["id"] or None)
+    call = as_call({"name": entry["name"], "arguments": entry["arguments"]}, None)
+    assert call is not None  # a str name always makes a call
+    return replace(call, id=entry["id"] or call.id)
 
 
 def _top1(alternatives: dict[str, float] | None) -> str | None:

@@ -51,7 +51,7 @@ def _decode_values(text: str) -> list[Any]:
     return values
 
 
-def _as_call(obj: Any, names: Sequence[str] | None) -> ToolCall | None:
+def as_call(obj: Any, names: Sequence[str] | None) -> ToolCall | None:
     """A call from ``{"name": .., "arguments"|"parameters": ..}`` (also OpenAI's ``{"function": {...}}``)."""
     if not isinstance(obj, dict):
         return None
@@ -85,7 +85,7 @@ def _calls_in(payload: str, names: Sequence[str] | None, strict: bool) -> list[T
                              id=new_call_id())]
         return None
     objects = [o for v in values for o in (v if isinstance(v, list) else [v])]
-    calls = [_as_call(o, names) for o in objects]
+    calls = [as_call(o, names) for o in objects]
     if not calls or any(c is None for c in calls):
         if strict:
             return [ToolCall("", {}, error=f"the model wrote a tool call without a name: {payload[:200]}",
@@ -113,7 +113,7 @@ def parse_tool_calls(text: str, names: Sequence[str] | None = None) -> tuple[str
             arguments = json.JSONDecoder().raw_decode(match.group(2))[0]
         except json.JSONDecodeError as exc:
             arguments = f"malformed: {exc.msg}"
-        call = _as_call({"name": match.group(1), "arguments": arguments}, names)
+        call = as_call({"name": match.group(1), "arguments": arguments}, names)
         if isinstance(arguments, str):
             call = ToolCall(match.group(1), {}, error=f"the model wrote malformed arguments for "
                             f"{match.group(1)}: {match.group(2)[:200]}", id=new_call_id())

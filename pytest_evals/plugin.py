@@ -310,7 +310,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[evals_config_key] = evals
     config.stash[pool_key] = BackendPool(registry, evals.settings)
-    if batch_size > 1:
+    if batch_size > 1 and _any_batches(registry, [*specs, *routes.table.values()]):
         from .batching import WINDOW_PER_BATCH, BatchPlugin, Planner
 
         planner = Planner(window=WINDOW_PER_BATCH * max(batch_size, concurrency))  # whole rounds for HTTP too
@@ -425,6 +425,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Under xdist the controller does not collect; each eval case fails at setup with the one line.
 
 
+def _any_batches(registry: Any, specs: list[ModelSpec]) -> bool:
+    """Whether a backend of these specs gains from batches across cases (else no case is traced, and
+    the batching plugin is not registered at all: its hooks would cost every case for nothing)."""
+    for spec in specs:
+        try:
+            if getattr(registry.resolve(spec.backend), "batches_across_cases", False):
+                return True
+        except Exception:  # noqa: BLE001 - an unknown prefix is reported at start-up, not here
+            continue
+    return False
+
+
 def key_of(item: pytest.Item, spec: ModelSpec) -> str:
     """The case's key, computed once per item (the start-of-resume count and the run share it)."""
     if case_key_key not in item.stash:
@@ -502,7 +514,8 @@ def model(request: pytest.FixtureRequest) -> Model:
     name = log.model if served == spec else served.label
     return Model(backend, log.calls, name, policy, pool.breaker(served, name),
                  _fallback_model(pool, prices, served.fallback, log, policy) if served.fallback else None,
-                 prices.find(served.raw, name), log.transcript, planner=request.config.stash.get(planner_key, None))
+                 prices.find(served.raw, name), log.transcript,
+                 planner=request.config.stash.get(planner_key, None) if backend.batches_across_cases else None)
 
 
 @pytest.fixture

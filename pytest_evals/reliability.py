@@ -127,14 +127,6 @@ class CircuitBreaker:
 def call_with_retries(run: Callable[[int], T], policy: RetryPolicy, breaker: CircuitBreaker | None,
                       sleep: Callable[[float], None] = time.sleep) -> T:
     """Run ``run(attempt)`` until it succeeds, a fault is not retryable, or the attempts are spent."""
-    from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
-
-    rng = random.Random()
-
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return policy.wait(state.attempt_number, exc, rng)
-
     def attempt(number: int) -> T:
         if breaker is not None:
             breaker.before()
@@ -150,6 +142,14 @@ def call_with_retries(run: Callable[[int], T], policy: RetryPolicy, breaker: Cir
 
     if policy.attempts <= 1:  # nothing to retry: spare tenacity's machinery (most cases)
         return attempt(1)
+    from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+    rng = random.Random()
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return policy.wait(state.attempt_number, exc, rng)
+
     retrying = Retrying(stop=stop_after_attempt(policy.attempts), wait=wait,
                         retry=retry_if_exception(policy.retries), reraise=True, sleep=sleep)
     for state in retrying:

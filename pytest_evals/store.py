@@ -214,6 +214,14 @@ def _m007_batching(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("batched", int)  # 1: served from a call batched across cases
 
 
+
+def _m008_fewer_indexes(db: sqlite_utils.Database) -> None:
+    # Every query of cases is by run_id, which the unique (run_id, nodeid) index serves; these two only
+    # cost each case's commit two more index pages.
+    db.execute("DROP INDEX IF EXISTS idx_cases_run_id_benchmark_model")
+    db.execute("DROP INDEX IF EXISTS idx_cases_run_id_case_key")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
@@ -222,6 +230,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("005_conversations", _m005_conversations),
     ("006_routing", _m006_routing),
     ("007_batching", _m007_batching),
+    ("008_fewer_indexes", _m008_fewer_indexes),
 ]
 
 
@@ -311,6 +320,7 @@ class Store:
     def __init__(self, path: str | Path, write: bool = True) -> None:
         self.path = Path(path)
         self._written: set[tuple[int, str]] = set()
+        self._statements: dict[tuple[str, int, tuple[str, ...]], str] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             sqlite_utils = _import_sqlite_utils()
@@ -409,32 +419,39 @@ class Store:
         """Insert one finished case and its rows in one transaction; a case seen again replaces it."""
         row = dict(record.case.__dict__)
         row["scores"] = json.dumps(record.case.scores) if record.case.scores else None
+        conn = self.db.conn
         with self.transaction():
             # (only a nodeid this store already wrote in this run can have an old row to replace)
-            old = self.db.execute(
+            old = conn.execute(
                 "SELECT id FROM cases WHERE run_id = ? AND nodeid = ?", [run_id, record.case.nodeid]
             ).fetchone() if (run_id, record.case.nodeid) in self._written else None
-            self._written.add((run_id, record.case.nodeid))
             if old:
                 for table in CASE_TABLES:
-                    self.db.execute(f"DELETE FROM {table} WHERE case_id = ?", [old[0]])
-                self.db.execute("DELETE FROM cases WHERE id = ?", [old[0]])
-            case_id = self._insert("cases", {"run_id": run_id, **row})
+                    conn.execute(f"DELETE FROM {table} WHERE case_id = ?", [old[0]])
+                conn.execute("DELETE FROM cases WHERE id = ?", [old[0]])
+            case_id = self._insert("cases", (run_id,), row)
             for table, rows in (("calls", record.calls), ("turns", record.turns), ("tool_calls", record.tool_calls)):
                 for item in rows:
-                    self._insert(table, {"run_id": run_id, "case_id": case_id, **item.__dict__})
+                    self._insert(table, (run_id, case_id), item.__dict__)
+        self._written.add((run_id, record.case.nodeid))
         return case_id
 
-    def _insert(self, table: str, row: dict[str, Any]) -> int:
-        cursor = self.db.execute(
-            f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
-        return int(cursor.lastrowid)
+    def _insert(self, table: str, ids: tuple[int, ...], row: dict[str, Any]) -> int:
+        """INSERT of ``row`` after its ids (run_id, then case_id where there is one); the statement
+        text is built once per table and set of columns."""
+        key = (table, len(ids), tuple(row))
+        sql = self._statements.get(key)
+        if sql is None:
+            columns = ("run_id", "case_id")[:len(ids)] + key[2]
+            sql = self._statements[key] = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                                           f"VALUES ({', '.join('?' for _ in columns)})")
+        return int(self.db.conn.execute(sql, (*ids, *row.values())).lastrowid)
 
     def record_benchmarks(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM benchmarks WHERE run_id = ?", [run_id])
             for row in rows:
-                self._insert("benchmarks", {"run_id": run_id, **row})
+                self._insert("benchmarks", (run_id,), row)
 
     # --- queries --------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:

@@ -156,6 +156,7 @@ class RecorderPlugin:
                 _shorten_backend_error(item, call, report)
             if report.when == "teardown":
                 setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.worker_id))
+                del item.stash[case_log_key]  # the record has it all; a long run keeps no per-case logs
                 # JUnit XML writes the teardown report's properties on the test case
                 report.user_properties.append(("evals.outcome", log.outcome))
                 report.user_properties.extend((f"evals.score.{k}", v) for k, v in log.scores.items())
@@ -168,3 +169,5 @@ class RecorderPlugin:
         record = record_from_report(report)
         if record is not None:
             self.on_record(*record)
+            # written: the terminal keeps every report to the end, so it keeps no copy of the record
+            delattr(report, RECORD_ATTR)

@@ -63,28 +63,32 @@ def model_identity(spec: ModelSpec, fingerprint: str | None) -> str:
     return _stable([base, options, fingerprint])
 
 
-_SOURCES: dict[Any, str] = {}  # code object -> its source; the cases of one function share it
+_SOURCES: dict[Any, str] = {}  # code object -> its source as a JSON string; the cases of one function share it
 
 
 def source_of(item: pytest.Item) -> str:
+    """The source of the case's test function as a JSON string (the nodeid where there is none)."""
     function = getattr(item, "function", None)
     code = getattr(function, "__code__", None)
     if code is not None and code in _SOURCES:
         return _SOURCES[code]
     try:
-        source = inspect.getsource(function) if function is not None else item.nodeid
+        source = json.dumps(inspect.getsource(function) if function is not None else item.nodeid)
     except (OSError, TypeError):
-        return item.nodeid
+        return json.dumps(item.nodeid)
     if code is not None:
         _SOURCES[code] = source
     return source
 
 
 def case_key(item: pytest.Item, model: str) -> str:
+    """``v1:`` and the SHA-256 of ``_stable([KEY_VERSION, nodeid, _stable(params), model, source])``,
+    written out here so that the function's encoded source is shared by its cases."""
     callspec = getattr(item, "callspec", None)
     params = {k: v for k, v in (callspec.params.items() if callspec else []) if k != "model"}
-    payload = [KEY_VERSION, item.nodeid, _stable(params), model, source_of(item)]
-    return f"v{KEY_VERSION}:" + hashlib.sha256(_stable(payload).encode()).hexdigest()[:40]
+    payload = (f"[{KEY_VERSION}, {json.dumps(item.nodeid)}, {json.dumps(_stable(params))}, {json.dumps(model)}, "
+               f"{source_of(item)}]")
+    return f"v{KEY_VERSION}:" + hashlib.sha256(payload.encode()).hexdigest()[:40]
 
 
 # --- replay --------------------------------------------------------------------------------------

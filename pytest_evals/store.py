@@ -32,19 +32,23 @@ CASE_TABLES = ("calls", "turns", "tool_calls")  # rows that belong to one case  
 
 def _import_sqlite_utils() -> Any:
     """sqlite-utils, imported here (not at module import: only the process that writes needs it),
-    without pandas: sqlite-utils imports pandas when it is installed, only to insert DataFrames, which
-    the store never does, and that import is most of a run's start-up. pandas stays importable."""
+    without pandas and numpy: sqlite-utils imports them when they are installed, only to insert
+    DataFrames and numpy scalars, which the store never does (it writes with plain sqlite3), and those
+    imports would be most of a run's start-up. Both stay importable; one already imported is used."""
     import sys
 
-    if "sqlite_utils" in sys.modules or "pandas" in sys.modules:
+    if "sqlite_utils" in sys.modules:
         import sqlite_utils
 
         return sqlite_utils
-    sys.modules["pandas"] = None  # type: ignore[assignment]  # makes `import pandas` fail, for now
+    blocked = [name for name in ("pandas", "numpy") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import NAME` fail, for now
     try:
         import sqlite_utils
     finally:
-        del sys.modules["pandas"]
+        for name in blocked:
+            del sys.modules[name]
     return sqlite_utils
 
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["torch", "transformers", "vllm", "pynvml", "llama_cpp", "sqlite_utils", "pandas"]
+HEAVY = ["torch", "transformers", "vllm", "pynvml", "llama_cpp", "sqlite_utils", "pandas", "numpy"]
 
 
 def loaded_after(code: str, cwd: str | None = None) -> list[str]:
@@ -24,3 +24,12 @@ def test_pytest_help_is_light(tmp_path) -> None:
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    pytest.main(['--help'])")
     assert loaded_after(code, cwd=str(tmp_path)) == []
+
+
+def test_the_store_opens_without_pandas_or_numpy(tmp_path) -> None:
+    # sqlite-utils imports both when installed; the store never needs them, and they cost start-up
+    code = f"from pytest_evals.store import Store\nStore({str(tmp_path / 'evals.sqlite')!r}).close()"
+    assert loaded_after(code) == ["sqlite_utils"]
+    # both stay importable afterwards
+    code += "\nimport numpy, pandas"
+    assert set(loaded_after(code)) == {"sqlite_utils", "numpy", "pandas"}

@@ -179,3 +179,28 @@ def test_works_without_xdist_loaded(project: pytest.Pytester) -> None:
     result = run(project, "-p", "no:xdist", "--evals-resume")
     assert result.returncode == 0, result.stdout[-2000:]
     assert "evals: all 1 gates hold" in result.stdout
+
+
+def test_case_keys_are_the_stable_json_digest_that_earlier_versions_stored(pytester: pytest.Pytester) -> None:
+    """Keys written by an earlier run must still match: the key is the SHA-256 of the JSON list
+    [version, nodeid, params JSON, model, source], however it is computed."""
+    import hashlib
+    import inspect
+    import json
+
+    from pytest_evals.resume import KEY_VERSION, case_key
+
+    pytester.makepyfile(test_keys='''
+        import pytest
+
+        @pytest.mark.parametrize("q", ["a \\"quoted\\" é", {"nested": [1, 2.5, None]}])
+        def test_case(q):
+            pass
+        ''')
+    items, _ = pytester.inline_genitems("-p", "no:evals")
+    assert len(items) == 2
+    for item in items:
+        stable = lambda v: json.dumps(v, sort_keys=True, default=repr)  # noqa: E731
+        params = {k: v for k, v in item.callspec.params.items() if k != "model"}
+        reference = stable([KEY_VERSION, item.nodeid, stable(params), "hf:m", inspect.getsource(item.function)])
+        assert case_key(item, "hf:m") == f"v{KEY_VERSION}:" + hashlib.sha256(reference.encode()).hexdigest()[:40]

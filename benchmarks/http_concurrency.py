@@ -2,15 +2,17 @@
 
     python benchmarks/http_concurrency.py [--requests 1000] [--concurrency 10] [--latency 0.1] [--repeats 3]
 
-A local OpenAI-compatible stub server (starlette + uvicorn, from llama-cpp-python's server extra) answers
-every streamed completion after a fixed latency, so what is measured is the client: how many requests it
-keeps in flight and what it adds. Timed, alternating:
+A local OpenAI-compatible stub server (tests/stubserver.py: starlette + uvicorn, from llama-cpp-python's
+server extra) answers every streamed completion after a fixed latency, so what is measured is the client: how many requests it
+keeps in flight and what it adds. Timed, alternating, each a whole process as a user runs it:
 
-- raw asyncio: httpx.AsyncClient, asyncio.gather and a semaphore of the concurrency, streaming each
-  completion as the plugin does (just the requests, in one process, no pytest);
-- pytest-evals: a suite of one case per request, `--evals-concurrency` of the same size, whole process;
+- raw asyncio: a script of httpx.AsyncClient, asyncio.gather and a semaphore of the concurrency,
+  streaming each completion as the plugin does (`python this-file --raw URL`: interpreter, imports, loop);
+- pytest-evals: a suite of one case per request, `--evals-concurrency` of the same size (pytest's own
+  start-up, collection and summary included);
 - pytest-evals, one at a time: the same suite with `--evals-batch-size 1` (once: it is slow by design).
 
+Also shown, for reference: the raw loop timed inside this process (no interpreter start or imports).
 Prints medians, spreads and the ratios (goals: raw / plugin >= 0.9, one at a time / plugin >= 8).
 """
 
@@ -27,37 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SERVER = '''
-import asyncio, json, sys
-import uvicorn
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
-
-LATENCY = float(sys.argv[2])
-
-
-async def models(request):
-    return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
-
-
-async def completions(request):
-    body = await request.json()
-    await asyncio.sleep(LATENCY)
-    text = "echo:" + body["prompt"][-12:]
-
-    async def events():
-        yield "data: " + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]}) + "\\n\\n"
-        yield "data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}],
-                                     "usage": {"prompt_tokens": 5, "completion_tokens": 3}}) + "\\n\\n"
-        yield "data: [DONE]\\n\\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-app = Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])])
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", backlog=2048)
-'''
+STUB_SERVER = Path(__file__).resolve().parents[1] / "tests" / "stubserver.py"  # echo:PROMPT after a latency
 
 SUITE = '''
 import pytest
@@ -66,7 +38,7 @@ import pytest
 @pytest.mark.evals_threshold(0.0)
 @pytest.mark.parametrize("i", range({n}))
 def test_request(model, i):
-    assert model.generate(f"request {{i}}", max_tokens=4).text == f"echo:request {{i}}"[-17:] or True
+    assert model.generate(f"request {{i}}", max_tokens=4).text == f"echo:request {{i}}"
 '''
 
 
@@ -100,14 +72,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--raw", metavar="URL", help="only run the raw loop against URL (the process timed)")
     args = parser.parse_args()
+    if args.raw:
+        asyncio.run(raw(args.raw, args.requests, args.concurrency))
+        return
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "server.py").write_text(SERVER)
         (work / "test_requests.py").write_text(SUITE.format(n=args.requests))
         port = free_port()
-        server = subprocess.Popen([sys.executable, "server.py", str(port), str(args.latency)], cwd=work)
+        server = subprocess.Popen([sys.executable, str(STUB_SERVER), str(port), str(args.latency), "0"], cwd=work)
         url = f"http://127.0.0.1:{port}/v1"
         try:
             import httpx
@@ -129,12 +104,19 @@ def main() -> None:
                     raise SystemExit(f"pytest failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
                 return time.perf_counter() - start
 
-            times: dict[str, list[float]] = {"raw asyncio": [], "pytest-evals": []}
+            def raw_process() -> float:
+                start = time.perf_counter()
+                subprocess.run([sys.executable, __file__, "--raw", url, f"--requests={args.requests}",
+                                f"--concurrency={args.concurrency}"], check=True, env=env)
+                return time.perf_counter() - start
+
+            times: dict[str, list[float]] = {"raw asyncio": [], "pytest-evals": [], "raw asyncio, in-process": []}
             for _ in range(args.repeats):
+                times["raw asyncio"].append(raw_process())
+                times["pytest-evals"].append(plugin())
                 start = time.perf_counter()
                 asyncio.run(raw(url, args.requests, args.concurrency))
-                times["raw asyncio"].append(time.perf_counter() - start)
-                times["pytest-evals"].append(plugin())
+                times["raw asyncio, in-process"].append(time.perf_counter() - start)
             times["pytest-evals, one at a time"] = [plugin("--evals-batch-size=1", "--evals-concurrency=1")]
         finally:
             server.terminate()
@@ -145,7 +127,8 @@ def main() -> None:
     print(f"{'mode':<30} {'wall s':>8} {'spread':>16} {'runs':>5}")
     for mode, values in times.items():
         print(f"{mode:<30} {med[mode]:8.2f} {min(values):7.2f}-{max(values):7.2f} {len(values):5d}")
-    print(f"raw asyncio / pytest-evals: {med['raw asyncio'] / med['pytest-evals']:.2f}x (goal >= 0.9x)")
+    print(f"raw asyncio / pytest-evals: {med['raw asyncio'] / med['pytest-evals']:.2f}x (goal >= 0.9x; "
+          f"in-process raw loop / pytest-evals: {med['raw asyncio, in-process'] / med['pytest-evals']:.2f}x)")
     print(f"one at a time / pytest-evals: {med['pytest-evals, one at a time'] / med['pytest-evals']:.2f}x (goal >= 8x)")
 
 

@@ -58,9 +58,14 @@ class Planner:
         self._background: ThreadPoolExecutor | None = None
         self.lock = threading.Lock()
         self.can_prefetch = False  # a backend of this run allows its batches in the background
+        self._prefetching: dict[int, Backend] = {}  # the backends with batches sent in the background
 
     def close(self) -> None:
+        """At the session's end every case that runs has run: a batch still in flight is for cases
+        that never will (-x, Ctrl-C, the budget), so it is stopped, not waited for."""
         if self._background is not None:
+            for backend in self._prefetching.values():
+                backend.cancel()
             self._background.shutdown(wait=True)
 
     def serve(self, backend: Backend, method: str, requests: list[Any]) -> list[Any]:
@@ -90,7 +95,9 @@ class Planner:
         """One batched call per backend and method for the window's requests. A call that fails leaves
         its requests to the cases, which then make them alone, with their retry policies. With
         ``background``, the calls of backends that allow it (HTTP) run in a thread while the cases of
-        the window before run; a case whose request is still in flight waits for it."""
+        the window before run and the next window is traced; two windows' requests share the backend's
+        concurrency limit, so it stays full across a window's end. A case whose request is still in
+        flight waits for it."""
         groups: dict[tuple[int, str], tuple[Backend, dict[Hashable, Any], dict[Hashable, int]]] = {}
         for backend, method, requests in self.traced:
             _, unique, refs = groups.setdefault((id(backend), method), (backend, {}, {}))
@@ -101,8 +108,9 @@ class Planner:
         self.traced = []
         for (backend_id, method), (backend, unique, refs) in groups.items():
             if background and getattr(backend, "background_batches", False):
-                if self._background is None:
-                    self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evals-batch")
+                if self._background is None:  # this window's batch and the next one's, side by side
+                    self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="evals-batch")
+                self._prefetching[backend_id] = backend
                 future = self._background.submit(self._run_batch, backend_id, backend, method, unique, refs)
                 for key in unique:
                     self.pending[(backend_id, key)] = future
@@ -154,7 +162,7 @@ class BatchPlugin:
             return
         if not item.stash.get(traced_key, False):
             self._trace_window(item, item)
-            self.planner.run_traced()
+            self.planner.run_traced(background=True)  # HTTP: in flight while the next window is traced
             item.stash[head_key] = True
         if item.stash.get(head_key, False) and self.planner.can_prefetch:
             # HTTP: trace the next window now and send its requests while this one's cases run

@@ -155,18 +155,47 @@ def start_llama_server(gguf: Path, log: Path, *extra: str) -> tuple[subprocess.P
             stdout=handle, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
+    wait_until_serving(proc, url, log, "llama.cpp server")
+    return proc, url
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, what: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}; see {log}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
         try:
             if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"llama.cpp server did not answer within 120 s; see {log}")
+    raise RuntimeError(f"{what} did not answer within {timeout_s:g} s; see {log}")
+
+
+@pytest.fixture
+def stub_server(tmp_path: Path):
+    """Starts tests/stubserver.py (echo completions after a latency, 429 to every Nth request):
+    ``url = stub_server(latency_s, rate_limit_every)``; stopped after the test."""
+    _required("uvicorn", "pip install 'llama-cpp-python[server]'")
+    procs: list[subprocess.Popen] = []
+
+    def start(latency_s: float = 0.05, rate_limit_every: int = 0) -> str:
+        port = free_port()
+        log = tmp_path / f"stub{port}.log"
+        with open(log, "w") as handle:
+            proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "stubserver.py"), str(port),
+                                     str(latency_s), str(rate_limit_every)], stdout=handle, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_until_serving(proc, url, log, "stub server", timeout_s=30)
+        return url
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def _serve(tmp_path_factory: pytest.TempPathFactory, *extra: str):

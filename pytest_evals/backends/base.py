@@ -237,6 +237,10 @@ class Backend:
         """Prompt tokens of a chat request as the model will see it; None when the backend cannot tell."""
         return None
 
+    def cancel(self) -> None:
+        """Stop the requests in flight from other threads (a batch for cases that will not run); each
+        such call ends with an error. Backends that cannot stop a call let it finish."""
+
     def close(self) -> None:
         pass
 

@@ -8,18 +8,18 @@ the request header: it is never part of a spec, a record or a message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
 
 from ..specs import ModelSpec, SpecError
+from .aio import Limiter, shared_loop
 from .base import (
     Backend,
     BackendError,
@@ -50,43 +50,6 @@ OWN_OPTIONS = ("context_window",)  # read here; every other spec option is sent 
 CHARS_PER_TOKEN = 3.0  # a deliberately high token estimate where the server cannot count a chat
 RATE_LIMIT_TRIES = 3  # a batched request that meets 429s
 MAX_BATCH_WAIT_S = 5.0
-
-
-class Limiter:
-    """At most ``limit`` requests at once. A 429 halves the limit; ``limit`` successes in a row raise it
-    by one, back up to ``ceiling`` (additive increase, multiplicative decrease)."""
-
-    def __init__(self, ceiling: int) -> None:
-        self.ceiling = max(1, ceiling)
-        self.limit = self.ceiling
-        self.active = 0
-        self.streak = 0
-        self.condition = threading.Condition()
-
-    def __enter__(self) -> "Limiter":
-        with self.condition:
-            while self.active >= self.limit:
-                self.condition.wait()
-            self.active += 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self.condition:
-            self.active -= 1
-            self.condition.notify_all()
-
-    def succeeded(self) -> None:
-        with self.condition:
-            self.streak += 1
-            if self.streak >= self.limit and self.limit < self.ceiling:
-                self.limit += 1
-                self.streak = 0
-                self.condition.notify_all()
-
-    def throttled(self) -> None:
-        with self.condition:
-            self.limit = max(1, self.limit // 2)
-            self.streak = 0
 
 
 def _headers() -> dict[str, str]:
@@ -131,7 +94,10 @@ class OpenAIBackend(Backend):
 
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         super().__init__(spec, settings)
+        self._loop = shared_loop()
         self.client = self._new_client()
+        self._retired: list[httpx.AsyncClient] = []  # replaced clients, closed with the backend
+        self._inflight: set[Future[Any]] = set()  # the request lists on the loop now, for cancel()
         # Extra request fields from the spec's options, e.g. openai:NAME@URL?top_p=0.9
         self.extra = {k: v for k, v in spec.options if k not in OWN_OPTIONS}
         window = spec.option("context_window")
@@ -143,25 +109,28 @@ class OpenAIBackend(Backend):
         self._tokenizer_endpoint: str | None = None  # which tokenizer endpoint the server has
         self._tokenizer_missing: set[str] = set()
 
-    def _new_client(self) -> httpx.Client:
+    def _new_client(self) -> httpx.AsyncClient:
         read = self.settings.timeout_s or DEFAULT_TIMEOUT_S
-        return httpx.Client(base_url=self.spec.base_url or "", headers=_headers(),
-                            timeout=httpx.Timeout(read, connect=min(read, 10.0)),
-                            limits=httpx.Limits(max_connections=max(10, 2 * self.settings.concurrency)))
+        return httpx.AsyncClient(base_url=self.spec.base_url or "", headers=_headers(),
+                                 timeout=httpx.Timeout(read, connect=min(read, 10.0)),
+                                 limits=httpx.Limits(max_connections=max(10, 2 * self.settings.concurrency)))
 
     # --- streaming ------------------------------------------------------------------------------
-    def _stream(self, path: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    async def _stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
-            with self.client.stream("POST", path, json=payload) as response:
+            async with self.client.stream("POST", path, json=payload) as response:
                 if response.status_code >= 400:
-                    response.read()
+                    await response.aread()
                     raise self._http_error(path, response)
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
+                done = False
+                async for line in response.aiter_lines():
+                    # (after [DONE] the body is read to its end, so the connection goes back to the pool)
+                    if done or not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        return
+                        done = True
+                        continue
                     try:
                         yield json.loads(data)
                     except json.JSONDecodeError:
@@ -189,11 +158,11 @@ class OpenAIBackend(Backend):
         kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
         return TransientError(f"{self.spec.label}: {type(exc).__name__} on POST {path}: {exc}", kind)
 
-    def _complete(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+    async def _complete(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
         payload = {**self.extra, **payload, "model": self.spec.target}
         with_tools = bool(payload.get("tools"))
         if with_tools and not self._stream_tools:
-            return self._complete_unstreamed(path, payload, stop)
+            return await self._complete_unstreamed(path, payload, stop)
         watch = Stopwatch()
         parts: list[str] = []
         chunks = chunks_with_content = 0
@@ -201,7 +170,7 @@ class OpenAIBackend(Backend):
         finish = None
         calls: dict[int, dict[str, str]] = {}
         try:
-            for chunk in self._stream(path, {**payload, "stream": True, "stream_options": {"include_usage": True}}):
+            async for chunk in self._stream(path, {**payload, "stream": True, "stream_options": {"include_usage": True}}):
                 chunks += 1
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices") or []:
@@ -218,12 +187,12 @@ class OpenAIBackend(Backend):
                     finish = choice.get("finish_reason") or finish
         except TransientError as exc:
             if chunks == 0 and with_tools and exc.kind == "server":
-                return self._after_failed_stream(path, payload, stop)
+                return await self._after_failed_stream(path, payload, stop)
             raise
         latency = watch.elapsed()
         if finish is None:
             if chunks == 0 and path == "/chat/completions":
-                return self._after_failed_stream(path, payload, stop)
+                return await self._after_failed_stream(path, payload, stop)
             # Every OpenAI-compatible server ends a stream with a finish_reason; without one the
             # stream was cut (llama-cpp-python interrupts a stream when another request arrives).
             raise TransientError(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
@@ -234,7 +203,7 @@ class OpenAIBackend(Backend):
         completion_tokens = usage.get("completion_tokens", chunks_with_content)
         prompt_tokens = usage.get("prompt_tokens")
         if prompt_tokens is None:
-            prompt_tokens = self._count_prompt(payload)
+            prompt_tokens = await self._count_prompt(payload)
         ttft = watch.ttft()
         return Reply(
             text=text,
@@ -248,7 +217,7 @@ class OpenAIBackend(Backend):
             backend=self.spec.raw,
         )
 
-    def _after_failed_stream(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+    async def _after_failed_stream(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
         """A chat stream that failed before its first event: ask once more without streaming.
 
         llama-cpp-python answers some requests it cannot stream (an automatic tool choice, a prompt
@@ -258,16 +227,17 @@ class OpenAIBackend(Backend):
         """
         # The failed stream's connection may still sit in the pool although the server closed it: the
         # next requests go over a new client (requests in flight on the old one finish on it).
+        self._retired.append(self.client)
         self.client = self._new_client()
-        reply = self._complete_unstreamed(path, payload, stop)
+        reply = await self._complete_unstreamed(path, payload, stop)
         if payload.get("tools"):
             self._stream_tools = False
         return reply
 
-    def _complete_unstreamed(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+    async def _complete_unstreamed(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
         watch = Stopwatch()
         try:
-            response = self.client.post(path, json={**payload, "stream": False})
+            response = await self.client.post(path, json={**payload, "stream": False})
         except httpx.HTTPError as exc:
             raise self._transport_error(path, exc) from exc
         if response.status_code >= 400:
@@ -296,7 +266,7 @@ class OpenAIBackend(Backend):
             backend=self.spec.raw,
         )
 
-    def _count_prompt(self, payload: dict[str, Any]) -> int | None:
+    async def _count_prompt(self, payload: dict[str, Any]) -> int | None:
         """Prompt tokens from the server's own tokenizer, where it has an endpoint for it:
         llama-cpp-python's ``/extras/tokenize/count`` (text prompts) or vLLM's ``/tokenize``."""
         root = (self.spec.base_url or "").removesuffix("/v1")
@@ -312,7 +282,7 @@ class OpenAIBackend(Backend):
                 continue  # known to be missing, or it cannot count a chat's messages
             url, body = candidates[name]
             try:
-                response = self.client.post(url, json=body)
+                response = await self.client.post(url, json=body)
                 count = response.json().get("count") if response.status_code == 200 else None
             except (httpx.HTTPError, ValueError, AttributeError):
                 return None  # a busy or failing server: no count this time, but the endpoint may exist
@@ -334,60 +304,68 @@ class OpenAIBackend(Backend):
     def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
         return self._map(lambda r: self._complete("/chat/completions", chat_payload(r), ()), requests)
 
-    def _map(self, one: Callable[[Any], Any], requests: Sequence[Any]) -> list[Any]:
-        """Each request on its own HTTP call, up to the concurrency limit at once (AIMD: a 429 halves
-        the limit and the request waits and tries again, up to twice; successes grow it back)."""
-        if len(requests) <= 1 or self.limiter.ceiling <= 1:
-            return [one(r) for r in requests]
-        results: list[Any] = [None] * len(requests)
-        errors: list[BaseException | None] = [None] * len(requests)
+    def _map(self, one: Callable[[Any], Awaitable[Any]], requests: Sequence[Any]) -> list[Any]:
+        """Each request on its own HTTP call, all of them on the event loop at once, up to the
+        concurrency limit in flight (AIMD: a 429 halves the limit and the request waits and tries again,
+        up to twice; successes grow it back). A lone request meets its 429 itself: the case's retry
+        policy decides."""
+        return self._loop.run(self._gather(one, requests), self._inflight)
 
-        def run(i: int) -> None:
-            for attempt in range(RATE_LIMIT_TRIES):
-                with self.limiter:
+    async def _gather(self, one: Callable[[Any], Awaitable[Any]], requests: Sequence[Any]) -> list[Any]:
+        tries = RATE_LIMIT_TRIES if len(requests) > 1 else 1
+
+        async def run(request: Any) -> Any:
+            attempt = 1
+            while True:
+                async with self.limiter:
                     try:
-                        results[i] = one(requests[i])
-                        self.limiter.succeeded()
-                        return
+                        result = await one(request)
                     except TransientError as exc:
-                        if exc.kind != "rate_limit" or attempt == RATE_LIMIT_TRIES - 1:
-                            errors[i] = exc
-                            return
+                        if exc.kind != "rate_limit":
+                            raise
                         self.limiter.throttled()
+                        if attempt >= tries:
+                            raise
                         wait = min(exc.retry_after if exc.retry_after is not None else 0.5, MAX_BATCH_WAIT_S)
-                    except Exception as exc:  # noqa: BLE001 - reported to the planner below
-                        errors[i] = exc
-                        return
-                time.sleep(wait)
+                    else:
+                        self.limiter.succeeded()
+                        return result
+                attempt += 1
+                await asyncio.sleep(wait)  # outside the limiter: the others go on meanwhile
 
-        with ThreadPoolExecutor(max_workers=self.limiter.ceiling) as pool:
-            list(pool.map(run, range(len(requests))))
-        failed = [e for e in errors if e is not None]
+        outcomes = await asyncio.gather(*(run(r) for r in requests), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancelled (Ctrl-C): not a fault of one request
+        failed = [o for o in outcomes if isinstance(o, Exception)]
         if failed:
             if len(failed) == len(requests):
                 raise failed[0]
-            raise PartialBatch(results, failed[0])
-        return results
+            raise PartialBatch([None if isinstance(o, Exception) else o for o in outcomes], failed[0])
+        return list(outcomes)
 
     def context_window(self) -> int | None:
         """From the spec (``?context_window=N``), the server's model list (vLLM's ``max_model_len``),
         or the limit a refused request named."""
         if self._window is None and not self._window_asked:
             self._window_asked = True
-            try:
-                models = self.client.get("/models", timeout=PROBE_TIMEOUT_S).json().get("data") or []
-                entry = next((m for m in models if m.get("id") == self.spec.target), models[0] if models else {})
-                limit = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
-                self._window = int(limit) if limit else None
-            except (httpx.HTTPError, ValueError, AttributeError, TypeError):
-                pass
+            self._loop.run(self._ask_window())
         return self._window
+
+    async def _ask_window(self) -> None:
+        try:
+            models = (await self.client.get("/models", timeout=PROBE_TIMEOUT_S)).json().get("data") or []
+            entry = next((m for m in models if m.get("id") == self.spec.target), models[0] if models else {})
+            limit = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
+            self._window = int(limit) if limit else None
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+            pass
 
     def count_chat_tokens(self, request: ChatRequest) -> int | None:
         """The server's own count where it has a chat tokenizer endpoint (vLLM), else an estimate
         that errs high (a token per three characters), so trimming keeps the request inside the window."""
         payload = chat_payload(request)
-        counted = self._count_prompt(payload)
+        counted = self._loop.run(self._count_prompt(payload))
         if counted is not None:
             return counted
         text = json.dumps(payload["messages"]) + json.dumps(payload.get("tools") or [])
@@ -395,18 +373,19 @@ class OpenAIBackend(Backend):
 
     # --- loglikelihood --------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
-        self._check_alignment()
+        self._loop.run(self._check_alignment())
 
-        def one(r: LoglikelihoodRequest) -> Loglikelihood:
+        async def one(r: LoglikelihoodRequest) -> Loglikelihood:
             context, continuation = split_whitespace(r.context, r.continuation)
-            return score_echo(self._echo(context + continuation), context, context + continuation, self.spec.label)
+            return score_echo(await self._echo(context + continuation), context, context + continuation,
+                              self.spec.label)
 
         return self._map(one, requests)
 
-    def _echo(self, prompt: str) -> dict[str, Any]:
+    async def _echo(self, prompt: str) -> dict[str, Any]:
         """The server's log-probabilities of ``prompt``'s own tokens (completions with echo)."""
         try:
-            response = self.client.post("/completions", json=echo_payload(self.spec.target, prompt))
+            response = await self.client.post("/completions", json=echo_payload(self.spec.target, prompt))
         except httpx.HTTPError as exc:
             raise self._transport_error("/completions", exc) from exc
         if response.status_code >= 400:
@@ -420,7 +399,7 @@ class OpenAIBackend(Backend):
             )
         return logprobs
 
-    def _check_alignment(self) -> None:
+    async def _check_alignment(self) -> None:
         """Refuse servers whose echoed logprobs are one token off (llama-cpp-python 0.3.x does this).
 
         Asked once per backend, on a text any model predicts well: if the top-ranked token at each
@@ -428,7 +407,7 @@ class OpenAIBackend(Backend):
         score would be read against the wrong distribution.
         """
         if self._aligned is None:
-            logprobs = self._echo(ALIGNMENT_PROBE)
+            logprobs = await self._echo(ALIGNMENT_PROBE)
             self._aligned = not echo_is_shifted(logprobs["tokens"], logprobs.get("top_logprobs") or [])
         if not self._aligned:
             raise UnsupportedTask(
@@ -437,8 +416,16 @@ class OpenAIBackend(Backend):
                 "be wrong; use an hf: or vllm: spec for loglikelihood and choose"
             )
 
+    def cancel(self) -> None:
+        for future in list(self._inflight):
+            future.cancel()
+
     def close(self) -> None:
-        self.client.close()
+        async def close_all() -> None:
+            for client in (*self._retired, self.client):
+                await client.aclose()
+
+        self._loop.run(close_all())
 
 
 CONTEXT_LENGTH = re.compile(r"maximum context length is (\d+)")

@@ -1,0 +1,130 @@
+"""Concurrent HTTP: the openai: backend's requests run on one event loop (async httpx), at most the
+concurrency limit in flight; 429s halve the limit and successes grow it back (AIMD)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import httpx
+import pytest
+
+from pytest_evals.backends.aio import Limiter, shared_loop
+from pytest_evals.backends.base import BackendSettings, GenerateRequest, PartialBatch, TransientError
+from pytest_evals.backends.openai import OpenAIBackend
+from pytest_evals.specs import parse_spec
+
+
+def stats(url: str) -> dict:
+    return httpx.get(url.removesuffix("/v1") + "/stats", timeout=5).json()
+
+
+def test_limiter_halves_on_429_and_grows_back_one_by_one() -> None:
+    """In flight never exceeds the limit of the moment; the limit follows AIMD."""
+    limiter = Limiter(8)
+    seen: list[tuple[int, int]] = []  # (in flight, limit) as each request starts
+
+    async def request(i: int) -> int:
+        async with limiter:
+            seen.append((limiter.active, limiter.limit))
+            await asyncio.sleep(0.001)
+            if i == 20:
+                limiter.throttled()
+            else:
+                limiter.succeeded()
+        return i
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(request(i) for i in range(200)))
+
+    assert shared_loop().run(main()) == list(range(200))
+    assert all(active <= limit for active, limit in seen)
+    assert max(active for active, _ in seen) == 8
+    limits = [limit for _, limit in seen]
+    assert 4 in limits  # halved once
+    assert limits[-1] == 8  # and grown back by one after each `limit` successes in a row
+    grown = [b for a, b in zip(limits, limits[1:]) if b > a]
+    assert grown == [5, 6, 7, 8]
+
+
+def test_a_batch_keeps_the_limit_in_flight_against_a_real_server(stub_server) -> None:
+    url = stub_server(latency_s=0.05)
+    backend = OpenAIBackend(parse_spec(f"openai:stub@{url}"), BackendSettings(concurrency=6))
+    try:
+        replies = backend.generate([GenerateRequest(f"r{i}", max_tokens=4) for i in range(60)])
+    finally:
+        backend.close()
+    assert [r.text for r in replies] == [f"echo:r{i}" for i in range(60)]
+    assert all(r.ttft_s is not None and 0 < r.ttft_s <= r.latency_s for r in replies)
+    assert stats(url)["max_in_flight"] == 6
+
+
+def test_429s_in_a_batch_are_waited_out_and_the_limit_backs_off(stub_server) -> None:
+    url = stub_server(latency_s=0.02, rate_limit_every=5)
+    backend = OpenAIBackend(parse_spec(f"openai:stub@{url}"), BackendSettings(concurrency=8))
+    try:
+        replies = backend.generate([GenerateRequest(f"r{i}", max_tokens=4) for i in range(40)])
+        assert [r.text for r in replies] == [f"echo:r{i}" for i in range(40)]
+        served = stats(url)
+        assert served["rate_limited"] >= 8 and served["requests"] == 40 + served["rate_limited"]
+        assert backend.limiter.limit < 8  # backed off, and not yet grown back
+        # a lone request meets its 429 itself (the case's retry policy decides)
+        with pytest.raises(TransientError, match="429") as caught:
+            for i in range(5):
+                backend.generate([GenerateRequest(f"alone{i}", max_tokens=4)])
+        assert caught.value.kind == "rate_limit"
+    finally:
+        backend.close()
+
+
+def test_a_batch_with_some_failures_keeps_the_answers(stub_server) -> None:
+    url = stub_server(latency_s=0.01)
+    backend = OpenAIBackend(parse_spec(f"openai:stub@{url}"), BackendSettings(concurrency=4))
+    try:
+        with pytest.raises(PartialBatch) as caught:
+            backend.generate([GenerateRequest(p, max_tokens=4) for p in ("r0", "fail1", "r2", "fail3")])
+    finally:
+        backend.close()
+    assert [r.text if r is not None else None for r in caught.value.results] == ["echo:r0", None, "echo:r2", None]
+    assert isinstance(caught.value.first_error, TransientError) and caught.value.first_error.kind == "server"
+
+
+def test_cases_of_a_suite_share_the_limit_in_flight(pytester: pytest.Pytester, stub_server) -> None:
+    url = stub_server(latency_s=0.05)
+    pytester.makepyfile(test_requests="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(48))
+        def test_request(model, i):
+            assert model.generate(f"q{i}", max_tokens=4).text == f"echo:q{i}"
+        """)
+    result = pytester.runpytest_subprocess(f"--model=openai:stub@{url}", "--evals-concurrency=4")
+    result.assert_outcomes(passed=48)
+    assert stats(url)["max_in_flight"] == 4
+    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+    batched = con.execute("SELECT count(*) FROM calls WHERE batched = 1").fetchone()[0]
+    con.close()
+    assert batched == 48
+
+
+def test_x_stops_the_batches_in_flight_and_records_only_the_cases_that_ran(
+        pytester: pytest.Pytester, stub_server) -> None:
+    """With -x the next window's requests, already sent in the background, are cancelled, not waited for."""
+    url = stub_server(latency_s=0.3)
+    pytester.makepyfile(test_requests="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(48))
+        def test_request(model, i):
+            assert model.generate(f"q{i}", max_tokens=4).text == "echo:q1"  # only case 1 passes
+        """)
+    # windows of 8 x 2 = 16 cases: case 0 fails once the first window's 16 requests are answered
+    result = pytester.runpytest_subprocess(f"--model=openai:stub@{url}", "--evals-concurrency=2",
+                                           "--evals-batch-size=2", "-x")
+    result.assert_outcomes(failed=1)
+    served = stats(url)["requests"]
+    assert 16 <= served < 32, served  # the second window (16 more) was cut short
+    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+    cases = con.execute("SELECT nodeid, outcome FROM cases").fetchall()
+    con.close()
+    assert len(cases) == 1 and cases[0][1] == "failed"

@@ -128,3 +128,42 @@ def test_x_stops_the_batches_in_flight_and_records_only_the_cases_that_ran(
     cases = con.execute("SELECT nodeid, outcome FROM cases").fetchall()
     con.close()
     assert len(cases) == 1 and cases[0][1] == "failed"
+
+
+def test_ctrl_c_ends_the_run_at_once_and_keeps_what_finished(pytester: pytest.Pytester, stub_server) -> None:
+    """SIGINT while cases wait on a batch: the batches in flight are cancelled, the run is marked
+    interrupted, and only cases that ran are recorded; a resumed run does the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = stub_server(latency_s=0.4)
+    pytester.makepyfile(test_requests="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(40))
+        def test_request(model, i):
+            assert model.generate(f"q{i}", max_tokens=4).text == f"echo:q{i}"
+        """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    args = [sys.executable, "-m", "pytest", "-q", f"--model=openai:stub@{url}", "--evals-concurrency=2",
+            "--evals-batch-size=2"]
+    proc = subprocess.Popen(args, cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    time.sleep(5.0)  # start-up, then the first window of 16 (3.2 s) and part of the second
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 3.0, out[-2000:]  # not the rest of the windows in flight
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out[-2000:]
+    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+    status = con.execute("SELECT status FROM runs").fetchone()[0]
+    recorded = dict(con.execute("SELECT nodeid, outcome FROM cases").fetchall())
+    con.close()
+    assert status == "interrupted"
+    assert 0 < len(recorded) < 40 and set(recorded.values()) == {"passed"}
+    resumed = subprocess.run([*args, "--evals-resume"], cwd=pytester.path, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    assert f"evals-resume: {len(recorded)} of 40 cases already done in run 1" in resumed.stdout

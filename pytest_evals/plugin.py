@@ -346,9 +346,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(XdistControllerPlugin(config, session_plugin), "evals-xdist")
     elif "evals_resume" in config.workerinput:
         config.stash[resume_state_key] = ResumeState.from_wire(config.workerinput["evals_resume"])
-    config.pluginmanager.register(
-        RecorderPlugin(worker_id, session_plugin.record if session_plugin else None), "evals-recorder"
-    )
+    config.pluginmanager.register(RecorderPlugin(worker_id), "evals-recorder")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -25,17 +25,18 @@ class BackendPool:
 
     def breaker(self, spec: ModelSpec, name: str) -> "CircuitBreaker":
         """One circuit breaker per backend in this process, shared by every case."""
-        from .reliability import CircuitBreaker
+        breaker = self._breakers.get(spec)
+        if breaker is None:
+            from .reliability import CircuitBreaker
 
-        if spec not in self._breakers:
-            self._breakers[spec] = CircuitBreaker(name)
-        return self._breakers[spec]
+            breaker = self._breakers[spec] = CircuitBreaker(name)
+        return breaker
 
     def identity(self, spec: ModelSpec) -> str:
         """The model part of every case key: spec without transport options, plus a weights fingerprint."""
-        from .resume import model_identity
-
         if spec not in self._identities:
+            from .resume import model_identity
+
             try:
                 fingerprint = self.registry.resolve(spec.backend).fingerprint(spec)
             except (SpecError, OSError, ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -139,10 +139,8 @@ case_log_key = pytest.StashKey[CaseLog]()
 class RecorderPlugin:
     """Runs wherever cases run: follows each eval case's phases and puts its record on the report."""
 
-    def __init__(self, worker_id: str | None,
-                 on_record: Callable[[CaseRecord, Threshold | None], None] | None) -> None:
+    def __init__(self, worker_id: str | None) -> None:
         self.worker_id = worker_id
-        self.on_record = on_record  # set where this process owns the database
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]):
@@ -161,13 +159,3 @@ class RecorderPlugin:
                 report.user_properties.append(("evals.outcome", log.outcome))
                 report.user_properties.extend((f"evals.score.{k}", v) for k, v in log.scores.items())
         return report
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Fires for local reports and, on the xdist controller, for every worker's report.
-        if self.on_record is None or report.when != "teardown":
-            return
-        record = record_from_report(report)
-        if record is not None:
-            self.on_record(*record)
-            # written: the terminal keeps every report to the end, so it keeps no copy of the record
-            delattr(report, RECORD_ATTR)

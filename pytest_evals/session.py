@@ -21,7 +21,7 @@ import pytest
 from . import __version__
 from .gates import Gates, Verdict
 from .metering import Usage
-from .recorder import CASE_ATTR
+from .recorder import CASE_ATTR, RECORD_ATTR, record_from_report
 from .report import HEADER, format_table, reason_lines, verdict_rows
 from .scoring import BenchmarkScores, Threshold, scores_of
 from .store import CallRow, CaseRecord, CaseRow, Store, StoreError, ToolCallRow, TurnRow, now
@@ -170,9 +170,16 @@ class SessionPlugin:
 
     # --- cases --------------------------------------------------------------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Fires for local reports and, under xdist, for every worker's report: a case's teardown report
+        carries its record, written here, one transaction per case."""
         if report.failed and not getattr(report, CASE_ATTR, False):
             self.other_failures += 1
         if report.when == "teardown":
+            record = record_from_report(report)
+            if record is not None:
+                self.record(*record)
+                # written: the terminal keeps every report to the end, so it keeps no copy of the record
+                delattr(report, RECORD_ATTR)
             self.progress.tick(show=bool(self.gates.scores))  # only sessions with eval cases
 
     def record(self, record: CaseRecord, marker: Threshold | None) -> None:

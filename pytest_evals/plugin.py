@@ -89,8 +89,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--evals-concurrency", dest="evals_concurrency", metavar="N", type=int, default=None,
-        help="most requests an HTTP backend has in flight at once (default 8; halves on HTTP 429 and grows "
-        "back). ini: evals_concurrency",
+        help="most requests an HTTP backend has in flight at once, per process (default 8; halves on HTTP "
+        "429 and grows back). ini: evals_concurrency",
     )
     group.addoption(
         "--evals-threshold", action="append", dest="evals_threshold", metavar="'GLOB MIN [METRIC=MIN ...]'",

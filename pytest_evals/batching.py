@@ -64,6 +64,7 @@ class Planner:
         """At the session's end every case that runs has run: a batch still in flight is for cases
         that never will (-x, Ctrl-C, the budget), so it is stopped, not waited for."""
         if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)  # batches not started: dropped
             for backend in self._prefetching.values():
                 backend.cancel()
             self._background.shutdown(wait=True)

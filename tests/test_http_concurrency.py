@@ -25,7 +25,7 @@ def test_limiter_halves_on_429_and_grows_back_one_by_one() -> None:
     seen: list[tuple[int, int]] = []  # (in flight, limit) as each request starts
 
     async def request(i: int) -> int:
-        async with limiter:
+        async with limiter.slot():
             seen.append((limiter.active, limiter.limit))
             await asyncio.sleep(0.001)
             if i == 20:
@@ -167,3 +167,45 @@ def test_ctrl_c_ends_the_run_at_once_and_keeps_what_finished(pytester: pytest.Py
     resumed = subprocess.run([*args, "--evals-resume"], cwd=pytester.path, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout[-2000:]
     assert f"evals-resume: {len(recorded)} of 40 cases already done in run 1" in resumed.stdout
+
+
+def test_urgent_requests_go_before_queued_batch_requests() -> None:
+    """A case's own call (urgent) does not wait behind the next window's queued requests."""
+    limiter = Limiter(1)
+    order: list[str] = []
+
+    async def request(name: str, urgent: bool) -> None:
+        async with limiter.slot(urgent):
+            order.append(name)
+            await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(request("batch0", False))
+        await asyncio.sleep(0)  # batch0 holds the only slot
+        queued = [asyncio.ensure_future(request(f"batch{i}", False)) for i in range(1, 4)]
+        await asyncio.sleep(0)
+        urgent = asyncio.ensure_future(request("case", True))
+        await asyncio.gather(first, *queued, urgent)
+
+    shared_loop().run(main())
+    assert order == ["batch0", "case", "batch1", "batch2", "batch3"]
+
+
+def test_a_cancelled_waiter_hands_its_slot_on() -> None:
+    limiter = Limiter(1)
+
+    async def hold(seconds: float) -> None:
+        async with limiter.slot():
+            await asyncio.sleep(seconds)
+
+    async def main() -> int:
+        holder = asyncio.ensure_future(hold(0.05))
+        await asyncio.sleep(0)
+        waiter = asyncio.ensure_future(hold(0.0))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await holder
+        await asyncio.wait_for(hold(0.0), timeout=1)  # the slot was not lost to the cancelled waiter
+        return limiter.active
+
+    assert shared_loop().run(main()) == 0

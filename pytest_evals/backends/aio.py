@@ -12,7 +12,8 @@ import asyncio
 import threading
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Coroutine, TypeVar
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Coroutine, TypeVar
 
 T = TypeVar("T")
 
@@ -28,6 +29,9 @@ class EventLoopThread:
     def run(self, coroutine: Coroutine[Any, Any, T], inflight: set[Future[Any]] | None = None) -> T:
         """The coroutine's result; while it runs its future is in ``inflight``, where ``cancel`` from
         another thread ends it (the caller then gets ``concurrent.futures.CancelledError``)."""
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("EventLoopThread.run called from its own loop: it would wait for itself")
         future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         if inflight is not None:
             inflight.add(future)
@@ -55,41 +59,47 @@ def shared_loop() -> EventLoopThread:
 
 
 class Limiter:
-    """At most ``limit`` requests in flight, granted in arrival order. A 429 halves the limit; ``limit``
-    successes in a row raise it by one, back up to ``ceiling`` (additive increase, multiplicative
-    decrease). Used from one event loop, so it needs no lock; a release wakes one waiter, not all."""
+    """At most ``limit`` requests in flight, granted in arrival order, urgent ones first (a case's own
+    call does not queue behind the next window's batch). A 429 halves the limit; ``limit`` successes in
+    a row raise it by one, back up to ``ceiling`` (additive increase, multiplicative decrease). Used from
+    one event loop, so it needs no lock; a release wakes one waiter, not all."""
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = max(1, ceiling)
         self.limit = self.ceiling
         self.active = 0
         self.streak = 0
+        self._urgent: deque[asyncio.Future[None]] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def __aenter__(self) -> "Limiter":
-        if self.active < self.limit and not self._waiters:
+    @asynccontextmanager
+    async def slot(self, urgent: bool = False) -> AsyncIterator[None]:
+        await self._acquire(urgent)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, urgent: bool) -> None:
+        if self.active < self.limit and not self._urgent and not self._waiters:
             self.active += 1
-            return self
+            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        (self._urgent if urgent else self._waiters).append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():  # granted, then cancelled: hand the slot on
                 self._release()
             raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release()
 
     def _release(self) -> None:
         self.active -= 1
         self._grant()
 
     def _grant(self) -> None:
-        while self._waiters and self.active < self.limit:
-            waiter = self._waiters.popleft()
+        while self.active < self.limit and (self._urgent or self._waiters):
+            waiter = (self._urgent or self._waiters).popleft()
             if not waiter.done():  # (a cancelled waiter is passed over)
                 self.active += 1
                 waiter.set_result(None)

@@ -50,6 +50,7 @@ OWN_OPTIONS = ("context_window",)  # read here; every other spec option is sent 
 CHARS_PER_TOKEN = 3.0  # a deliberately high token estimate where the server cannot count a chat
 RATE_LIMIT_TRIES = 3  # a batched request that meets 429s
 MAX_BATCH_WAIT_S = 5.0
+DRAIN_TIMEOUT_S = 1.0  # after [DONE], how long the rest of a stream's body is waited for
 
 
 def _headers() -> dict[str, str]:
@@ -96,8 +97,9 @@ class OpenAIBackend(Backend):
         super().__init__(spec, settings)
         self._loop = shared_loop()
         self.client = self._new_client()
-        self._retired: list[httpx.AsyncClient] = []  # replaced clients, closed with the backend
+        self._retired: list[httpx.AsyncClient] = []  # the client replaced last, closed with the backend
         self._inflight: set[Future[Any]] = set()  # the request lists on the loop now, for cancel()
+        self._cancelled = False
         # Extra request fields from the spec's options, e.g. openai:NAME@URL?top_p=0.9
         self.extra = {k: v for k, v in spec.options if k not in OWN_OPTIONS}
         window = spec.option("context_window")
@@ -122,15 +124,14 @@ class OpenAIBackend(Backend):
                 if response.status_code >= 400:
                     await response.aread()
                     raise self._http_error(path, response)
-                done = False
-                async for line in response.aiter_lines():
-                    # (after [DONE] the body is read to its end, so the connection goes back to the pool)
-                    if done or not line.startswith("data:"):
+                lines = response.aiter_lines()
+                async for line in lines:
+                    if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        done = True
-                        continue
+                        await _drain(lines)
+                        return
                     try:
                         yield json.loads(data)
                     except json.JSONDecodeError:
@@ -226,8 +227,11 @@ class OpenAIBackend(Backend):
         unstreamed (no time to first token for them).
         """
         # The failed stream's connection may still sit in the pool although the server closed it: the
-        # next requests go over a new client (requests in flight on the old one finish on it).
-        self._retired.append(self.client)
+        # next requests go over a new client. Requests in flight on the old one finish on it; the client
+        # retired the time before is closed now, so retired clients do not pile up.
+        for old in self._retired:
+            await old.aclose()
+        self._retired = [self.client]
         self.client = self._new_client()
         reply = await self._complete_unstreamed(path, payload, stop)
         if payload.get("tools"):
@@ -312,12 +316,15 @@ class OpenAIBackend(Backend):
         return self._loop.run(self._gather(one, requests), self._inflight)
 
     async def _gather(self, one: Callable[[Any], Awaitable[Any]], requests: Sequence[Any]) -> list[Any]:
-        tries = RATE_LIMIT_TRIES if len(requests) > 1 else 1
+        batch = len(requests) > 1
+        tries = RATE_LIMIT_TRIES if batch else 1
 
         async def run(request: Any) -> Any:
             attempt = 1
             while True:
-                async with self.limiter:
+                async with self.limiter.slot(urgent=not batch):  # a case's own call goes first
+                    if batch and self._cancelled:
+                        raise BackendError(f"{self.spec.label}: not sent: the cases of this batch will not run")
                     try:
                         result = await one(request)
                     except TransientError as exc:
@@ -373,7 +380,7 @@ class OpenAIBackend(Backend):
 
     # --- loglikelihood --------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
-        self._loop.run(self._check_alignment())
+        self._loop.run(self._check_alignment(), self._inflight)
 
         async def one(r: LoglikelihoodRequest) -> Loglikelihood:
             context, continuation = split_whitespace(r.context, r.continuation)
@@ -417,6 +424,9 @@ class OpenAIBackend(Backend):
             )
 
     def cancel(self) -> None:
+        """Stop the batches in flight, and send no request of a batch from now on (the session is
+        over); a case's own call still goes out."""
+        self._cancelled = True  # (read on the loop: the requests of a batch that escaped the cancel below)
         for future in list(self._inflight):
             future.cancel()
 
@@ -445,6 +455,17 @@ def chat_payload(request: ChatRequest) -> dict[str, Any]:
         payload["tool_choice"] = ({"type": "function", "function": {"name": forced}} if forced
                                   else request.tool_choice)
     return payload
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read a finished stream's body to its end, so its connection goes back to the pool; a server
+    that keeps it open (or cuts it) only costs the connection, never the reply."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async for _ in lines:
+                pass
+    except (httpx.HTTPError, TimeoutError):
+        pass
 
 
 def _merge_call_delta(calls: dict[int, dict[str, str]], delta: dict[str, Any]) -> None:

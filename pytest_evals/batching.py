@@ -134,6 +134,14 @@ class Planner:
                     self.results[(backend_id, key)] = [result, elapsed, refs[key]]
 
 
+def batches_across_cases(registry: Any, spec: Any) -> bool:
+    """Whether the backend of ``spec`` gains from batches across cases (only then are cases traced)."""
+    try:
+        return bool(getattr(registry.resolve(spec.backend), "batches_across_cases", False))
+    except Exception:  # noqa: BLE001 - an unknown prefix is reported at start-up, not here
+        return False
+
+
 traced_key = pytest.StashKey[bool]()
 head_key = pytest.StashKey[bool]()  # the first case of a window
 
@@ -150,11 +158,7 @@ class BatchPlugin:
         if spec not in self._batching:
             from .plugin import pool_key
 
-            try:
-                backend = self.config.stash[pool_key].registry.resolve(spec.backend)
-                self._batching[spec] = bool(getattr(backend, "batches_across_cases", False))
-            except Exception:  # an unknown prefix fails at start-up, not here
-                self._batching[spec] = False
+            self._batching[spec] = batches_across_cases(self.config.stash[pool_key].registry, spec)
         return self._batching[spec]
 
     @pytest.hookimpl(tryfirst=True)

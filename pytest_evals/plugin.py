@@ -310,9 +310,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[evals_config_key] = evals
     config.stash[pool_key] = BackendPool(registry, evals.settings)
-    if batch_size > 1 and _any_batches(registry, [*specs, *routes.table.values()]):
-        from .batching import WINDOW_PER_BATCH, BatchPlugin, Planner
+    from .batching import WINDOW_PER_BATCH, BatchPlugin, Planner, batches_across_cases
 
+    # no backend of the run gains from batches: no plugin, whose hooks would cost every case for nothing
+    if batch_size > 1 and any(batches_across_cases(registry, s) for s in [*specs, *routes.table.values()]):
         planner = Planner(window=WINDOW_PER_BATCH * max(batch_size, concurrency))  # whole rounds for HTTP too
         config.stash[planner_key] = planner
         config.pluginmanager.register(BatchPlugin(config, planner), "evals-batching")
@@ -421,18 +422,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not is_worker(config):
         raise pytest.UsageError(problem)
     # Under xdist the controller does not collect; each eval case fails at setup with the one line.
-
-
-def _any_batches(registry: Any, specs: list[ModelSpec]) -> bool:
-    """Whether a backend of these specs gains from batches across cases (else no case is traced, and
-    the batching plugin is not registered at all: its hooks would cost every case for nothing)."""
-    for spec in specs:
-        try:
-            if getattr(registry.resolve(spec.backend), "batches_across_cases", False):
-                return True
-        except Exception:  # noqa: BLE001 - an unknown prefix is reported at start-up, not here
-            continue
-    return False
 
 
 def key_of(item: pytest.Item, spec: ModelSpec) -> str:

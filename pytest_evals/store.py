@@ -218,7 +218,6 @@ def _m007_batching(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("batched", int)  # 1: served from a call batched across cases
 
 
-
 def _m008_fewer_indexes(db: sqlite_utils.Database) -> None:
     # Every query of cases is by run_id, which the unique (run_id, nodeid) index serves; these two only
     # cost each case's commit two more index pages.

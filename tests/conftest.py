@@ -176,17 +176,19 @@ def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, what: str, t
 
 @pytest.fixture
 def stub_server(tmp_path: Path):
-    """Starts tests/stubserver.py (echo completions after a latency, 429 to every Nth request):
-    ``url = stub_server(latency_s, rate_limit_every)``; stopped after the test."""
+    """Starts tests/stubserver.py (echo completions after a latency, 429 to every Nth request, model
+    lists after a delay): ``url = stub_server(latency_s, rate_limit_every, models_delay_s)``; stopped
+    after the test."""
     _required("uvicorn", "pip install 'llama-cpp-python[server]'")
     procs: list[subprocess.Popen] = []
 
-    def start(latency_s: float = 0.05, rate_limit_every: int = 0) -> str:
+    def start(latency_s: float = 0.05, rate_limit_every: int = 0, models_delay_s: float = 0.0) -> str:
         port = free_port()
         log = tmp_path / f"stub{port}.log"
         with open(log, "w") as handle:
             proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "stubserver.py"), str(port),
-                                     str(latency_s), str(rate_limit_every)], stdout=handle, stderr=subprocess.STDOUT)
+                                     str(latency_s), str(rate_limit_every), str(models_delay_s)],
+                                    stdout=handle, stderr=subprocess.STDOUT)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}/v1"
         wait_until_serving(proc, url, log, "stub server", timeout_s=30)

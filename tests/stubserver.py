@@ -3,7 +3,10 @@ server extra): every completion answers ``echo:<prompt>`` after a fixed latency,
 servers do. It counts requests in flight (``GET /stats``), answers 429 with ``Retry-After: 0`` to
 every Nth request when asked to, and 500 to every prompt that starts with ``fail``.
 
-    python stubserver.py PORT LATENCY_S RATE_LIMIT_EVERY   (0: never)
+    python stubserver.py PORT LATENCY_S RATE_LIMIT_EVERY [MODELS_DELAY_S]   (0: never)
+
+The first model list (the readiness probe) comes at once; later ones after MODELS_DELAY_S, as from a
+busy server.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from starlette.routing import Route
 
 LATENCY = float(sys.argv[2])
 EVERY = int(sys.argv[3])
+MODELS_DELAY = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
 stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "rate_limited": 0}
 
 
 async def models(request: Request) -> Response:
+    stats["models_asked"] = stats.get("models_asked", 0) + 1
+    if stats["models_asked"] > 1:  # the first answer is the fixture's readiness probe
+        await asyncio.sleep(MODELS_DELAY)
     return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
 
 

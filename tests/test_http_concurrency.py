@@ -11,7 +11,7 @@ import pytest
 
 from pytest_evals.backends.aio import Limiter, shared_loop
 from pytest_evals.backends.base import BackendSettings, GenerateRequest, PartialBatch, TransientError
-from pytest_evals.backends.openai import OpenAIBackend
+from pytest_evals.backends.openai import PROBE_TIMEOUT_S, OpenAIBackend
 from pytest_evals.specs import parse_spec
 
 
@@ -209,3 +209,9 @@ def test_a_cancelled_waiter_hands_its_slot_on() -> None:
         return limiter.active
 
     assert shared_loop().run(main()) == 0
+
+
+def test_a_busy_server_is_not_reported_missing_at_start_up(stub_server) -> None:
+    """The start-up probe waits for a connected server that answers slowly (another worker's batch)."""
+    url = stub_server(models_delay_s=PROBE_TIMEOUT_S + 1)  # longer than the probe's connect timeout
+    OpenAIBackend.check(parse_spec(f"openai:stub@{url}"))

@@ -43,6 +43,7 @@ from .base import (
 from .tool_format import as_call
 
 PROBE_TIMEOUT_S = 3.0
+BUSY_PROBE_TIMEOUT_S = 30.0  # how long a connected server may take to list its models at start-up
 ALIGNMENT_PROBE = ("One, two, three, four, five, six, seven, eight, nine, ten. Monday, Tuesday, Wednesday, "
                    "Thursday, Friday, Saturday, Sunday. January, February, March, April, May, June.")
 DEFAULT_TIMEOUT_S = 600.0
@@ -67,7 +68,10 @@ class OpenAIBackend(Backend):
     def check(cls, spec: ModelSpec) -> None:
         url = f"{spec.base_url}/models"
         try:
-            response = httpx.get(url, headers=_headers(), timeout=PROBE_TIMEOUT_S)
+            # a server that is not there fails to connect within seconds; one that is busy (llama.cpp
+            # serving another worker's batch) may take longer to answer, and is not reported as missing
+            response = httpx.get(url, headers=_headers(), timeout=httpx.Timeout(BUSY_PROBE_TIMEOUT_S,
+                                                                                connect=PROBE_TIMEOUT_S))
         except httpx.HTTPError as exc:
             raise SpecError(
                 f"--model {spec.raw}: no OpenAI-compatible server answers at {spec.base_url} "

@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-from .backends.base import TOOL_CHOICES, ChatRequest, ContextOverflow, Message, Reply, ToolCall
+from .backends.base import TOOL_CHOICES, Backend, ChatRequest, ContextOverflow, Message, Reply, ToolCall
 from .store import ToolCallRow, TurnRow, now
 from .tools import Tool, tool
-
-if TYPE_CHECKING:
-    from .model import Model
 
 MAX_ROUNDS = 8
 
@@ -35,6 +32,17 @@ class Transcript:
     def new_conversation(self) -> int:
         self.conversations += 1
         return self.conversations
+
+
+class ChatCaller(Protocol):
+    """What a conversation needs of the model it talks to (``model.Model`` is one)."""
+
+    transcript: Transcript
+
+    @property
+    def backend(self) -> Backend: ...
+
+    def chat_request(self, request: ChatRequest, *, conversation: int | None = None, dropped: int = 0) -> Reply: ...
 
 
 def as_tools(tools: Sequence[Callable[..., Any] | Tool] | None) -> list[Tool]:
@@ -75,7 +83,7 @@ def wire_call(call: ToolCall) -> dict[str, Any]:
 class Conversation:
     """A multi-turn chat with one model: ``say(text)`` adds a user turn and returns the model's answer."""
 
-    def __init__(self, model: Model, system: str | None = None,
+    def __init__(self, model: ChatCaller, system: str | None = None,
                  tools: Sequence[Callable[..., Any] | Tool] | None = None, tool_choice: str = "auto", *,
                  max_tokens: int = 256, temperature: float = 0.0, max_rounds: int = MAX_ROUNDS,
                  context_window: int | None = None, trim: bool = True) -> None:
@@ -127,7 +135,7 @@ class Conversation:
             if not calls:
                 return replace(reply, tool_calls=tuple(ran))
             for call in calls:
-                done = self._run(call, by_name, position)
+                done = self._run_tool(call, by_name, position)
                 ran.append(done)
                 self.tool_calls.append(done)
                 self._add({"role": "tool", "tool_call_id": done.id, "name": done.name, "content": result_text(done)})
@@ -177,7 +185,7 @@ class Conversation:
         del self.messages[start:end]
         return True
 
-    def _run(self, call: ToolCall, by_name: dict[str, Tool], position: int) -> ToolCall:
+    def _run_tool(self, call: ToolCall, by_name: dict[str, Tool], position: int) -> ToolCall:
         started_at, clock = now(), time.perf_counter()
         if call.error is None and call.name not in by_name:
             call = replace(call, error=f"there is no tool named {call.name!r}; the tools are {', '.join(by_name)}")

@@ -15,23 +15,29 @@ from typing import Any, Iterable
 
 import pytest
 
+from .errors import ConfigError
 from .scoring import (PASS_RATE, BenchmarkScores, Comparison, Estimate, Threshold, compare, percent,
                       regression_reasons)
 
 MARKER = "evals_threshold"
+
+
+class GateError(ConfigError):
+    """A bad threshold (marker, --evals-threshold or ini evals_thresholds); the message names the fix."""
+
 DEFAULT_THRESHOLD = Threshold(((PASS_RATE, 1.0),), "default: every case must pass")
 
 
 def _minimums(source: str, min_pass_rate: Any = None, **metric_minimums: Any) -> tuple[tuple[str, float], ...]:
     items = ([(PASS_RATE, min_pass_rate)] if min_pass_rate is not None else []) + list(metric_minimums.items())
     if not items:
-        raise pytest.UsageError(f"{source}: name at least one minimum, e.g. evals_threshold(0.6) or f1=0.5")
+        raise GateError(f"{source}: name at least one minimum, e.g. evals_threshold(0.6) or f1=0.5")
     result = []
     for name, value in items:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise pytest.UsageError(f"{source}: {name}={value!r} is not a number")
+            raise GateError(f"{source}: {name}={value!r} is not a number")
         if name == PASS_RATE and not 0 <= value <= 1:
-            raise pytest.UsageError(f"{source}: min_pass_rate={value} is outside 0..1")
+            raise GateError(f"{source}: min_pass_rate={value} is outside 0..1")
         result.append((name, float(value)))
     return tuple(result)
 
@@ -40,11 +46,11 @@ def threshold_from_marker(mark: pytest.Mark, where: str) -> Threshold:
     """``@pytest.mark.evals_threshold(min_pass_rate=None, **metric_minimums)``; bad use is a usage error."""
     source = f"{where}: @pytest.mark.{MARKER}"
     if len(mark.args) > 1:
-        raise pytest.UsageError(f"{source} takes one positional argument (min_pass_rate), got {len(mark.args)}")
+        raise GateError(f"{source} takes one positional argument (min_pass_rate), got {len(mark.args)}")
     kwargs = dict(mark.kwargs)
     if mark.args:
         if "min_pass_rate" in kwargs:
-            raise pytest.UsageError(f"{source}: min_pass_rate given twice")
+            raise GateError(f"{source}: min_pass_rate given twice")
         kwargs["min_pass_rate"] = mark.args[0]
     return Threshold(_minimums(source, **kwargs), "marker")
 
@@ -54,18 +60,18 @@ def parse_threshold_line(line: str, source: str) -> tuple[str, Threshold]:
     where = f"{source} {line.strip()!r}"
     tokens = line.split()
     if len(tokens) < 2:
-        raise pytest.UsageError(f"{where}: expected 'BENCHMARK_GLOB 0.6' or 'BENCHMARK_GLOB min_pass_rate=0.6 f1=0.5'")
+        raise GateError(f"{where}: expected 'BENCHMARK_GLOB 0.6' or 'BENCHMARK_GLOB min_pass_rate=0.6 f1=0.5'")
     kwargs: dict[str, Any] = {}
     for position, token in enumerate(tokens[1:]):
         name, eq, value = token.partition("=")
         if not eq:
             if position:
-                raise pytest.UsageError(f"{where}: {token!r} must be METRIC=VALUE")
+                raise GateError(f"{where}: {token!r} must be METRIC=VALUE")
             name, value = "min_pass_rate", token
         try:
             kwargs[name] = float(value)
         except ValueError:
-            raise pytest.UsageError(f"{where}: {token!r} is not a number") from None
+            raise GateError(f"{where}: {token!r} is not a number") from None
     return tokens[0], Threshold(_minimums(where, **kwargs), source)
 
 

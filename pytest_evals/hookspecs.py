@@ -14,7 +14,8 @@ def pytest_evals_register_backends(register: Callable[..., None]) -> None:
     Call ``register(prefix, backend)`` once per prefix, where ``backend`` is a
     :class:`pytest_evals.backends.base.Backend` subclass or a lazy ``"module:Class"`` path (so that
     nothing heavy is imported until a spec with that prefix is used). ``--model PREFIX:TARGET`` then
-    routes to it. A registered prefix may replace a built-in one.
+    routes to it. A registered prefix may replace a built-in one. What the class declares
+    (``capabilities``, ``takes_url``, ``transport_options``, ...) applies as it does to built-in backends.
     """
 
 

@@ -18,7 +18,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
+from .errors import ConfigError
+
+
+class PriceError(ConfigError):
+    """A bad ini evals_prices line; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def parse_price_line(line: str, source: str = "ini evals_prices") -> Price:
     where = f"{source} {line.strip()!r}"
     tokens = line.split()
     if len(tokens) < 2:
-        raise pytest.UsageError(f"{where}: expected 'MODEL_GLOB INPUT_USD_PER_M OUTPUT_USD_PER_M' or "
+        raise PriceError(f"{where}: expected 'MODEL_GLOB INPUT_USD_PER_M OUTPUT_USD_PER_M' or "
                                 "'MODEL_GLOB gpu_hour=USD'")
     glob, values = tokens[0], tokens[1:]
     try:
@@ -51,20 +55,17 @@ def parse_price_line(line: str, source: str = "ini evals_prices") -> Price:
         else:
             raise ValueError
     except ValueError:
-        raise pytest.UsageError(f"{where}: expected two prices (input, output USD per million tokens) "
+        raise PriceError(f"{where}: expected two prices (input, output USD per million tokens) "
                                 "or gpu_hour=USD") from None
     if any(v is not None and (v < 0 or not math.isfinite(v)) for v in (price.input_per_m, price.output_per_m,
                                                                        price.gpu_hour)):
-        raise pytest.UsageError(f"{where}: prices must be finite and not negative")
+        raise PriceError(f"{where}: prices must be finite and not negative")
     return price
 
 
 class PriceTable:
     def __init__(self, prices: list[Price]) -> None:
         self.prices = prices
-
-    def __bool__(self) -> bool:
-        return bool(self.prices)
 
     def find(self, spec: str, name: str) -> Price | None:
         spec_base = spec.partition("?")[0]
@@ -89,7 +90,7 @@ class Usage:
         """A case's calls: the model's under the case's model, a judge's on a row of its own."""
         groups: dict[str, list] = {model: []}
         for call in calls:
-            key = f"{call.model} (judge)" if getattr(call, "role", "model") == "judge" else model
+            key = f"{call.model} (judge)" if call.role == "judge" else model
             groups.setdefault(key, []).append(call)
         for key, group in groups.items():
             self._add(key, group)

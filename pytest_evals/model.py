@@ -1,7 +1,10 @@
-"""The object behind the ``model`` fixture: one case's view of a loaded backend.
+"""The object behind the ``model`` and ``judge`` fixtures: one case's view of a loaded backend.
 
-Every call goes to the backend as a one-element batch and is logged as one ``calls`` row. A backend
-exception becomes :class:`BackendError`, so the case ends as ``error`` and is never scored as wrong.
+Each call is answered by the batch planner (from a batch made across cases, where batching is on) or
+by the backend alone (a list of one request, or a question's choices), with the case's retry policy,
+the backend's circuit breaker and the spec's fallback; every attempt is logged as one ``calls`` row.
+A backend exception becomes :class:`BackendError`, so the case ends as ``error`` and is never scored
+as wrong. ``context.build_model`` builds it for a case.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from .backends.base import (
     UnsupportedTask,
     likeliest,
 )
-from .batching import Planner
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
+from .planner import Planner
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .routing import KIND_TASK, cannot_serve
 from .store import CallRow, now
@@ -36,7 +39,7 @@ T = TypeVar("T")
 
 
 class Model:
-    def __init__(self, backend: Backend, calls: list[CallRow], name: str | None = None,
+    def __init__(self, backend: Backend, calls: list[CallRow], *, name: str | None = None,
                  policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
                  fallback: Callable[[], "Model"] | None = None, price: Price | None = None,
                  transcript: Transcript | None = None, role: str = "model", planner: Planner | None = None) -> None:
@@ -73,7 +76,7 @@ class Model:
         __tracebackhide__ = True
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         request = GenerateRequest(prompt, max_tokens=max_tokens, temperature=temperature, stop=stops)
-        return self._call("generate", prompt, self._run("generate", [request]))
+        return self._call("generate", prompt, self._sender("generate", [request]))
 
     def chat(self, messages: str | Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
              tools: Sequence[Callable[..., Any]] | None = None, tool_choice: str = "auto",
@@ -107,14 +110,14 @@ class Model:
         __tracebackhide__ = True
         shown = "\n".join(_show_message(m) for m in request.messages)
         task = "tools" if request.tools and request.tool_choice != "none" else "chat"
-        return self._call("chat", shown, self._run("chat", [request]), task=task,
+        return self._call("chat", shown, self._sender("chat", [request]), task=task,
                           conversation=conversation, dropped_messages=dropped)
 
     def loglikelihood(self, context: str, continuation: str) -> float:
         """Sum of the log-probabilities of ``continuation``'s tokens after ``context``."""
         __tracebackhide__ = True
         request = LoglikelihoodRequest(context, continuation)
-        result = self._call("loglikelihood", context + continuation, self._run("loglikelihood", [request]))
+        result = self._call("loglikelihood", context + continuation, self._sender("loglikelihood", [request]))
         return result.logprob
 
     def choose(self, context: str, choices: Sequence[str]) -> int:
@@ -124,18 +127,18 @@ class Model:
             raise ValueError("choose() needs at least one choice")
         requests = [LoglikelihoodRequest(context, c) for c in choices]
         shown = context + "\n" + "\n".join(f"[{i}] {c}" for i, c in enumerate(choices))
-        results = self._call("choose", shown, self._run("loglikelihood", requests, one=False))
+        results = self._call("choose", shown, self._sender("loglikelihood", requests, one=False))
         scores = [r.logprob for r in results]
         return likeliest(scores)
 
     # --- dispatch and logging ---------------------------------------------------------------------
-    def _run(self, method: str, requests: list[Any], one: bool = True) -> Callable[[Backend], Any]:
+    def _sender(self, method: str, requests: list[Any], one: bool = True) -> Callable[[Backend], Any]:
         """What one attempt does: the backend's batch method on ``requests`` (through the batch
         planner, which may already hold the results of a batched call)."""
         def run(backend: Backend) -> Any:
             try:
                 if self._planner is not None:
-                    results = self._planner.serve(backend, method, requests)
+                    results = self._planner.answer(backend, method, requests)
                 else:
                     results = getattr(backend, method)(requests)
             except PartialBatch as partial:  # a case's own call fails as its first failed request did
@@ -181,7 +184,7 @@ class Model:
             if self._planner is not None and self._planner.last_hit is not None:
                 row.batched = 1  # served from a batched call: its timings are the batch's
                 row.latency_s = self._planner.last_hit
-            row.gpu_peak_mib = getattr(self._backend, "last_gpu_peak_mib", None)
+            row.gpu_peak_mib = self._backend.last_gpu_peak_mib
             if self._price is not None:
                 row.cost_usd = self._price.cost(row.input_tokens, row.output_tokens, row.latency_s)
                 if isinstance(result, Reply):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .backends.base import Backend, BackendError, BackendRegistry, BackendSettings
+from .backends.base import Backend, BackendError, BackendSettings
+from .backends.registry import BackendRegistry
+from .reliability import CircuitBreaker
+from .resume import model_identity
 from .specs import ModelSpec, SpecError
 
 
@@ -14,8 +17,9 @@ class BackendPool:
         self._failed: dict[ModelSpec, str] = {}  # a load that failed fails every later case at once
         self._checked: dict[ModelSpec, str | None] = {}
         self._identities: dict[ModelSpec, str] = {}
-        self._breakers: dict[ModelSpec, "CircuitBreaker"] = {}
+        self._breakers: dict[ModelSpec, CircuitBreaker] = {}
         self._serves: dict[ModelSpec, frozenset[str]] = {}
+        self._batching: dict[ModelSpec, bool] = {}
 
     def serves(self, spec: ModelSpec) -> frozenset[str]:
         """What ``spec`` can serve, asked once per process (routing decides with it)."""
@@ -23,25 +27,34 @@ class BackendPool:
             self._serves[spec] = self.registry.resolve(spec.backend).serves(spec)
         return self._serves[spec]
 
-    def breaker(self, spec: ModelSpec, name: str) -> "CircuitBreaker":
+    def batches_across_cases(self, spec: ModelSpec) -> bool:
+        """Whether the backend of ``spec`` gains from batches across cases (only then are cases traced)."""
+        if spec not in self._batching:
+            try:
+                self._batching[spec] = self.registry.resolve(spec.backend).batches_across_cases
+            except SpecError:  # an unknown prefix is reported at start-up, not here
+                self._batching[spec] = False
+        return self._batching[spec]
+
+    def breaker(self, spec: ModelSpec, name: str) -> CircuitBreaker:
         """One circuit breaker per backend in this process, shared by every case."""
         breaker = self._breakers.get(spec)
         if breaker is None:
-            from .reliability import CircuitBreaker
-
             breaker = self._breakers[spec] = CircuitBreaker(name)
         return breaker
 
     def identity(self, spec: ModelSpec) -> str:
-        """The model part of every case key: spec without transport options, plus a weights fingerprint."""
+        """The model part of every case key: spec without its backend's transport options, plus a
+        weights fingerprint."""
         if spec not in self._identities:
-            from .resume import model_identity
-
+            transport: frozenset[str] = frozenset()
             try:
-                fingerprint = self.registry.resolve(spec.backend).fingerprint(spec)
+                backend = self.registry.resolve(spec.backend)
+                transport = backend.transport_options
+                fingerprint = backend.fingerprint(spec)
             except (SpecError, OSError, ValueError):
                 fingerprint = None
-            self._identities[spec] = model_identity(spec, fingerprint)
+            self._identities[spec] = model_identity(spec, fingerprint, transport)
         return self._identities[spec]
 
     def availability_problem(self, spec: ModelSpec) -> str | None:

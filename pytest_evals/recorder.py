@@ -1,9 +1,10 @@
-"""Per-case records: built where the case runs, carried on the test report, written by the controller.
+"""Per-case records: what a case gathers where it runs, as the plain dicts that ride on its report.
 
 xdist re-fires every worker report through ``pytest_runtest_logreport`` on the controller, and the
-report's ``__dict__`` travels with it; the item stash does not. So the worker puts the finished
-case's record (plain dicts) on its teardown report, and the one process that owns the database
-(the controller, or the lone pytest process) writes it, one transaction per case.
+report's ``__dict__`` travels with it; the item stash does not. So the process that runs a case puts
+its record (``CaseLog.to_record``: plain dicts) on the teardown report (``cases.py``), and the one
+process that owns the database (the controller, or the lone pytest process) reads it back with
+:func:`record_from_data` and writes it, one transaction per case (``session.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from .scoring import Threshold
 from .conversation import Transcript
 from .store import CallRow, CaseRecord, CaseRow, ToolCallRow, TurnRow, now
 
-RECORD_ATTR = "evals_record"
-CASE_ATTR = "evals_case"  # on every report of an eval case
-ERROR_ATTR = "evals_error"  # on a call report whose failure is an infrastructure fault
 _PARAMS = re.compile(r"\[.*\]$", re.S)
 
 
@@ -103,59 +101,11 @@ def _join(parts: Any) -> str | None:
     return "\n\n".join(texts) if texts else None
 
 
-def _shorten_backend_error(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> None:
-    """A backend fault shows as the test's line and the one-line reason, not the client's internals.
-
-    Only with the default ``--tb=auto``; any explicit ``--tb`` style shows everything.
-    """
-    from .backends.base import BackendError
-
-    excinfo = call.excinfo
-    if excinfo is None or not excinfo.errisinstance(BackendError):
-        return
-    if item.config.getoption("tbstyle", "auto") != "auto" or item.config.getoption("fulltrace", False):
-        return
-    in_test_file = excinfo.traceback.filter(lambda entry: str(entry.path) == str(item.path))
-    if len(in_test_file):
-        excinfo.traceback = in_test_file
-    report.longrepr = excinfo.getrepr(style="short", chain=False)
-
-
-def record_from_report(report: pytest.TestReport) -> tuple[CaseRecord, Threshold | None] | None:
-    data = getattr(report, RECORD_ATTR, None)
-    if not data:
-        return None
+def record_from_data(data: dict[str, Any]) -> tuple[CaseRecord, Threshold | None]:
+    """A record as ``CaseLog.to_record`` wrote it, and the threshold marker it carried."""
     threshold = data.get("threshold")
     marker = Threshold(tuple((n, float(v)) for n, v in threshold[0]), threshold[1]) if threshold else None
     record = CaseRecord(CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]],
                         [TurnRow(**t) for t in data.get("turns", ())],
                         [ToolCallRow(**t) for t in data.get("tool_calls", ())])
     return record, marker
-
-
-case_log_key = pytest.StashKey[CaseLog]()
-
-
-class RecorderPlugin:
-    """Runs wherever cases run: follows each eval case's phases and puts its record on the report."""
-
-    def __init__(self, worker_id: str | None) -> None:
-        self.worker_id = worker_id
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]):
-        report = yield
-        log = item.stash.get(case_log_key, None)
-        if log is not None:
-            setattr(report, CASE_ATTR, True)
-            log.note_phase(report, call)
-            if report.when == "call" and log.outcome == "error":
-                setattr(report, ERROR_ATTR, True)
-                _shorten_backend_error(item, call, report)
-            if report.when == "teardown":
-                setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.worker_id))
-                del item.stash[case_log_key]  # the record has it all; a long run keeps no per-case logs
-                # JUnit XML writes the teardown report's properties on the test case
-                report.user_properties.append(("evals.outcome", log.outcome))
-                report.user_properties.extend((f"evals.score.{k}", v) for k, v in log.scores.items())
-        return report

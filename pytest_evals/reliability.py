@@ -20,9 +20,14 @@ from typing import Any, Callable, TypeVar
 import pytest
 
 from .backends.base import FAULT_KINDS, BackendError, TransientError
+from .errors import ConfigError
 
 T = TypeVar("T")
 MARKER = "evals_retry"
+
+
+class RetryConfigError(ConfigError):
+    """A bad evals_retry marker or ini line; the message names the fix."""
 
 
 class CircuitOpen(BackendError):
@@ -68,9 +73,9 @@ def policy_from_marker(mark: pytest.Mark, where: str) -> RetryPolicy:
         return RetryPolicy(*mark.args, **mark.kwargs)
     except TypeError as exc:
         message = str(exc).replace("RetryPolicy.__init__()", f"@pytest.mark.{MARKER}()")
-        raise pytest.UsageError(f"{where}: {message}") from None
+        raise RetryConfigError(f"{where}: {message}") from None
     except ValueError as exc:
-        raise pytest.UsageError(f"{where}: @pytest.mark.{MARKER}: {exc}") from None
+        raise RetryConfigError(f"{where}: @pytest.mark.{MARKER}: {exc}") from None
 
 
 def policy_from_ini(text: str) -> RetryPolicy | None:
@@ -81,15 +86,15 @@ def policy_from_ini(text: str) -> RetryPolicy | None:
     for token in text.split():
         name, eq, value = token.partition("=")
         if not eq:
-            raise pytest.UsageError(f"ini {MARKER} = {text!r}: {token!r} must be KEY=VALUE")
+            raise RetryConfigError(f"ini {MARKER} = {text!r}: {token!r} must be KEY=VALUE")
         try:
             kwargs[name] = int(value) if name == "attempts" else value if name == "on" else float(value)
         except ValueError:
-            raise pytest.UsageError(f"ini {MARKER} = {text!r}: {token!r} is not a number") from None
+            raise RetryConfigError(f"ini {MARKER} = {text!r}: {token!r} is not a number") from None
     try:
         return RetryPolicy(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise pytest.UsageError(f"ini {MARKER} = {text!r}: {exc}".replace("RetryPolicy.__init__() ", "")) from None
+        raise RetryConfigError(f"ini {MARKER} = {text!r}: {exc}".replace("RetryPolicy.__init__() ", "")) from None
 
 
 @dataclass
@@ -132,7 +137,7 @@ def call_with_retries(run: Callable[[int], T], policy: RetryPolicy, breaker: Cir
             breaker.before()
         try:
             result = run(number)
-        except TransientError as exc:
+        except TransientError:
             if breaker is not None:
                 breaker.failure()
             raise

@@ -9,23 +9,20 @@ Nothing here loads a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .backends.base import BackendRegistry
+from .backends.registry import BackendRegistry
+from .errors import ConfigError
 from .specs import ModelSpec, SpecError, parse_spec
 
 TASK_MARKER = "evals_task"
 JUDGE_MARKER = "evals_judge"
 TASKS = ("generate", "chat", "loglikelihood", "tools")
 KIND_TASK = {"generate": "generate", "chat": "chat", "loglikelihood": "loglikelihood", "choose": "loglikelihood"}
-SUGGEST = {  # where to send a task no model serves, for the reason line
-    "generate": "hf:ORG/NAME", "chat": "hf:ORG/NAME", "tools": "hf:ORG/NAME",
-    "loglikelihood": "hf:ORG/NAME or vllm:ORG/NAME",
-}
 
 
-class RoutingError(ValueError):
+class RoutingError(ConfigError):
     """A bad route, task or judge spec; the message names the fix."""
 
 
@@ -34,11 +31,25 @@ def capabilities_of(spec: ModelSpec, registry: BackendRegistry) -> frozenset[str
     return registry.resolve(spec.backend).capabilities
 
 
-def cannot_serve(label: str, task: str, capabilities: frozenset[str], marked: bool = False) -> str:
+def route_examples(registry: BackendRegistry, task: str) -> str | None:
+    """Specs to suggest as a route for ``task``: the backends that declare themselves suited to it."""
+    examples = []
+    for prefix in registry.prefixes:
+        try:
+            suited = task in registry.resolve(prefix).suggested_for
+        except SpecError:  # a plugin's broken path is reported where its specs are used
+            continue
+        if suited:
+            examples.append(f"{prefix}:ORG/NAME")
+    return " or ".join(examples) or None
+
+
+def cannot_serve(label: str, task: str, capabilities: frozenset[str], example: str | None = None,
+                 marked: bool = False) -> str:
     """The one line a case gets when its model cannot serve ``task``."""
     serves = ", ".join(sorted(capabilities & {*TASKS})) or "nothing"
     line = (f"{label} cannot serve {task} (it serves {serves}); send such cases elsewhere with "
-            f"--evals-route {task}=SPEC (e.g. {SUGGEST[task]})")
+            f"--evals-route {task}=SPEC" + (f" (e.g. {example})" if example else ""))
     return line if marked else line + f" and mark them @pytest.mark.{TASK_MARKER}({task!r})"
 
 
@@ -50,12 +61,12 @@ def parse_task(args: Sequence[object], kwargs: dict[str, object], where: str) ->
     return str(values[0])
 
 
-def parse_judge(args: Sequence[object], where: str, prefixes: Sequence[str]) -> ModelSpec:
+def parse_judge(args: Sequence[object], where: str, registry: BackendRegistry) -> ModelSpec:
     if len(args) != 1 or not isinstance(args[0], str):
         raise RoutingError(f"{where}: @pytest.mark.{JUDGE_MARKER} takes one spec string, e.g. "
                            f"@pytest.mark.{JUDGE_MARKER}('openai:gpt-4o-mini')")
     try:
-        return parse_spec(args[0], prefixes)
+        return parse_spec(args[0], registry)
     except SpecError as exc:
         raise RoutingError(f"{where}: @pytest.mark.{JUDGE_MARKER}: {exc}") from None
 
@@ -65,6 +76,7 @@ class Routes:
     """``--evals-route TASK=SPEC`` lines: the spec that serves each task a case's model cannot."""
 
     table: dict[str, ModelSpec]
+    registry: BackendRegistry = field(compare=False, repr=False, default_factory=BackendRegistry)
 
     @classmethod
     def parse(cls, lines: Sequence[str], registry: BackendRegistry, source: str = "--evals-route") -> "Routes":
@@ -76,7 +88,7 @@ class Routes:
                 raise RoutingError(f"{source} {line!r}: expected TASK=SPEC with TASK one of {', '.join(TASKS)}, "
                                    "e.g. loglikelihood=hf:/models/smol")
             try:
-                spec = parse_spec(text.strip(), registry.prefixes)
+                spec = parse_spec(text.strip(), registry)
             except SpecError as exc:
                 raise RoutingError(f"{source} {line!r}: {exc}") from None
             if task not in capabilities_of(spec, registry):
@@ -85,9 +97,9 @@ class Routes:
             if task in table and table[task] != spec:
                 raise RoutingError(f"{source}: two routes for {task} ({table[task].raw}, {spec.raw}); keep one")
             table[task] = spec
-        return cls(table)
+        return cls(table, registry)
 
-    def serve(self, spec: ModelSpec, task: str | None,
+    def route(self, spec: ModelSpec, task: str | None,
               serves: Callable[[ModelSpec], frozenset[str]]) -> tuple[ModelSpec | None, str | None]:
         """(the spec that serves a case of ``spec`` needing ``task``, or None with the reason)."""
         if task is None:
@@ -97,7 +109,4 @@ class Routes:
             return spec, None
         if task in self.table:
             return self.table[task], None
-        return None, cannot_serve(spec.label, task, capabilities, marked=True)
-
-    def lines(self) -> list[str]:
-        return [f"{task} -> {spec.raw}" for task, spec in self.table.items()]
+        return None, cannot_serve(spec.label, task, capabilities, route_examples(self.registry, task), marked=True)

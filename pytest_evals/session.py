@@ -14,21 +14,22 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
-from typing import TYPE_CHECKING
 
 import pytest
 
 from . import __version__
-from .gates import Gates, Verdict
+from .context import CASE_ATTR, RECORD_ATTR, RunContext, case_key_of, spec_of
+from .gates import Verdict
+from .gpus import WORKER_KEY, worker_index
 from .metering import Usage
-from .recorder import CASE_ATTR, RECORD_ATTR, record_from_report
+from .options import RESUME_WIRE_KEY, usage_error
+from .recorder import record_from_data
 from .report import HEADER, format_table, reason_lines, verdict_rows
+from .resume import ResumeState
+from .routing import TASKS
 from .scoring import BenchmarkScores, Threshold, scores_of
+from .specs import ModelSpec
 from .store import CallRow, CaseRecord, CaseRow, Store, StoreError, ToolCallRow, TurnRow, now
-
-if TYPE_CHECKING:
-    from .plugin import EvalsConfig
-    from .specs import ModelSpec
 
 
 def git_revision(path: str) -> str | None:
@@ -62,20 +63,19 @@ def _check_creatable(path: "os.PathLike[str]") -> str | None:
 
 
 class SessionPlugin:
-    def __init__(self, config: pytest.Config, evals: "EvalsConfig", gates: Gates, baseline: str | None,
-                 resume: bool = False, budget: float | None = None) -> None:
+    def __init__(self, config: pytest.Config, run: RunContext) -> None:
         self.config = config
-        self.budget = budget
+        self.run = run
+        self.budget = run.budget
         self.spent = 0.0
         self.budget_stopped_at: int | None = None  # tests done when the budget stopped the run
         self.usage = Usage()
-        self.resume = resume
+        self.resume = run.resume
         self.resume_cache: dict[str, tuple[dict, dict[str, list[dict]]]] = {}  # key -> stored case and its rows
         self.resume_run: int | None = None
         self.resumed = 0
-        self.evals = evals
-        self.gates = gates
-        self.baseline_ref = baseline
+        self.gates = run.gates
+        self.baseline_ref = run.baseline
         self.baseline: dict[tuple[str, str], BenchmarkScores] | None = None
         self.baseline_id: int | None = None
         self.verdicts: list[Verdict] = []
@@ -83,28 +83,26 @@ class SessionPlugin:
         self.store: Store | None = None
         self.run_id: int | None = None
         self.resume_note: str | None = None
+        self._resume_said = False  # the start-of-resume line is printed once
         self.started_at = now()
         self.progress = Progress(config)
         self.session: pytest.Session | None = None
         self.write_error: str | None = None
-        self.gpu_note: str | None = None  # the GPU pinning header line
         self.batched_calls = 0  # model calls served from a batch across cases
         self.model_calls = 0
 
     # --- start-up ---------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        from .plugin import pool_key
-
         self.session = session
-        pool = self.config.stash[pool_key]
-        named = [*(self.evals.specs if self.evals.explicit_models else ()), *self.evals.routes.table.values(),
-                 *([self.evals.judge] if self.evals.judge else [])]
+        pool = self.run.pool
+        named = [*(self.run.specs if self.run.explicit_models else ()), *self.run.routes.table.values(),
+                 *([self.run.judge] if self.run.judge else [])]
         for spec in named:  # what the user named must be servable; the implicit default is checked lazily
             problem = pool.availability_problem(spec)
             if problem:
                 raise pytest.UsageError(problem)
-        path = self.evals.db_path
+        path = self.run.db_path
         if path.exists():
             self._open()  # an unusable existing file is reported now, before any case runs
         else:
@@ -117,25 +115,24 @@ class SessionPlugin:
             self._load_resume()
 
     def _load_resume(self) -> None:
-        """Read the newest run's finished cases once; tests get them through the stash or workerinput."""
-        from .resume import ResumeState, resume_state_key
-
-        if not self.evals.db_path.exists():
-            self.resume_note = f"evals-resume: nothing to resume, {self.evals.db_path} does not exist yet"
+        """Read the newest run's finished cases once; this process replays them from the run's state,
+        workers from their workerinput."""
+        if not self.run.db_path.exists():
+            self.resume_note = f"evals-resume: nothing to resume, {self.run.db_path} does not exist yet"
             return
         store = self._open()
         run_id = store.latest_run_id(finished_only=False)
         if run_id is None:
-            self.resume_note = f"evals-resume: nothing to resume, {self.evals.db_path} holds no run"
+            self.resume_note = f"evals-resume: nothing to resume, {self.run.db_path} holds no run"
             return
         self.resume_cache = store.finished_cases(run_id)
         self.resume_run = run_id
         finished = {key: {"outcome": row["outcome"], "error": row["error"], "duration_s": row["duration_s"]}
                     for key, (row, _) in self.resume_cache.items()}
-        self.config.stash[resume_state_key] = ResumeState(run_id, finished)
+        self.run.resume_state = ResumeState(run_id, finished)
 
     def _load_baseline(self) -> None:
-        path, ref = self.evals.db_path, self.baseline_ref
+        path, ref = self.run.db_path, self.baseline_ref
         if not path.exists():
             raise pytest.UsageError(f"--evals-baseline {ref}: there is no database at {path} yet; "
                                     "run once without --evals-baseline, or pass the right --evals-db")
@@ -149,19 +146,20 @@ class SessionPlugin:
     def _open(self) -> Store:
         if self.store is None:
             try:
-                self.store = Store(self.evals.db_path)
+                self.store = Store(self.run.db_path)
             except StoreError as exc:
-                raise pytest.UsageError(str(exc)) from None
+                raise usage_error(exc) from None
         return self.store
 
-    def _run(self) -> int:
+    def _run_id(self) -> int:
+        """The id of this run's row, written when the first case is recorded."""
         if self.run_id is None:
             store = self._open()
             self.run_id = store.start_run(
                 args=[redact(a) for a in self.config.invocation_params.args],
                 rootdir=str(self.config.rootpath),
                 git_revision=git_revision(str(self.config.rootpath)),
-                models=[s.raw for s in self.evals.specs],
+                models=[s.raw for s in self.run.specs],
                 hostname=socket.gethostname(),
                 plugin_version=__version__,
                 started_at=self.started_at,
@@ -175,9 +173,9 @@ class SessionPlugin:
         if report.failed and not getattr(report, CASE_ATTR, False):
             self.other_failures += 1
         if report.when == "teardown":
-            record = record_from_report(report)
-            if record is not None:
-                self.record(*record)
+            data = getattr(report, RECORD_ATTR, None)
+            if data:
+                self.record(*record_from_data(data))
                 # written: the terminal keeps every report to the end, so it keeps no copy of the record
                 delattr(report, RECORD_ATTR)
             self.progress.tick(show=bool(self.gates.scores))  # only sessions with eval cases
@@ -197,7 +195,7 @@ class SessionPlugin:
         # If the database fails mid-run (disk full, a lock held too long), stop the session with one
         # line; every case recorded before stays committed.
         try:
-            self._open().record_case(self._run(), record)
+            self._open().record_case(self._run_id(), record)
         except (StoreError, pytest.UsageError) as exc:
             self.write_error = str(exc)
         except sqlite3.Error as exc:
@@ -284,52 +282,45 @@ class SessionPlugin:
             self.store.close()
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        from .plugin import pool_key
-        from .routing import TASKS
-
-        pool = config.stash[pool_key]
+        pool = self.run.pool
         # With routes, what a spec serves may be probed (one small request to a server); without, the
         # header shows what its backend declares and sends nothing.
-        serves = pool.serves if self.evals.routes.table else (lambda s: pool.registry.resolve(s.backend).capabilities)
+        serves = pool.serves if self.run.routes.table else (lambda s: pool.registry.resolve(s.backend).capabilities)
 
-        def described(spec: "ModelSpec") -> str:
+        def described(spec: ModelSpec) -> str:
             try:
                 tasks = sorted(serves(spec) & {*TASKS, "streaming"})
             except Exception:  # an unregistered prefix is reported at start-up, not here
                 return spec.raw
             return f"{spec.raw} ({', '.join(tasks)})"
 
-        models = ", ".join(described(s) for s in self.evals.specs)
-        lines = [f"evals: models {models}; database {self.evals.db_path}"]
-        if self.evals.routes.table:
+        models = ", ".join(described(s) for s in self.run.specs)
+        lines = [f"evals: models {models}; database {self.run.db_path}"]
+        if self.run.routes.table:
             lines.append("evals: routes " + "; ".join(
-                f"{task} -> {described(spec)}" for task, spec in self.evals.routes.table.items()))
-        if self.evals.judge:
-            lines.append(f"evals: judge {described(self.evals.judge)}")
-        if self.gpu_note:
-            lines.append(self.gpu_note)
+                f"{task} -> {described(spec)}" for task, spec in self.run.routes.table.items()))
+        if self.run.judge:
+            lines.append(f"evals: judge {described(self.run.judge)}")
+        if self.run.gpu_plan is not None:
+            lines.append(self.run.gpu_plan.note)
         if self.resume_note:
             lines.append(self.resume_note)
         return lines
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """Without xdist: say how much a resumed run will replay, from the real case keys."""
-        from .resume import resume_state_key
-
         self.progress.total = len(session.items)
-        state = self.config.stash.get(resume_state_key, None)
+        state = self.run.resume_state
         if state is None or not session.items:
             return
-        from .plugin import _spec_of, key_of
-
-        cases = [item for item in session.items if _spec_of(item)]
-        done = sum(key_of(item, _spec_of(item)) in state.finished for item in cases)
+        cases = [(item, spec) for item in session.items if (spec := spec_of(item)) is not None]
+        done = sum(case_key_of(item, spec) in state.finished for item, spec in cases)
         self._say_resume(done, len(cases))
 
     def node_collected(self, ids: list[str]) -> None:
         """Under xdist: the workers compute the keys; here finished nodeids give the count."""
         self.progress.total = max(self.progress.total, len(ids))
-        if self.resume_run is None or getattr(self, "_resume_said", False):
+        if self.resume_run is None or self._resume_said:
             return
         nodeids = {row["nodeid"] for row, _ in self.resume_cache.values()}
         self._say_resume(sum(i in nodeids for i in ids), len(ids))
@@ -354,7 +345,7 @@ class SessionPlugin:
             tr.write_line("")
             for line in format_table(Usage.HEADER, self.usage.rows(), name_columns=1):
                 tr.write_line(line)
-        if self.model_calls and self.evals.settings.batch_size > 1:
+        if self.model_calls and self.run.settings.batch_size > 1:
             tr.write_line(f"evals-batch: {self.batched_calls} of {self.model_calls} model calls served from batches "
                           f"across cases; {self.model_calls - self.batched_calls} one at a time")
         if self.budget_stopped_at is not None:
@@ -376,7 +367,7 @@ class SessionPlugin:
         if self.write_error:
             tr.write_line(f"evals: the cases after the first failed write are not stored: {self.write_error}", red=True)
         if self.run_id is not None:
-            tr.write_line(f"run {self.run_id} stored in {self.evals.db_path}")
+            tr.write_line(f"run {self.run_id} stored in {self.run.db_path}")
 
 
 def benchmark_rows(verdicts: list[Verdict]) -> list[dict]:
@@ -396,25 +387,24 @@ def benchmark_rows(verdicts: list[Verdict]) -> list[dict]:
 
 class XdistControllerPlugin:
     """The xdist hooks of the controller (registered only where xdist is loaded): hands every worker
-    the finished cases of a resumed run, and learns how many tests the workers collected."""
+    the finished cases of a resumed run and its GPUs, and learns how many tests the workers collected."""
 
-    def __init__(self, config: pytest.Config, session: SessionPlugin) -> None:
+    def __init__(self, config: pytest.Config, run: RunContext, session: SessionPlugin) -> None:
         self.config = config
+        self.run = run
         self.session = session
+        if run.budget is not None and getattr(config.option, "maxschedchunk", 0) is None:
+            # Few tests queued per worker, so a spent budget stops the run within the cases in flight.
+            config.option.maxschedchunk = 1
 
     def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
         self.session.node_collected(ids)
 
     def pytest_configure_node(self, node: object) -> None:
-        from .gpus import WORKER_KEY, worker_index
-        from .plugin import gpu_plan_key
-        from .resume import resume_state_key
-
         workerinput = node.workerinput  # type: ignore[attr-defined]
-        state = self.config.stash.get(resume_state_key, None)
-        if state is not None:
-            workerinput["evals_resume"] = state.to_wire()
-        gpu_plan = self.config.stash.get(gpu_plan_key, None)
+        if self.run.resume_state is not None:
+            workerinput[RESUME_WIRE_KEY] = self.run.resume_state.to_wire()
+        gpu_plan = self.run.gpu_plan
         if gpu_plan is not None and gpu_plan.groups:
             workerinput[WORKER_KEY] = gpu_plan.for_worker(worker_index(workerinput["workerid"]))
 

@@ -8,21 +8,24 @@ A spec names a backend and what it serves, with options after ``?``::
     vllm:/models/smol?tensor_parallel_size=2
     openai:gpt-4o-mini         openai:smollm2@http://127.0.0.1:8080/v1
 
-Parsing is pure (no I/O, no imports of backends): it runs in every process, xdist workers included.
+Parsing does no I/O: it runs in every process, xdist workers included. What a prefix's specs look
+like is declared on its backend class (imported through the registry, which keeps imports light): a
+backend with ``takes_url`` reads ``TARGET@http://HOST:PORT/v1``, and without ``@URL`` its
+``default_url()``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
+from typing import Iterable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from .backends.registry import BackendRegistry
+from .errors import SpecError
+
+__all__ = ["DEFAULT_SPEC", "ModelSpec", "SpecError", "parse_spec", "parse_specs", "spec_ids"]
+
 DEFAULT_SPEC = "smollm2"
-KNOWN_PREFIXES = ("hf", "vllm", "openai")
-
-
-class SpecError(ValueError):
-    """A spec that cannot be served; the message names the spec and the fix."""
 
 
 def _typed(value: str) -> object:
@@ -40,9 +43,9 @@ def _typed(value: str) -> object:
 @dataclass(frozen=True)
 class ModelSpec:
     raw: str  # as the user wrote it (credentials in a URL removed)
-    backend: str  # "hf", "vllm", "openai", or a prefix a plugin registered
+    backend: str  # the prefix: "hf", "vllm", "openai", or one a plugin registered
     target: str  # model id, folder, file or API model name
-    base_url: str | None = None  # openai only
+    base_url: str | None = None  # the server, for backends that take one (``takes_url``)
     options: tuple[tuple[str, object], ...] = field(default=())
     embedded: bool = False  # the built-in default model
     fallback: "ModelSpec | None" = None  # serves a call when this backend fails: "PRIMARY || FALLBACK"
@@ -71,12 +74,22 @@ def _strip_credentials(url: str) -> str:
     return urlunsplit(parts)
 
 
-def parse_spec(text: str, known_prefixes: tuple[str, ...] = KNOWN_PREFIXES) -> ModelSpec:
+Backends = BackendRegistry | Iterable[str] | None  # a registry, or the names of the known prefixes
+
+
+def _registry(backends: Backends) -> BackendRegistry:
+    if isinstance(backends, BackendRegistry):
+        return backends
+    return BackendRegistry() if backends is None else BackendRegistry.of_prefixes(backends)
+
+
+def parse_spec(text: str, backends: Backends = None) -> ModelSpec:
     """One spec; ``PRIMARY || FALLBACK`` names a spec that answers when the primary fails."""
+    registry = _registry(backends)
     if "||" in text:
         primary_text, _, fallback_text = text.partition("||")
-        primary = parse_spec(primary_text, known_prefixes)
-        fallback = parse_spec(fallback_text, known_prefixes)
+        primary = parse_spec(primary_text, registry)
+        fallback = parse_spec(fallback_text, registry)
         return replace(primary, raw=f"{primary.raw} || {fallback.raw}", fallback=fallback)
     text = text.strip()
     if not text:
@@ -92,8 +105,8 @@ def parse_spec(text: str, known_prefixes: tuple[str, ...] = KNOWN_PREFIXES) -> M
         return ModelSpec(raw=text, backend="hf", target=DEFAULT_SPEC, options=typed_options, embedded=True)
 
     prefix, sep, target = body.partition(":")
-    if not sep or prefix not in known_prefixes:
-        choices = ", ".join(f"{p}:" for p in known_prefixes)
+    if not sep or prefix not in registry.prefixes:
+        choices = ", ".join(f"{p}:" for p in registry.prefixes)
         raise SpecError(
             f"--model {text!r}: unknown spec; use {DEFAULT_SPEC!r} or one of the prefixes {choices} "
             "(e.g. hf:HuggingFaceTB/SmolLM2-135M-Instruct, openai:MODEL@http://HOST:PORT/v1)"
@@ -101,30 +114,28 @@ def parse_spec(text: str, known_prefixes: tuple[str, ...] = KNOWN_PREFIXES) -> M
     if not target:
         raise SpecError(f"--model {text!r}: nothing after '{prefix}:'; name a model, e.g. {prefix}:ORG/NAME")
 
-    base_url = None
-    if prefix == "openai":
-        name, at, url = target.partition("@")
-        if at:
-            if not url.startswith(("http://", "https://")):
-                raise SpecError(f"--model {text!r}: the URL after '@' must start with http:// or https://")
-            base_url = _strip_credentials(url).rstrip("/")
-        else:
-            env_url = os.environ.get("OPENAI_BASE_URL")
-            base_url = (env_url or "https://api.openai.com/v1").rstrip("/")
-        if not name:
-            raise SpecError(f"--model {text!r}: name the model before '@', e.g. openai:gpt-4o-mini@{url}")
-        target = name
-        raw = f"openai:{name}@{base_url}" + (f"?{query}" if query else "")
+    backend = registry.resolve(prefix)
+    if not backend.takes_url:
+        return ModelSpec(raw=text, backend=prefix, target=target, options=typed_options)
+    name, at, url = target.partition("@")
+    if at:
+        if not url.startswith(("http://", "https://")):
+            raise SpecError(f"--model {text!r}: the URL after '@' must start with http:// or https://")
+        base_url: str | None = _strip_credentials(url).rstrip("/")
     else:
-        raw = text
-    return ModelSpec(raw=raw, backend=prefix, target=target, base_url=base_url, options=typed_options)
+        base_url = backend.default_url()
+    if not name:
+        raise SpecError(f"--model {text!r}: name the model before '@', e.g. {prefix}:NAME@{url}")
+    raw = f"{prefix}:{name}" + (f"@{base_url}" if base_url else "") + (f"?{query}" if query else "")
+    return ModelSpec(raw=raw, backend=prefix, target=name, base_url=base_url, options=typed_options)
 
 
-def parse_specs(texts: list[str] | None, known_prefixes: tuple[str, ...] = KNOWN_PREFIXES) -> list[ModelSpec]:
+def parse_specs(texts: list[str] | None, backends: Backends = None) -> list[ModelSpec]:
     """Parse the repeated --model values; the embedded default when none is given. Duplicates collapse."""
+    registry = _registry(backends)
     specs: list[ModelSpec] = []
     for text in texts or [DEFAULT_SPEC]:
-        spec = parse_spec(text, known_prefixes)
+        spec = parse_spec(text, registry)
         if spec not in specs:
             specs.append(spec)
     return specs

@@ -2,9 +2,14 @@
 
 Tables (columns say their unit):
 
-- ``runs``: one row per pytest session.
-- ``cases``: one row per case per model: outcome, duration, input/output text, error, scores.
-- ``calls``: one row per model call: kind, latency, tokens, error.
+- ``runs``: one row per pytest session: arguments, git revision, models, start/end, status, cost.
+- ``cases``: one row per case per model: outcome, duration, input/output text, error, scores, case key,
+  the run it was resumed from, cost, the spec that served it, its GPUs.
+- ``calls``: one row per model call (every attempt): kind, role, spec, latency, TTFT, TPOT, tokens, cost,
+  GPU memory, error, whether a batch across cases served it, its conversation.
+- ``turns`` and ``tool_calls``: the messages of a case's conversations and the tool runs they asked for.
+- ``benchmarks``: one row per benchmark, model and metric of a run: estimate, interval, threshold, verdict.
+- ``_evals_migrations``: the migrations applied (the schema version).
 
 Only one process writes (the xdist controller, or the lone pytest process). Each case is committed
 with its calls in one transaction as soon as it ends, in WAL mode, so a killed run loses at most the
@@ -19,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     import sqlite_utils

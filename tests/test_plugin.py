@@ -195,7 +195,7 @@ def test_missing_optional_package_is_a_usage_error(fake_project: pytest.Pytester
     fake_project.makepyfile(test_suite=SUITE)
     result = fake_project.runpytest("--model=vllm:ORG/NAME")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --model vllm:ORG/NAME needs vllm; install with: pip install 'pytest-evals[[]vllm[]]'*"])
+    result.stderr.fnmatch_lines(["ERROR: --model vllm:ORG/NAME needs vllm; install with: pip install 'pytest-llm-evals[[]vllm[]]'*"])
 
 
 def test_corrupt_or_newer_database_is_a_usage_error_and_is_not_touched(fake_project: pytest.Pytester) -> None:

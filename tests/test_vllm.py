@@ -123,7 +123,7 @@ def test_check_names_the_extra_when_vllm_is_missing() -> None:
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
-    with pytest.raises(SpecError, match=r"needs vllm; install with: pip install 'pytest-evals\[vllm\]'"):
+    with pytest.raises(SpecError, match=r"needs vllm; install with: pip install 'pytest-llm-evals\[vllm\]'"):
         VLLMBackend.check(parse_spec("vllm:ORG/NAME"))
 
 

@@ -8,13 +8,12 @@ backends without touching them. Nothing here imports a heavy library.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from ..specs import ModelSpec, SpecError
+from ..specs import ModelSpec
 
 Message = dict[str, Any]  # OpenAI chat format: {"role": ..., "content": ...}
 
@@ -188,16 +187,40 @@ def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 
 class Backend:
-    """Base class: subclasses override what they can serve and list it in ``capabilities``."""
+    """Base class: subclasses override what they can serve and declare it here, on the class.
 
+    Everything the plugin asks of a backend is declared below; a backend that a plugin registers
+    (``pytest_evals_register_backends``) is treated exactly as a built-in one.
+    """
+
+    # The tasks it serves: generate, chat, loglikelihood, tools, and streaming where time to first
+    # token comes from a stream.
     capabilities: ClassVar[frozenset[str]] = frozenset()
     # Whether one call with many requests costs less than as many calls with one (a model that batches,
     # a server taken concurrently). Only then are cases traced and batched across (see batching.py).
     batches_across_cases: ClassVar[bool] = False
+    # Whether its batches may run in a background thread while cases run (I/O-bound: HTTP), so the next
+    # window's batch is in flight while this window's cases are answered.
+    background_batches: ClassVar[bool] = False
+    # Whether a spec names a server: ``PREFIX:TARGET@http://HOST:PORT/v1`` (the URL lands in
+    # ``spec.base_url``; without ``@URL``, ``default_url()``).
+    takes_url: ClassVar[bool] = False
+    # Spec options that change how it runs, never what it answers (batch size, device): they stay out of
+    # every case's key, so changing them does not re-run finished cases under --evals-resume.
+    transport_options: ClassVar[frozenset[str]] = frozenset()
+    # The tasks for which a skipped case's message suggests routing to this backend (``PREFIX:ORG/NAME``).
+    suggested_for: ClassVar[frozenset[str]] = frozenset()
+    # Peak GPU memory of its last call in MiB, where it measures one; None otherwise.
+    last_gpu_peak_mib: float | None = None
 
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         self.spec = spec
         self.settings = settings
+
+    @classmethod
+    def default_url(cls) -> str | None:
+        """The server of a spec without ``@URL`` (backends with ``takes_url``); None: no server."""
+        return None
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -285,35 +308,3 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
-
-
-BUILTIN_BACKENDS: dict[str, str] = {
-    "hf": "pytest_evals.backends.hf:HFBackend",
-    "vllm": "pytest_evals.backends.vllm:VLLMBackend",
-    "openai": "pytest_evals.backends.openai:OpenAIBackend",
-}
-
-
-class BackendRegistry:
-    """Spec prefix -> backend class, imported only when a spec of that prefix is used."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, str | type[Backend]] = dict(BUILTIN_BACKENDS)
-
-    def register(self, prefix: str, backend: str | type[Backend]) -> None:
-        """Register a backend class (or a lazy ``"module:Class"`` path) for ``prefix:`` specs."""
-        self._entries[prefix] = backend
-
-    @property
-    def prefixes(self) -> tuple[str, ...]:
-        return tuple(self._entries)
-
-    def resolve(self, prefix: str) -> type[Backend]:
-        entry = self._entries.get(prefix)
-        if entry is None:
-            raise SpecError(f"no backend registered for {prefix!r} specs")
-        if isinstance(entry, str):
-            module_name, _, attr = entry.partition(":")
-            entry = getattr(importlib.import_module(module_name), attr)
-            self._entries[prefix] = entry
-        return entry

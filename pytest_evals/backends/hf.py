@@ -39,7 +39,7 @@ from .template_chat import TemplateChat
 
 HF_PACKAGES = ("torch", "transformers", "accelerate")
 HF_OPTIONS = ("dtype", "device", "batch_size")
-INSTALL_HINT = "pip install 'pytest-evals[hf]'"
+INSTALL_HINT = "pip install 'pytest-llm-evals[hf]'"
 
 
 def _missing(packages: Sequence[str]) -> list[str]:
@@ -95,6 +95,8 @@ def weights_fingerprint(spec: ModelSpec) -> str:
 class HFBackend(TemplateChat, Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
     batches_across_cases = True
+    transport_options = frozenset({"batch_size", "device"})
+    suggested_for = frozenset({"generate", "chat", "loglikelihood", "tools"})
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -368,7 +370,6 @@ class HFBackend(TemplateChat, Backend):
         return [r for r in results if r is not None]
 
     # --- GPU memory: torch's allocator, per call; None on the CPU ---------------------------------
-    last_gpu_peak_mib: float | None = None
 
     def _reset_gpu_peak(self) -> None:
         if self.device.type == "cuda":

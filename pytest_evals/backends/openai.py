@@ -63,6 +63,12 @@ class OpenAIBackend(Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood", "tools", "streaming"})
     batches_across_cases = True
     background_batches = True  # I/O bound: the next window's batch may run while this one's cases do
+    takes_url = True  # openai:MODEL@http://HOST:PORT/v1
+    # every option but context_window is a request field, which may change the answer: all enter case keys
+
+    @classmethod
+    def default_url(cls) -> str:
+        return (os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:

@@ -29,9 +29,6 @@ FUNCTIONS = re.compile(r"functions\.(\w+):\s*(\{.*)", re.S)
 CALL_OPEN = "<tool_call>\n"
 CALL_CLOSE = "\n</tool_call>"
 
-# which formats parse_tool_calls reads, for the README and the closing note
-FORMATS = ("hermes", "mistral", "python_tag", "functions", "fenced", "bare_json")
-
 
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:12]

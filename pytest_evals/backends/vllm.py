@@ -30,12 +30,15 @@ from .base import (
 from .template_chat import TemplateChat, template_messages
 from .tool_format import parse_tool_calls, plain_messages, template_knows_tools
 
-INSTALL_HINT = "pip install 'pytest-evals[vllm]' (needs a CUDA GPU)"
+INSTALL_HINT = "pip install 'pytest-llm-evals[vllm]' (needs a CUDA GPU)"
 
 
 class VLLMBackend(TemplateChat, Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood", "tools"})
     batches_across_cases = True
+    transport_options = frozenset({"batch_size", "device", "tensor_parallel_size", "gpu_memory_utilization",
+                                   "max_num_seqs"})
+    suggested_for = frozenset({"loglikelihood"})
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -68,8 +71,6 @@ class VLLMBackend(TemplateChat, Backend):
     def _params(self, max_tokens: int, temperature: float, stop: Sequence[str] = (), **extra: Any) -> Any:
         return self.vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                         stop=list(stop) or None, **extra)
-
-    last_gpu_peak_mib: float | None = None
 
     def _read_gpu(self) -> None:
         # vLLM's engine may run in its own process: ask the driver (pynvml), not torch's allocator

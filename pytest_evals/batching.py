@@ -69,6 +69,12 @@ class BatchPlugin:
         self.planner.can_prefetch = self.planner.can_prefetch or any(
             backend.background_batches for backend, _, _ in self.planner.traced)
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self) -> None:
+        """Ctrl-C: the batches in flight are for cases that will not run; stop them now, before pytest
+        formats the interrupt and the session finishes."""
+        self.planner.close()
+
     def pytest_sessionfinish(self) -> None:
         self.planner.close()
 

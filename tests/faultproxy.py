@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import select
 import socket
 import struct
 import threading
@@ -26,7 +27,7 @@ FAULTS = ("rate_limit", "rate_limit_date", "server_500", "server_503", "stall", 
 class FaultMix:
     rates: dict[str, float] = field(default_factory=dict)  # fault -> probability per POST
     seed: int = 7
-    stall_s: float = 3.0
+    stall_s: float = 3.0  # the longest a stall lasts; it ends when the client closes the connection
     dead: bool = False  # every POST resets the connection (the upstream is gone)
 
     def __post_init__(self) -> None:
@@ -79,8 +80,7 @@ class FaultProxy:
                 elif fault.startswith("server"):
                     proxy.reply(self, int(fault[-3:]), b'{"error": "upstream trouble"}', {})
                 elif fault == "stall":
-                    time.sleep(proxy.mix.stall_s)
-                    proxy.reset(self)
+                    proxy.stall(self)
                 elif fault == "reset":
                     proxy.reset(self)
 
@@ -110,6 +110,18 @@ class FaultProxy:
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(body)
+
+    def stall(self, handler: BaseHTTPRequestHandler) -> None:
+        """No answer until the client gives up (its read timeout closes the connection), at most
+        ``stall_s``; then a reset. Waiting on the client, not on a fixed time, keeps a stall a timeout
+        on a loaded machine, where a client's timeout must be long enough for real answers."""
+        deadline = time.monotonic() + self.mix.stall_s
+        sock = handler.connection
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable and not sock.recv(1, socket.MSG_PEEK):
+                break  # the client closed its end
+        self.reset(handler)
 
     @staticmethod
     def reset(handler: BaseHTTPRequestHandler) -> None:

@@ -173,10 +173,12 @@ def test_under_real_faults_retries_give_the_fault_free_replies(pytester: pytest.
     # faults in a row would open the circuit breaker)
     for name, extra, rates in (("faulty", ["--evals-batch-size=1"], MIX),
                                ("batched", ["--evals-concurrency=1"], {k: v / 2 for k, v in MIX.items()})):
-        mix = FaultMix(rates, seed=11, stall_s=2.5)
+        # a stall lasts until the client's timeout gives up on it; the timeout leaves real answers time
+        # on a loaded machine (1.5 s did not: real calls timed out in a row and opened the circuit)
+        mix = FaultMix(rates, seed=11, stall_s=60)
         with FaultProxy(upstream, mix) as proxy:
             faulty = pytester.runpytest_subprocess(
-                f"--model=openai:smollm2@{proxy.url}", f"--evals-db={name}.sqlite", "--evals-timeout=1.5",
+                f"--model=openai:smollm2@{proxy.url}", f"--evals-db={name}.sqlite", "--evals-timeout=8",
                 "-o", "evals_retry=attempts=12 wait_s=0.05 max_wait_s=0.5", *extra)
         assert faulty.ret == 0, faulty.stdout.str()[-3000:]
         assert sum(mix.counts.values()) >= 3, mix.counts  # faults were really injected

@@ -92,7 +92,10 @@ class OpenAIBackend(Backend):
     def serves(cls, spec: ModelSpec) -> frozenset[str]:
         """Without loglikelihood where the server returns no prompt logprobs, or misaligned ones."""
         try:
-            with httpx.Client(base_url=spec.base_url or "", headers=_headers(), timeout=4 * PROBE_TIMEOUT_S) as client:
+            # as at start-up: a busy server (another worker's batch) may take long to answer; a missing one
+            # fails to connect at once
+            timeout = httpx.Timeout(BUSY_PROBE_TIMEOUT_S, connect=PROBE_TIMEOUT_S)
+            with httpx.Client(base_url=spec.base_url or "", headers=_headers(), timeout=timeout) as client:
                 response = client.post("/completions", json=echo_payload(spec.target, ALIGNMENT_PROBE))
             if response.status_code >= 400:
                 return cls.capabilities - {"loglikelihood"}

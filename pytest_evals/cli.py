@@ -36,10 +36,15 @@ def open_store(path: Path) -> Store:
 
 
 def resolve_run(store: Store, ref: str) -> int:
+    """The run ``ref`` names; where ``latest`` passed over newer unfinished runs, stderr says so."""
     try:
-        return store.resolve_run(ref)
+        run_id = store.resolve_run(ref)
     except LookupError as exc:
         raise CommandError(str(exc)) from None
+    note = store.skipped_by_latest(ref, run_id)
+    if note:
+        print(f"pytest-evals: {note}", file=sys.stderr)
+    return run_id
 
 
 def cmd_runs(store: Store, args: argparse.Namespace) -> list[str]:
@@ -61,7 +66,10 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> list[str]:
 def cmd_show(store: Store, args: argparse.Namespace) -> list[str]:
     run_id = resolve_run(store, args.run)
     run = store.run(run_id)
-    lines = [f"run {run_id}: {run['status']}, exit status {run['exit_status']}, started {run['started_at']}",
+    status = run["status"]
+    if run.get("tests_not_run"):
+        status += f" ({run['tests_not_run']} of {run['tests']} tests did not run; pytest --evals-resume runs them)"
+    lines = [f"run {run_id}: {status}, exit status {run['exit_status']}, started {run['started_at']}",
              f"  models: {', '.join(json.loads(run['models'] or '[]'))}",
              f"  command: pytest {' '.join(json.loads(run['args'] or '[]'))}"]
     rows = []

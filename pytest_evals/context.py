@@ -7,7 +7,7 @@ import it, and it imports none of them, so no module reaches back into the entry
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from .backends.base import BackendSettings
 from .gates import Gates
 from .gpus import GpuPlan
+from .interruption import SignalGuard
 from .metering import PriceTable
 from .model import Model
 from .planner import Planner
@@ -62,6 +63,7 @@ class RunContext:
     gpu_plan: GpuPlan | None = None  # the controller's plan for its workers (--evals-gpus-per-worker)
     gpus: str | None = None  # the GPUs this process is pinned to
     resume_state: ResumeState | None = None  # the finished cases to replay (--evals-resume)
+    signals: SignalGuard = field(default_factory=SignalGuard)  # SIGTERM as Ctrl-C; signals held while finishing
 
     @property
     def is_worker(self) -> bool:

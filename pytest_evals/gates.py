@@ -85,10 +85,16 @@ class Verdict:
     reasons: tuple[str, ...]  # why the gate failed; empty when it holds
     comparison: Comparison | None = None
     usage_errors: tuple[str, ...] = ()
+    incomplete: bool = False  # some of its tests did not run (an interrupted run): no verdict either way
 
     @property
     def holds(self) -> bool:
-        return not self.reasons and not self.usage_errors
+        return not self.reasons and not self.usage_errors and not self.incomplete
+
+    @property
+    def label(self) -> str:
+        """pass, fail, or incomplete (as stored and in JUnit); the summary shows it in capitals."""
+        return "incomplete" if self.incomplete else "pass" if self.holds else "fail"
 
 
 class Gates:
@@ -121,7 +127,9 @@ class Gates:
                 return matches[-1]
         return DEFAULT_THRESHOLD
 
-    def verdicts(self, baseline: dict[tuple[str, str], BenchmarkScores] | None = None) -> list[Verdict]:
+    def verdicts(self, baseline: dict[tuple[str, str], BenchmarkScores] | None = None,
+                 incomplete: frozenset[str] | set[str] = frozenset()) -> list[Verdict]:
+        """A verdict per benchmark and model; those in ``incomplete`` (tests not run) get none."""
         verdicts = []
         for (benchmark, model), scores in self.scores.items():
             threshold = self.threshold_for(benchmark)
@@ -152,5 +160,5 @@ class Gates:
                 reasons.extend(f"regression against the baseline: {r}"
                                for r in regression_reasons(comparison, self.alpha, self.margin))
             verdicts.append(Verdict(benchmark, model, threshold, estimates, errors, tuple(reasons), comparison,
-                                    tuple(usage)))
+                                    tuple(usage), incomplete=benchmark in incomplete))
         return verdicts

@@ -149,12 +149,14 @@ def render(store: Store, run_id: int) -> str:
         f"<tr><td>{escape(c['nodeid'])}</td><td>{escape(c['model'])}</td><td class='fail'>{c['outcome']}</td>"
         f"{_cell(c['input_text'])}{_cell(c['output_text'])}{_cell(c['error'])}</tr>" for c in failed)
     models = ", ".join(json.loads(run.get("models") or "[]"))
+    incomplete = (f" ({run['tests_not_run']} of {run['tests']} tests did not run)"
+                  if run.get("tests_not_run") else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pytest-evals run {run_id}</title>
 <style>{STYLE}</style></head><body>
 <h1>pytest-evals run {run_id}</h1>
 <p class="muted">{escape(run.get('started_at') or '')} – {escape(run.get('ended_at') or 'not finished')}
-· status {escape(str(run.get('status')))} · exit {escape(str(run.get('exit_status')))} · models {escape(models)}
+· status {escape(str(run.get('status')))}{incomplete} · exit {escape(str(run.get('exit_status')))} · models {escape(models)}
 · git {escape((run.get('git_revision') or '-')[:12])}</p>
 <h2>Scores with 95% intervals</h2>
 <p class="muted">Bars: score; whiskers: 95% interval (Wilson for pass rates, bootstrap for means);

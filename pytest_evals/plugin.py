@@ -5,6 +5,7 @@
 - ``batching.BatchPlugin``: batching across cases, where a backend of the run gains from it.
 - ``session.SessionPlugin`` (+ ``XdistControllerPlugin``): the store, gates, exit status and summary,
   on the one process that owns the database.
+- ``interruption.SignalPlugin``: SIGTERM as Ctrl-C, and signals held back while the run finishes.
 - here: parametrization by model, and the ``model``, ``judge`` and ``evals_score`` fixtures.
 """
 
@@ -21,6 +22,7 @@ from .batching import BatchPlugin
 from .cases import CasePlugin, add_marker_lines
 from .context import build_model, case_log_key, judge_spec, run_key, run_of
 from .gpus import pin, plan
+from .interruption import SignalPlugin
 from .model import Model
 from .routing import JUDGE_MARKER
 from .specs import ModelSpec
@@ -53,6 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
         manager.register(session, "evals-session")
         if manager.hasplugin("xdist"):
             manager.register(XdistControllerPlugin(config, run, session), "evals-xdist")
+    manager.register(SignalPlugin(run.signals), "evals-signals")  # last: its finish encloses the others'
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

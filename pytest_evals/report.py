@@ -33,7 +33,7 @@ def verdict_rows(verdicts: list["Verdict"]) -> list[list[str]]:
                 estimate.format(percent),
                 estimate.format_interval(percent),
                 "-" if minimum is None else (f">={percent_text(minimum)}" if percent else f">={minimum:g}"),
-                ("PASS" if v.holds else "FAIL") if position == 0 else "",
+                v.label.upper() if position == 0 else "",
             ])
     return rows
 
@@ -41,6 +41,9 @@ def verdict_rows(verdicts: list["Verdict"]) -> list[list[str]]:
 def reason_lines(verdicts: list["Verdict"]) -> list[str]:
     lines = []
     for v in verdicts:
+        if v.incomplete:
+            lines.append(f"INCOMPLETE {v.benchmark} [{v.model}]: not every test ran, so its gate is not decided")
+            continue
         for reason in (*v.usage_errors, *v.reasons):
             lines.append(f"FAIL {v.benchmark} [{v.model}]: {reason}")
         c = v.comparison

@@ -21,6 +21,7 @@ from . import __version__
 from .context import CASE_ATTR, RECORD_ATTR, RunContext, case_key_of, spec_of
 from .gates import Verdict
 from .gpus import WORKER_KEY, worker_index
+from .interruption import Completion, resume_command
 from .metering import Usage
 from .options import RESUME_WIRE_KEY, usage_error
 from .recorder import record_from_data
@@ -83,6 +84,7 @@ class SessionPlugin:
         self.store: Store | None = None
         self.run_id: int | None = None
         self.resume_note: str | None = None
+        self.baseline_note: str | None = None  # where --evals-baseline latest passed over unfinished runs
         self._resume_said = False  # the start-of-resume line is printed once
         self.started_at = now()
         self.progress = Progress(config)
@@ -90,6 +92,8 @@ class SessionPlugin:
         self.write_error: str | None = None
         self.batched_calls = 0  # model calls served from a batch across cases
         self.model_calls = 0
+        self.completion = Completion()  # which collected tests reported their end
+        self.incomplete_reason: str | None = None  # why tests did not run, once the run ends without them
 
     # --- start-up ---------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -141,6 +145,9 @@ class SessionPlugin:
             self.baseline_id = store.resolve_run(ref)
         except LookupError as exc:
             raise pytest.UsageError(f"--evals-baseline {ref}: {exc}") from None
+        note = store.skipped_by_latest(ref, self.baseline_id)
+        if note:
+            self.baseline_note = f"evals-baseline: {note}"
         self.baseline = scores_of(store.cases(self.baseline_id))
 
     def _open(self) -> Store:
@@ -172,6 +179,7 @@ class SessionPlugin:
         carries its record, written here, one transaction per case."""
         if report.failed and not getattr(report, CASE_ATTR, False):
             self.other_failures += 1
+        self.completion.note(report)
         if report.when == "teardown":
             data = getattr(report, RECORD_ATTR, None)
             if data:
@@ -230,15 +238,47 @@ class SessionPlugin:
             for table, kind in (("calls", CallRow), ("turns", TurnRow), ("tool_calls", ToolCallRow))))
 
     # --- end ----------------------------------------------------------------------------------------
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Decide the gates before pytest's terminal summary and JUnit file are written."""
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> object:
+        """Decide the gates and store the run before pytest's terminal summary and JUnit file are
+        written; after them, an incomplete run's last lines say what did not run and how to resume."""
+        missing = self.completion.missing
+        if missing and self.run_id is not None:
+            self.incomplete_reason = self._why_incomplete(session)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.INTERRUPTED  # nothing else says the run is not whole
         if self.gates.scores:
-            self._decide(session)
+            self._decide(session, self.completion.incomplete_benchmarks() if self.incomplete_reason else set())
         self._finish_run(session.exitstatus)
+        try:
+            return (yield)
+        finally:
+            self._say_incomplete(len(missing))
 
-    def _decide(self, session: pytest.Session) -> None:
-        self.verdicts = self.gates.verdicts(self.baseline)
+    def _why_incomplete(self, session: pytest.Session) -> str:
+        if self.budget_stopped_at is not None:
+            return "the budget was spent"
+        for stop in (session.shouldfail, session.shouldstop):
+            if isinstance(stop, str) and stop:
+                return "interrupted" if "keyboard-interrupt" in stop else stop  # xdist: a worker's Ctrl-C
+        if self.completion.crashed and session.exitstatus != pytest.ExitCode.INTERRUPTED:
+            return f"a worker crashed in {len(self.completion.crashed)} test(s)"
+        return "interrupted"
+
+    def _say_incomplete(self, missing: int) -> None:
+        """The last lines of an incomplete run (after pytest's own summary): what did not run, and how
+        to run it."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or self.incomplete_reason is None:
+            return
+        total = len(self.completion.collected)
+        reporter.write_line(f"evals: run {self.run_id} is incomplete ({self.incomplete_reason}): {missing} of "
+                            f"{total} tests did not run; what ran is stored", red=True)
+        args = [redact(a) for a in self.config.invocation_params.args]
+        reporter.write_line(f"evals: resume with: {resume_command(args)}")
+
+    def _decide(self, session: pytest.Session, incomplete: set[str]) -> None:
+        self.verdicts = self.gates.verdicts(self.baseline, incomplete)
         # A run cut short by -x/--maxfail keeps pytest's status: its gates saw only part of the cases.
         if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not session.shouldfail:
             if any(v.usage_errors for v in self.verdicts):
@@ -262,7 +302,7 @@ class SessionPlugin:
             return
         for v in self.verdicts:
             prefix = f"evals.{v.benchmark}[{v.model}]"
-            xml.add_global_property(f"{prefix}.verdict", "pass" if v.holds else "fail")
+            xml.add_global_property(f"{prefix}.verdict", v.label)
             for metric, estimate in v.estimates.items():
                 if estimate.value is not None:
                     xml.add_global_property(f"{prefix}.{metric}", f"{estimate.value:.6g}")
@@ -270,15 +310,23 @@ class SessionPlugin:
                                             f"{estimate.low:.6g} {estimate.high:.6g}")
 
     def _finish_run(self, exitstatus: int) -> None:
+        """The run's row: ``finished`` only when every collected test ended; else ``interrupted``."""
         if self.store is not None and self.run_id is not None:
-            status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "finished"
+            status = "interrupted" if self.incomplete_reason is not None else "finished"
             try:
-                self.store.finish_run(self.run_id, exit_status=int(exitstatus), status=status)
+                self.store.finish_run(self.run_id, exit_status=int(exitstatus), status=status,
+                                      tests=len(self.completion.collected) or None,
+                                      tests_not_run=len(self.completion.missing))
             except sqlite3.Error:
                 pass  # already reported by record(); the cases written so far are committed
 
     def pytest_unconfigure(self) -> None:
         if self.store is not None:
+            if self.run.signals.held and self.run_id is not None:  # a signal while the run was finishing
+                try:
+                    self.store.set_exit_status(self.run_id, int(pytest.ExitCode.INTERRUPTED))
+                except sqlite3.Error:
+                    pass
             self.store.close()
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -305,11 +353,14 @@ class SessionPlugin:
             lines.append(self.run.gpu_plan.note)
         if self.resume_note:
             lines.append(self.resume_note)
+        if self.baseline_note:
+            lines.append(self.baseline_note)
         return lines
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """Without xdist: say how much a resumed run will replay, from the real case keys."""
         self.progress.total = len(session.items)
+        self.completion.add_collected(item.nodeid for item in session.items)
         state = self.run.resume_state
         if state is None or not session.items:
             return
@@ -320,6 +371,7 @@ class SessionPlugin:
     def node_collected(self, ids: list[str]) -> None:
         """Under xdist: the workers compute the keys; here finished nodeids give the count."""
         self.progress.total = max(self.progress.total, len(ids))
+        self.completion.add_collected(ids)
         if self.resume_run is None or self._resume_said:
             return
         nodeids = {row["nodeid"] for row, _ in self.resume_cache.values()}
@@ -359,6 +411,8 @@ class SessionPlugin:
         if self.baseline_id is not None:
             tr.write_line(f"baseline: run {self.baseline_id} (paired by case; alpha {self.gates.alpha:g}, "
                           f"margin {self.gates.margin:g})")
+            if self.baseline_note:
+                tr.write_line(self.baseline_note)
         failed_cases = sum(s.count("failed") for s in self.gates.scores.values())
         if (all(v.holds for v in self.verdicts) and not self.other_failures and not self.write_error
                 and self.session is not None and self.session.exitstatus == pytest.ExitCode.OK):
@@ -379,7 +433,7 @@ def benchmark_rows(verdicts: list[Verdict]) -> list[dict]:
                 "benchmark": v.benchmark, "model": v.model, "metric": metric, "n": estimate.n,
                 "errors": v.errors, "value": estimate.value, "low": estimate.low, "high": estimate.high,
                 "minimum": minimums.get(metric), "threshold_source": v.threshold.source,
-                "verdict": "pass" if v.holds else "fail",
+                "verdict": v.label,
                 "reason": "; ".join((*v.usage_errors, *v.reasons)) or None,
             })
     return rows

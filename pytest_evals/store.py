@@ -65,6 +65,14 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def describe_unfinished(run: dict[str, Any]) -> str:
+    """``run 7 (interrupted: 14 of 22 tests did not run)``, from a ``runs`` row."""
+    detail = run["status"] or "unknown"
+    if run.get("tests") and run.get("tests_not_run"):
+        detail += f": {run['tests_not_run']} of {run['tests']} tests did not run"
+    return f"run {run['id']} ({detail})"
+
+
 # --- migrations: append only; never edit or reorder one that has shipped -------------------------
 
 def _m001_initial(db: sqlite_utils.Database) -> None:
@@ -73,7 +81,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
             "id": int,
             "started_at": str,
             "ended_at": str,
-            "status": str,  # running | finished | interrupted
+            "status": str,  # running | finished | interrupted (finished: every collected test ended)
             "exit_status": int,
             "args": str,  # JSON list of the command-line arguments
             "rootdir": str,
@@ -230,6 +238,11 @@ def _m008_fewer_indexes(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_cases_run_id_case_key")
 
 
+def _m009_completion(db: sqlite_utils.Database) -> None:
+    db["runs"].add_column("tests", int)  # tests collected; NULL: not known (runs before this column)
+    db["runs"].add_column("tests_not_run", int)  # of those, how many never ended (an interrupted run)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
@@ -239,6 +252,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("006_routing", _m006_routing),
     ("007_batching", _m007_batching),
     ("008_fewer_indexes", _m008_fewer_indexes),
+    ("009_completion", _m009_completion),
 ]
 
 
@@ -415,13 +429,19 @@ class Store:
             )
         return int(cursor.lastrowid)
 
-    def finish_run(self, run_id: int, *, exit_status: int, status: str = "finished") -> None:
+    def finish_run(self, run_id: int, *, exit_status: int, status: str = "finished", tests: int | None = None,
+                   tests_not_run: int | None = None) -> None:
         with self.transaction():
             self.db.execute(
-                "UPDATE runs SET ended_at = ?, status = ?, exit_status = ?, "
+                "UPDATE runs SET ended_at = ?, status = ?, exit_status = ?, tests = ?, tests_not_run = ?, "
                 "cost_usd = (SELECT sum(cost_usd) FROM cases WHERE run_id = ?) WHERE id = ?",
-                [now(), status, exit_status, run_id, run_id],
+                [now(), status, exit_status, tests, tests_not_run, run_id, run_id],
             )
+
+    def set_exit_status(self, run_id: int, exit_status: int) -> None:
+        """A run's exit status changed after it was stored (a signal while it was finishing)."""
+        with self.transaction():
+            self.db.execute("UPDATE runs SET exit_status = ? WHERE id = ?", [exit_status, run_id])
 
     def record_case(self, run_id: int, record: CaseRecord) -> int:
         """Insert one finished case and its rows in one transaction; a case seen again replaces it."""
@@ -475,12 +495,31 @@ class Store:
         (value,) = self.db.execute(sql).fetchone()
         return value
 
+    def unfinished_after(self, run_id: int) -> list[dict[str, Any]]:
+        """Runs newer than ``run_id`` that did not finish (interrupted, or still running), newest first:
+        what ``latest`` passed over."""
+        return list(self.db.query("SELECT * FROM runs WHERE id > ? AND status != 'finished' ORDER BY id DESC", [run_id]))
+
+    def skipped_by_latest(self, ref: str, run_id: int) -> str | None:
+        """Where ``latest`` resolved to ``run_id`` and passed over newer runs that did not finish, the line
+        that says so; None otherwise."""
+        if ref != "latest":
+            return None
+        skipped = self.unfinished_after(run_id)
+        if not skipped:
+            return None
+        shown = "; ".join(describe_unfinished(run) for run in skipped)
+        return f"latest is run {run_id}, the newest finished run; newer runs that did not finish are skipped: {shown}"
+
     def resolve_run(self, ref: str) -> int:
         """A run id from ``RUN_ID`` or ``latest`` (the newest finished run); LookupError says why not."""
         if ref == "latest":
             run_id = self.latest_run_id()
             if run_id is None:
-                raise LookupError(f"{self.path} holds no finished run yet; run the evals once first")
+                unfinished = self.unfinished_after(0)
+                seen = (" (" + "; ".join(describe_unfinished(r) for r in unfinished[:3])
+                        + "; pytest --evals-resume completes the newest)") if unfinished else ""
+                raise LookupError(f"{self.path} holds no finished run yet{seen}; run the evals once first")
             return run_id
         try:
             run_id = int(ref)

@@ -49,6 +49,17 @@ def redact(arg: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1", arg)
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process of this host with ``pid`` exists (one we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _check_creatable(path: "os.PathLike[str]") -> str | None:
     """Why a database could not be created at ``path``, or None. Leaves nothing behind."""
     parent = os.path.dirname(os.path.abspath(path))
@@ -154,8 +165,11 @@ class SessionPlugin:
         if self.store is None:
             try:
                 self.store = Store(self.run.db_path)
+                self.store.settle_dead_runs(socket.gethostname(), _process_alive)
             except StoreError as exc:
                 raise usage_error(exc) from None
+            except sqlite3.Error as exc:
+                raise usage_error(self.store.error(exc) if self.store else exc) from None
         return self.store
 
     def _run_id(self) -> int:
@@ -170,6 +184,7 @@ class SessionPlugin:
                 hostname=socket.gethostname(),
                 plugin_version=__version__,
                 started_at=self.started_at,
+                pid=os.getpid(),
             )
         return self.run_id
 

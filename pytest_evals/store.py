@@ -241,6 +241,7 @@ def _m008_fewer_indexes(db: sqlite_utils.Database) -> None:
 def _m009_completion(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("tests", int)  # tests collected; NULL: not known (runs before this column)
     db["runs"].add_column("tests_not_run", int)  # of those, how many never ended (an interrupted run)
+    db["runs"].add_column("pid", int)  # the process that ran it, so a later run can tell a dead one
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -420,14 +421,26 @@ class Store:
 
     # --- writes (the controller only) -------------------------------------------------------------
     def start_run(self, *, args: list[str], rootdir: str, git_revision: str | None, models: list[str],
-                  hostname: str, plugin_version: str, started_at: str | None = None) -> int:
+                  hostname: str, plugin_version: str, started_at: str | None = None, pid: int | None = None) -> int:
         with self.transaction():
             cursor = self.db.execute(
-                "INSERT INTO runs (started_at, status, args, rootdir, git_revision, models, hostname, plugin_version)"
-                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
-                [started_at or now(), json.dumps(args), rootdir, git_revision, json.dumps(models), hostname, plugin_version],
+                "INSERT INTO runs (started_at, status, args, rootdir, git_revision, models, hostname, plugin_version,"
+                " pid) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                [started_at or now(), json.dumps(args), rootdir, git_revision, json.dumps(models), hostname,
+                 plugin_version, pid],
             )
         return int(cursor.lastrowid)
+
+    def settle_dead_runs(self, hostname: str, alive: Callable[[int], bool]) -> list[int]:
+        """Runs still marked ``running`` whose process on this host is gone (``kill -9``, a crash) become
+        ``interrupted``; how many of their tests did not run stays unknown (NULL). Returns their ids."""
+        dead = [row[0] for row in self.db.execute(
+            "SELECT id, pid FROM runs WHERE status = 'running' AND hostname = ? AND pid IS NOT NULL", [hostname])
+            if not alive(row[1])]
+        if dead:
+            with self.transaction():
+                self.db.conn.executemany("UPDATE runs SET status = 'interrupted' WHERE id = ?", [[i] for i in dead])
+        return dead
 
     def finish_run(self, run_id: int, *, exit_status: int, status: str = "finished", tests: int | None = None,
                    tests_not_run: int | None = None) -> None:

@@ -245,3 +245,25 @@ def test_latest_never_takes_an_incomplete_run_silently(fake_project: pytest.Pyte
     monkeypatch.delenv("STOP")
     result = fake_project.runpytest_subprocess("--model=fake:m", "--evals-baseline=latest")
     result.stdout.fnmatch_lines([f"evals-baseline: {skipped}", "*baseline: run 1 *", f"evals-baseline: {skipped}"])
+
+
+def test_a_killed_run_is_not_left_running(fake_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 leaves no chance to write anything: the next run on this host finds the run's process gone
+    and marks it interrupted (how many of its tests did not run stays unknown)."""
+    fake_project.makepyfile(test_suite="""
+        import os, signal
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_a(model, i):
+            assert model.generate(f"q{i}").text
+            if i == 1 and os.environ.get("KILL"):
+                os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    monkeypatch.setenv("KILL", "1")
+    assert fake_project.runpytest_subprocess("--model=fake:m").ret == -signal.SIGKILL
+    assert rows(fake_project, "SELECT status, tests, tests_not_run FROM runs") == [("running", None, None)]
+    monkeypatch.delenv("KILL")
+    assert fake_project.runpytest_subprocess("--model=fake:m", "--evals-resume").ret == 0
+    assert rows(fake_project, "SELECT id, status, tests, tests_not_run FROM runs") == [
+        (1, "interrupted", None, None), (2, "finished", 4, 0)]

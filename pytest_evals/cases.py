@@ -13,6 +13,7 @@ status and the record on the report.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import pytest
@@ -44,6 +45,21 @@ MARKERS = (
 )
 
 
+KNOWN_MARKERS = tuple(line.split("(", 1)[0] for line in MARKERS)
+PREFIX = "evals_"
+
+
+def unknown_marker(item: pytest.Item, known: tuple[str, ...] = KNOWN_MARKERS) -> str | None:
+    """The line for an ``evals_*`` marker the plugin does not know (a misspelt one would otherwise be only a
+    pytest warning, and the gate it meant silently the default)."""
+    for mark in item.iter_markers():
+        if mark.name.startswith(PREFIX) and mark.name not in known:
+            close = difflib.get_close_matches(mark.name, known, n=1)
+            hint = f"did you mean @pytest.mark.{close[0]}?" if close else f"the markers are {', '.join(known)}"
+            return f"{item.nodeid.split('[')[0]}: unknown marker @pytest.mark.{mark.name}; {hint}"
+    return None
+
+
 def add_marker_lines(config: pytest.Config) -> None:
     """Register the markers (``--strict-markers``) with the lines ``pytest --markers`` shows."""
     for line in MARKERS:
@@ -64,9 +80,12 @@ class CasePlugin:
         parsed: dict[int, object] = {}  # one mark object is shared by a function's cases: parsed once
         for item in items:
             spec = spec_of(item)
-            if spec is None:
-                continue
             try:
+                problem = unknown_marker(item)
+                if problem:
+                    raise ConfigError(problem)
+                if spec is None:
+                    continue
                 self._read_markers(item, spec, parsed)
             except ConfigError as exc:
                 if not self.run.is_worker:
@@ -135,8 +154,8 @@ class CasePlugin:
                 case_key=item.stash.get(case_key_key, None),
                 gpus=self.run.gpus,
             )
-            if marker_problem_key in item.stash:
-                pytest.fail(item.stash[marker_problem_key], pytrace=False)
+        if marker_problem_key in item.stash:
+            pytest.fail(item.stash[marker_problem_key], pytrace=False)
 
     # --- reports ------------------------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)

@@ -31,8 +31,8 @@ def open_store(path: Path) -> Store:
         raise CommandError(f"{path}: no such database; run pytest with eval cases first, or pass --db PATH")
     try:
         return Store(path, write=False)
-    except StoreError as exc:
-        raise CommandError(str(exc)) from None
+    except StoreError as exc:  # its message names pytest's --evals-db; here the option is --db
+        raise CommandError(str(exc).replace("--evals-db", "--db")) from None
 
 
 def resolve_run(store: Store, ref: str) -> int:
@@ -79,7 +79,7 @@ def cmd_show(store: Store, args: argparse.Namespace) -> list[str]:
         rows.append([b["benchmark"], b["model"], b["metric"], str(b["n"]), str(b["errors"]),
                      "-" if b["value"] is None else fmt(b["value"]),
                      "-" if b["low"] is None else f"[{fmt(b['low'])}, {fmt(b['high'])}]",
-                     "-" if b["minimum"] is None else f">={fmt(b['minimum'])}", b["verdict"].upper()])
+                     "-" if b["minimum"] is None else f">={fmt(b['minimum'])}", (b["verdict"] or "").upper()])
     if rows:
         header = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict"]
         lines += ["", *format_table(header, rows)]
@@ -127,25 +127,33 @@ def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
     from .htmlreport import render
 
     run_id = resolve_run(store, args.run)
-    Path(args.html).write_text(render(store, run_id), encoding="utf-8")
+    page = render(store, run_id)
+    try:
+        Path(args.html).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"{args.html}: cannot write the report ({exc.strerror or exc}); "
+                           "create its folder or pass another --html FILE") from None
     return [f"wrote {args.html} (run {run_id})"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-evals", description="Read the runs that pytest-evals stored.")
-    parser.add_argument("--db", type=Path, default=Path(DEFAULT_DB), help=f"database (default {DEFAULT_DB})")
+    db_help = f"database (default {DEFAULT_DB}); before or after the command"
+    parser.add_argument("--db", type=Path, default=Path(DEFAULT_DB), help=db_help)
+    after = argparse.ArgumentParser(add_help=False)  # --db after the command too; given, it wins
+    after.add_argument("--db", type=Path, default=argparse.SUPPRESS, help=db_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("runs", help="list the stored runs").set_defaults(func=cmd_runs)
-    show = sub.add_parser("show", help="one run: its benchmarks, scores, intervals and verdicts")
+    sub.add_parser("runs", parents=[after], help="list the stored runs").set_defaults(func=cmd_runs)
+    show = sub.add_parser("show", parents=[after], help="one run: its benchmarks, scores, intervals and verdicts")
     show.add_argument("run", help="run id or 'latest'")
     show.set_defaults(func=cmd_show)
-    comp = sub.add_parser("compare", help="paired comparison of two runs on the cases both have")
+    comp = sub.add_parser("compare", parents=[after], help="paired comparison of two runs on the cases both have")
     comp.add_argument("run_a", help="the earlier run (id or 'latest')")
     comp.add_argument("run_b", help="the later run (id or 'latest')")
     comp.add_argument("--alpha", type=float, default=0.05)
     comp.add_argument("--margin", type=float, default=0.0)
     comp.set_defaults(func=cmd_compare)
-    report = sub.add_parser("report", help="a self-contained HTML report of one run")
+    report = sub.add_parser("report", parents=[after], help="a self-contained HTML report of one run")
     report.add_argument("run", help="run id or 'latest'")
     report.add_argument("--html", required=True, metavar="FILE")
     report.set_defaults(func=cmd_report)

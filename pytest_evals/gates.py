@@ -16,8 +16,7 @@ from typing import Any, Iterable
 import pytest
 
 from .errors import ConfigError
-from .scoring import (PASS_RATE, BenchmarkScores, Comparison, Estimate, Threshold, compare, percent,
-                      regression_reasons)
+from .scoring import PASS_RATE, BenchmarkScores, Comparison, Estimate, Threshold, compare, percent, regressions
 
 MARKER = "evals_threshold"
 
@@ -86,6 +85,8 @@ class Verdict:
     comparison: Comparison | None = None
     usage_errors: tuple[str, ...] = ()
     incomplete: bool = False  # some of its tests did not run (an interrupted run): no verdict either way
+    failed: frozenset[str] = frozenset()  # metrics whose own check failed: minimum, missing, regression
+    too_many_errors: bool = False  # the error rate is above --evals-max-error-rate
 
     @property
     def holds(self) -> bool:
@@ -95,6 +96,15 @@ class Verdict:
     def label(self) -> str:
         """pass, fail, or incomplete (as stored and in JUnit); the summary shows it in capitals."""
         return "incomplete" if self.incomplete else "pass" if self.holds else "fail"
+
+    def row_label(self, metric: str, first: bool) -> str:
+        """The verdict of one metric's row: its own check, not another metric's. The first row (the pass
+        rate, with the error count) also carries the error-rate check; a metric without a minimum has none."""
+        if self.incomplete:
+            return "incomplete" if first or metric in dict(self.threshold.minimums) else ""
+        if metric in self.failed or (first and self.too_many_errors):
+            return "fail"
+        return "pass" if first or metric in dict(self.threshold.minimums) else ""
 
 
 class Gates:
@@ -135,13 +145,15 @@ class Gates:
             threshold = self.threshold_for(benchmark)
             estimates = {PASS_RATE: scores.pass_rate()}
             estimates.update({name: scores.metric(name) for name in sorted(scores.metrics)})
-            reasons, usage = [], []
+            reasons, usage, failed = [], [], set()
             for name, minimum in threshold.items():
                 if name not in estimates:
                     if not scores.scored:
                         continue  # no case got as far as recording metrics (all errored or skipped)
                     usage.append(f"threshold on metric {name!r} ({threshold.source}), "
                                  f"but no case recorded it; record it with evals_score({name}=...) or fix the name")
+                    failed.add(name)
+                    estimates[name] = Estimate(None, None, None, 0)  # its row shows the missing metric
                     continue
                 value = estimates[name].value
                 if value is None:
@@ -149,16 +161,20 @@ class Gates:
                 if value < minimum:
                     shown = f"{value:.1%} < {percent(minimum)}" if name == PASS_RATE else f"{value:.3g} < {minimum:g}"
                     reasons.append(f"{name} {shown} ({threshold.source})")
+                    failed.add(name)
             errors = scores.count("error")
-            if errors and scores.error_rate > self.max_error_rate:
+            too_many_errors = bool(errors) and scores.error_rate > self.max_error_rate
+            if too_many_errors:
                 ran = scores.scored + errors
                 reasons.append(f"{errors} of {ran} cases ended in error ({scores.error_rate:.1%} > "
                                f"--evals-max-error-rate {self.max_error_rate:.1%})")
             comparison = None
             if baseline is not None and (benchmark, model) in baseline:
                 comparison = compare(scores, baseline[(benchmark, model)], self.alpha)
-                reasons.extend(f"regression against the baseline: {r}"
-                               for r in regression_reasons(comparison, self.alpha, self.margin))
+                for name, why in regressions(comparison, self.alpha, self.margin):
+                    reasons.append(f"regression against the baseline: {why}")
+                    failed.add(name)
             verdicts.append(Verdict(benchmark, model, threshold, estimates, errors, tuple(reasons), comparison,
-                                    tuple(usage), incomplete=benchmark in incomplete))
+                                    tuple(usage), incomplete=benchmark in incomplete, failed=frozenset(failed),
+                                    too_many_errors=too_many_errors))
         return verdicts

@@ -33,7 +33,7 @@ def verdict_rows(verdicts: list["Verdict"]) -> list[list[str]]:
                 estimate.format(percent),
                 estimate.format_interval(percent),
                 "-" if minimum is None else (f">={percent_text(minimum)}" if percent else f">={minimum:g}"),
-                v.label.upper() if position == 0 else "",
+                v.row_label(metric, position == 0).upper(),
             ])
     return rows
 

@@ -180,17 +180,22 @@ def compare(now: BenchmarkScores, baseline: BenchmarkScores, alpha: float = 1 - 
                       metric_differences)
 
 
-def regression_reasons(comparison: Comparison, alpha: float, margin: float) -> list[str]:
-    """Why a benchmark is significantly worse than its baseline (empty when it is not)."""
-    reasons = []
+def regressions(comparison: Comparison, alpha: float, margin: float) -> list[tuple[str, str]]:
+    """(metric, why) for each metric significantly worse than its baseline (empty when none is)."""
+    found = []
     d = comparison.rate_difference
     if d is not None and d < -margin and comparison.p_value < alpha:
-        reasons.append(f"pass rate fell {-d:.1%} on {comparison.paired} paired cases "
-                       f"({len(comparison.to_fail)} now fail, {len(comparison.to_pass)} now pass; "
-                       f"McNemar p={comparison.p_value:.3g} < {alpha:g})")
+        found.append((PASS_RATE, f"pass rate fell {-d:.1%} on {comparison.paired} paired cases "
+                                 f"({len(comparison.to_fail)} now fail, {len(comparison.to_pass)} now pass; "
+                                 f"McNemar p={comparison.p_value:.3g} < {alpha:g})"))
     for name, diff in comparison.metric_differences.items():
         # worse at alpha by more than the margin: the paired interval lies wholly below -margin
         if diff.high is not None and diff.high < -margin:
-            reasons.append(f"{name} fell {-(diff.value or 0):.3g} on {diff.n} paired cases "
-                           f"({1 - alpha:.0%} interval of the change [{diff.low:.3g}, {diff.high:.3g}])")
-    return reasons
+            found.append((name, f"{name} fell {-(diff.value or 0):.3g} on {diff.n} paired cases "
+                                f"({1 - alpha:.0%} interval of the change [{diff.low:.3g}, {diff.high:.3g}])"))
+    return found
+
+
+def regression_reasons(comparison: Comparison, alpha: float, margin: float) -> list[str]:
+    """Why a benchmark is significantly worse than its baseline (empty when it is not)."""
+    return [why for _, why in regressions(comparison, alpha, margin)]

@@ -7,6 +7,7 @@ summary table. A session without eval cases never creates the database file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -65,12 +66,22 @@ def _check_creatable(path: "os.PathLike[str]") -> str | None:
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    fix = "pass a writable --evals-db PATH"
+    if not os.path.isdir(parent):
+        return f"{path}: cannot create the database: {parent} is a file, not a folder; {fix}"
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        return (f"{path}: cannot create the database ({parent}: {exc.strerror or exc}); "
-                "pass a writable --evals-db PATH")
+        why = {
+            errno.EACCES: f"no permission to create files in {parent}",
+            errno.EPERM: f"no permission to create files in {parent}",
+            errno.EROFS: f"{parent} is on a read-only file system",
+            errno.ENOSPC: f"no space left on the device of {parent}",
+            # the folder exists, yet creating a file in it says it does not: /proc, /sys and the like
+            errno.ENOENT: f"{parent} does not take new files (a virtual file system such as /proc or /sys)",
+        }.get(exc.errno or 0, f"{parent}: {exc.strerror or exc}")
+        return f"{path}: cannot create the database: {why}; {fix}"
     return None
 
 
@@ -443,12 +454,12 @@ def benchmark_rows(verdicts: list[Verdict]) -> list[dict]:
     rows = []
     for v in verdicts:
         minimums = dict(v.threshold.minimums)
-        for metric, estimate in v.estimates.items():
+        for position, (metric, estimate) in enumerate(v.estimates.items()):
             rows.append({
                 "benchmark": v.benchmark, "model": v.model, "metric": metric, "n": estimate.n,
                 "errors": v.errors, "value": estimate.value, "low": estimate.low, "high": estimate.high,
                 "minimum": minimums.get(metric), "threshold_source": v.threshold.source,
-                "verdict": v.label,
+                "verdict": v.row_label(metric, position == 0) or None,  # this row's own check
                 "reason": "; ".join((*v.usage_errors, *v.reasons)) or None,
             })
     return rows

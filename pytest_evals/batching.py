@@ -11,8 +11,11 @@ other call (a second turn, a request the trace did not reach, a batch that faile
 alone, as without batching, with its retries. A traced case that never runs (``-x``, Ctrl-C, the
 budget) records nothing.
 
-The cost: code in a test body before its first model call runs twice (once traced). A batch size of 1
-(``--evals-batch-size 1``) turns this off.
+The cost: code in a test body before its first model call runs twice (once traced). A function whose
+traced case ends without calling the model (a body that never or only sometimes calls it, or fails
+first) is not traced again, so its bodies run once from then on; ``@pytest.mark.evals_batch(False)``
+(or ini ``evals_batch = false`` for every test) opts out, and a batch size of 1
+(``--evals-batch-size 1``) turns batching off.
 
 The requests and results of a window live in the process's ``planner.Planner``; this module holds the
 plugin that traces windows, registered only where a backend of the run batches across cases.
@@ -22,8 +25,8 @@ from __future__ import annotations
 
 import pytest
 
-from .context import RunContext, case_key_of, served_spec, spec_of
-from .planner import Planner
+from .context import RunContext, batch_key, case_key_of, served_spec, spec_of
+from .planner import Planner, TraceStop
 
 traced_key = pytest.StashKey[bool]()
 head_key = pytest.StashKey[bool]()  # the first case of a window
@@ -36,6 +39,7 @@ class BatchPlugin:
         self.config = config
         self.run = run
         self.planner = planner
+        self._no_call: set[object] = set()  # test functions whose traced body ended before any model call
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -64,6 +68,8 @@ class BatchPlugin:
                     and self._plannable(other)):
                 window.append(other)
         for case in window:
+            if _function_of(case) in self._no_call:
+                continue  # an earlier case of its function showed its body does not reach the model
             case.stash[traced_key] = True
             self._trace(case, current)
         self.planner.can_prefetch = self.planner.can_prefetch or any(
@@ -82,6 +88,8 @@ class BatchPlugin:
         spec = spec_of(item)
         if spec is None or any(item.get_closest_marker(m) is not None for m in ("skip", "skipif", "xfail")):
             return False  # a body pytest would skip is never run, traced or not
+        if not item.stash.get(batch_key, self.run.batch) or _function_of(item) in self._no_call:
+            return False  # opted out (evals_batch(False)), or its bodies do not reach the model: run once
         if not self.run.pool.batches_across_cases(served_spec(item, spec)):
             return False  # its backend gains nothing from batches: no trace to pay for
         state = self.run.resume_state
@@ -116,11 +124,21 @@ class BatchPlugin:
                 case._initrequest()  # type: ignore[attr-defined]
             try:
                 setup_state.setup(case)
-                case.runtest()
             except (pytest.exit.Exception, KeyboardInterrupt):
                 raise
-            except BaseException:  # noqa: BLE001 - TraceStop, or the case's own failure
+            except BaseException:  # noqa: BLE001 - a fixture that fails, fails when the case runs
                 pass
+            else:
+                try:
+                    case.runtest()
+                except (pytest.exit.Exception, KeyboardInterrupt):
+                    raise
+                except TraceStop:
+                    pass  # stopped at its first model call, as it should
+                except BaseException:  # noqa: BLE001 - the case's own failure, met again when it runs
+                    self._no_call.add(_function_of(case))
+                else:  # its body ran to the end without calling the model: never trace its function again
+                    self._no_call.add(_function_of(case))
             try:
                 setup_state.teardown_exact(current.parent)  # type: ignore[arg-type]
             except (pytest.exit.Exception, KeyboardInterrupt):
@@ -132,3 +150,9 @@ class BatchPlugin:
             if has_request:  # as pytest's protocol leaves an item: the real run builds its request anew
                 case._request = False  # type: ignore[attr-defined]
                 case.funcargs = None  # type: ignore[attr-defined]
+
+
+def _function_of(item: pytest.Item) -> object:
+    """What a test's cases share: its function's code (the nodeid without parameters where there is none)."""
+    function = getattr(item, "function", None)
+    return getattr(function, "__code__", None) or item.nodeid.split("[")[0]

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from .backends.base import BackendError
-from .context import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, RunContext, case_key_key, case_key_of,
-                      case_log_key, judge_key, marker_problem_key, model_name, retry_key, served_key, spec_of,
-                      task_key, threshold_key)
+from .context import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, RunContext, batch_key, case_key_key,
+                      case_key_of, case_log_key, judge_key, marker_problem_key, model_name, retry_key, served_key,
+                      spec_of, task_key, threshold_key)
 from .errors import ConfigError
 from .gates import MARKER as THRESHOLD_MARKER
 from .gates import threshold_from_marker
@@ -31,6 +31,7 @@ from .reliability import MARKER as RETRY_MARKER
 from .reliability import policy_from_marker
 from .routing import JUDGE_MARKER, TASK_MARKER, TASKS, parse_judge, parse_task
 
+BATCH_MARKER = "evals_batch"
 MARKERS = (
     f"{THRESHOLD_MARKER}(min_pass_rate=None, **metric_minimums): the benchmark's gate: the session exits 0 "
     "while its pass rate and the means of named metrics (evals_score) reach these minimums, even if single "
@@ -42,7 +43,10 @@ MARKERS = (
     "goes to the spec --evals-route TASK=SPEC names, or is skipped with the reason.",
     f"{JUDGE_MARKER}(spec): the model behind this case's judge fixture (e.g. an LLM-as-judge); its calls "
     "are recorded with role judge and priced as that spec. Default: --evals-judge / ini evals_judge.",
+    f"{BATCH_MARKER}(enabled=True): False keeps this test's cases out of batching across cases: each body runs "
+    "once and its model calls go one at a time. Default: ini evals_batch.",
 )
+
 
 
 KNOWN_MARKERS = tuple(line.split("(", 1)[0] for line in MARKERS)
@@ -58,6 +62,15 @@ def unknown_marker(item: pytest.Item, known: tuple[str, ...] = KNOWN_MARKERS) ->
             hint = f"did you mean @pytest.mark.{close[0]}?" if close else f"the markers are {', '.join(known)}"
             return f"{item.nodeid.split('[')[0]}: unknown marker @pytest.mark.{mark.name}; {hint}"
     return None
+
+
+def parse_batch(mark: pytest.Mark, where: str) -> bool:
+    """``evals_batch(False)`` / ``evals_batch(enabled=True)``."""
+    values = list(mark.args) + ([mark.kwargs["enabled"]] if "enabled" in mark.kwargs else [])
+    if len(values) != 1 or set(mark.kwargs) - {"enabled"} or not isinstance(values[0], bool):
+        raise ConfigError(f"{where}: @pytest.mark.{BATCH_MARKER} takes True or False, e.g. "
+                          f"@pytest.mark.{BATCH_MARKER}(False)")
+    return values[0]
 
 
 def add_marker_lines(config: pytest.Config) -> None:
@@ -125,6 +138,9 @@ class CasePlugin:
         mark = item.get_closest_marker(JUDGE_MARKER)
         if mark is not None:
             item.stash[judge_key] = once(mark, lambda m: parse_judge(m.args, where, self.run.pool.registry))
+        mark = item.get_closest_marker(BATCH_MARKER)
+        if mark is not None:
+            item.stash[batch_key] = once(mark, lambda m: parse_batch(m, where))
 
     # --- running: key, replay, setup ------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)

@@ -54,6 +54,7 @@ class RunContext:
     baseline: str | None  # --evals-baseline RUN_ID|latest
     resume: bool  # --evals-resume, and not --evals-fresh
     budget: float | None  # USD
+    batch: bool  # ini evals_batch: trace eval cases for batches across cases (a marker evals_batch wins)
     # shared objects
     pool: BackendPool  # loaded backends, one per spec per process
     prices: PriceTable
@@ -82,6 +83,7 @@ threshold_key = pytest.StashKey[Threshold]()  # the case's evals_threshold marke
 retry_key = pytest.StashKey[RetryPolicy]()  # the case's evals_retry marker
 task_key = pytest.StashKey[str]()  # the case's evals_task
 judge_key = pytest.StashKey[ModelSpec]()  # the case's evals_judge
+batch_key = pytest.StashKey[bool]()  # the case's evals_batch
 served_key = pytest.StashKey[ModelSpec]()  # the spec --evals-route sends the case to
 marker_problem_key = pytest.StashKey[str]()  # a bad marker seen on a worker: the case fails with it
 case_key_key = pytest.StashKey[str]()

@@ -125,6 +125,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("evals_retry", "default retry policy of every eval case, as the marker's keywords: "
                   "attempts=8 wait_s=0.5 max_wait_s=30 on=rate_limit,server", default="")
     parser.addini("evals_resume", "resume by default (true/false)", type="bool", default=False)
+    parser.addini("evals_batch", "trace eval cases so their first model calls are batched across cases "
+                  "(true/false; default true); a test's evals_batch marker wins", type="bool", default=True)
     parser.addini("evals_thresholds", "benchmark gates, one 'GLOB MIN [METRIC=MIN ...]' per line",
                   type="linelist", default=[])
     parser.addini("evals_max_error_rate", "default --evals-max-error-rate", default="")
@@ -243,7 +245,8 @@ def _read(config: pytest.Config) -> RunContext:
         baseline=_setting(config, "evals_baseline", str, None),
         resume=bool(config.getoption("evals_resume") or config.getini("evals_resume"))
         and not config.getoption("evals_fresh"),
-        budget=budget, pool=pool, prices=PriceTable(prices), retry=retry, worker_id=worker_id(config),
+        budget=budget, batch=bool(config.getini("evals_batch")), pool=pool, prices=PriceTable(prices), retry=retry,
+        worker_id=worker_id(config),
     )
     # no backend of the run gains from batches: no planner, whose plugin would cost every case for nothing
     if batch_size > 1 and any(pool.batches_across_cases(s) for s in [*specs, *routes.table.values()]):

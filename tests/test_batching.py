@@ -115,3 +115,82 @@ def test_under_xdist_each_worker_batches_its_queue(project: pytest.Pytester) -> 
     (batched,) = rows(project, "SELECT count(*) FROM calls WHERE batched = 1")[0]
     assert batched >= 10 and max(len(c) for c in backend_calls(project)) > 1
     assert rows(project, "SELECT count(*), sum(outcome = 'passed') FROM cases") == [(20, 16)]
+
+
+BODIES = '''
+import pytest
+
+def body(name):
+    with open("bodies.log", "a") as log:
+        log.write(name + "\\n")
+
+@pytest.mark.parametrize("i", range(12))
+def test_no_model_call(model, i):
+    body(f"never-{i}")  # never reaches the model: traced once, then its bodies run once
+
+@pytest.mark.parametrize("i", range(12))
+def test_sometimes(model, i):
+    body(f"sometimes-{i}")
+    if i % 3 == 0:
+        return  # the first case ends without a call: its function is not traced again
+    assert model.generate(f"s{i}").text
+
+@pytest.mark.evals_batch(False)
+@pytest.mark.parametrize("i", range(6))
+def test_opted_out(model, i):
+    body(f"out-{i}")
+    assert model.generate(f"o{i}").text
+
+@pytest.mark.parametrize("i", range(6))
+def test_always(model, i):
+    body(f"always-{i}")
+    assert model.generate(f"a{i}").text
+'''
+
+
+def _bodies(project: pytest.Pytester) -> dict[str, int]:
+    runs: dict[str, int] = {}
+    for line in (project.path / "bodies.log").read_text().split():
+        group = line.split("-")[0]
+        runs[group] = runs.get(group, 0) + 1
+    return runs
+
+
+def test_bodies_run_twice_only_where_a_trace_reaches_a_model_call(project: pytest.Pytester) -> None:
+    project.makepyfile(test_bodies=BODIES)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:m"],
+                          cwd=project.path, env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    # never: one traced body (its first case), then 12 real ones; sometimes: the same after its first case;
+    # opted out: once each; always: twice each (traced up to the model call, then run)
+    assert _bodies(project) == {"never": 13, "sometimes": 13, "out": 6, "always": 12}
+    # what was traced still came from batches; the opted-out and the untraced went one at a time
+    calls = dict(rows(project, "SELECT substr(nodeid, 1, instr(nodeid, '[') - 1), total(batched) FROM cases "
+                               "JOIN calls ON calls.case_id = cases.id GROUP BY 1"))
+    assert calls == {"test_bodies.py::test_sometimes": 0, "test_bodies.py::test_opted_out": 0,
+                     "test_bodies.py::test_always": 6}
+
+
+def test_ini_evals_batch_false_opts_every_test_out_and_a_marker_brings_one_back(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\nevals_batch = false\n")
+    project.makepyfile(test_bodies=BODIES.replace("@pytest.mark.evals_batch(False)", "@pytest.mark.evals_batch(True)"))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:m"],
+                          cwd=project.path, env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert _bodies(project) == {"never": 12, "sometimes": 12, "out": 12, "always": 6}
+
+
+def test_a_bad_evals_batch_marker_is_a_usage_error(project: pytest.Pytester) -> None:
+    project.makepyfile(test_bad="""
+        import pytest
+
+        @pytest.mark.evals_batch("no")
+        def test_x(model):
+            pass
+    """)
+    result = project.runpytest("--model=fake:m")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: test_bad.py::test_x: @pytest.mark.evals_batch takes True or False, "
+                                 "e.g. @pytest.mark.evals_batch(False)"])

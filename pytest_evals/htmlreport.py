@@ -140,7 +140,9 @@ def render(store: Store, run_id: int) -> str:
                      for m in metrics)
     table = "".join(_score_row(r) for r in rows)
     latencies: dict[str, list[float]] = {}
-    for call in store.calls(run_id):
+    calls = store.calls(run_id)
+    batched = sum(1 for call in calls if call.get("batched"))
+    for call in calls:
         if call["latency_s"] is not None and call["error"] is None:
             latencies.setdefault(call["model"], []).append(call["latency_s"])
     histograms = "".join(histogram(v, m) for m, v in latencies.items())
@@ -165,6 +167,9 @@ dashed line: threshold. Red bars failed their gate.</p>
 <table><tr><th>benchmark</th><th>model</th><th>metric</th><th>n</th><th>score</th><th>95% interval</th>
 <th>threshold</th><th>verdict</th></tr>{table}</table>
 <h2>Latency of model calls</h2>
+<p class="muted">Each call's own time, batched calls too: a generation until its own last token (in a batch,
+from its sub-batch's start), a loglikelihood until its forward pass's end; {batched} calls came from
+batches across cases, whose wall times are in the calls table's batch_s.</p>
 <div class="chart">{histograms or '<p class="muted">no calls recorded</p>'}</div>
 <h2>Failed and errored cases ({len(failed)})</h2>
 <table><tr><th>case</th><th>model</th><th>outcome</th><th>input</th><th>output</th><th>error</th></tr>

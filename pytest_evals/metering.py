@@ -85,6 +85,15 @@ class Usage:
 
     def __init__(self) -> None:
         self.models: dict[str, dict[str, list]] = {}
+        self.batched = 0  # calls served from batches across cases
+
+    def note(self) -> str | None:
+        """What the latency columns show, where batches could blur it."""
+        if not self.batched:
+            return None
+        return (f"latency: each call's own time, batched ones too ({self.batched} calls): a generation to its own "
+                "last token from its sub-batch's start, a loglikelihood to its forward pass's end; a batch's "
+                "wall time is in calls.batch_s")
 
     def add(self, model: str, calls: list) -> None:
         """A case's calls: the model's under the case's model, a judge's on a row of its own."""
@@ -100,6 +109,8 @@ class Usage:
             "cases", "input_tokens", "output_tokens", "cost_usd", "latency_s", "ttft_s", "tpot_s", "gpu_peak_mib")})
         data["cases"].append(1)
         for call in calls:
+            if call.batched:
+                self.batched += 1
             for name in ("input_tokens", "output_tokens", "cost_usd", "gpu_peak_mib"):
                 value = getattr(call, name)
                 if value is not None:

@@ -180,10 +180,12 @@ class Model:
                     raise
                 raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
             row.latency_s = watch.elapsed()
-            _fill(row, result)
+            own = _fill(row, result)
             if self._planner is not None and self._planner.last_hit is not None:
-                row.batched = 1  # served from a batched call: its timings are the batch's
-                row.latency_s = self._planner.last_hit
+                row.batched = 1  # served from a batched call: the batch's time is kept beside the call's own
+                row.batch_s = self._planner.last_hit
+                if not own:  # the backend did not time this request on its own: the batch's time is all
+                    row.latency_s = self._planner.last_hit
             row.gpu_peak_mib = self._backend.last_gpu_peak_mib
             if self._price is not None:
                 row.cost_usd = self._price.cost(row.input_tokens, row.output_tokens, row.latency_s)
@@ -202,7 +204,8 @@ def _show_message(message: Message) -> str:
     return text
 
 
-def _fill(row: CallRow, result: object) -> None:
+def _fill(row: CallRow, result: object) -> bool:
+    """Fill ``row`` from a call's result; True where the result carries its own latency."""
     if isinstance(result, Reply):
         row.output_text = "\n".join([result.text] * bool(result.text) + [
             f"-> {c.name}({json.dumps(c.arguments)})" + (f" [{c.error}]" if c.error else "") for c in result.tool_calls])
@@ -213,10 +216,16 @@ def _fill(row: CallRow, result: object) -> None:
         row.cost_usd = result.cost_usd
         if result.latency_s is not None:
             row.latency_s = result.latency_s
-    elif isinstance(result, Loglikelihood):
-        _fill_loglikelihoods(row, [result])
-    elif isinstance(result, list) and all(isinstance(r, Loglikelihood) for r in result):
-        _fill_loglikelihoods(row, result)
+            return True
+        return False
+    results = [result] if isinstance(result, Loglikelihood) else result
+    if isinstance(results, list) and results and all(isinstance(r, Loglikelihood) for r in results):
+        _fill_loglikelihoods(row, results)
+        times = [r.latency_s for r in results]
+        if all(t is not None for t in times):
+            row.latency_s = max(times)  # a question's choices: until its last choice was scored
+            return True
+    return False
 
 
 def _fill_loglikelihoods(row: CallRow, results: list[Loglikelihood]) -> None:

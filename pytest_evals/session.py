@@ -423,6 +423,8 @@ class SessionPlugin:
             tr.write_line("")
             for line in format_table(Usage.HEADER, self.usage.rows(), name_columns=1):
                 tr.write_line(line)
+            if self.usage.note():
+                tr.write_line(self.usage.note())
         if self.model_calls and self.run.settings.batch_size > 1:
             tr.write_line(f"evals-batch: {self.batched_calls} of {self.model_calls} model calls served from batches "
                           f"across cases; {self.model_calls - self.batched_calls} one at a time")

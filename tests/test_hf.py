@@ -55,6 +55,41 @@ def test_batched_generation_equals_one_at_a_time(smollm2) -> None:
     assert len(set(batched)) == len(batched)
 
 
+def test_each_reply_of_a_batch_keeps_its_own_timings(smollm2) -> None:
+    """A short generation in a batch ends at its own last token, not when the longest one does."""
+    requests = [GenerateRequest("1, 2, 3, 4,", max_tokens=n) for n in (2, 8, 24)]
+    replies = smollm2.generate(requests)
+    assert [r.completion_tokens for r in replies] == [2, 8, 24]
+    latencies = [r.latency_s for r in replies]
+    assert latencies == sorted(latencies) and latencies[0] < latencies[2]
+    assert len({r.ttft_s for r in replies}) == 1  # one prefill: the same first token time for all
+    for reply in replies[1:]:
+        assert reply.tpot_s == pytest.approx((reply.latency_s - reply.ttft_s) / (reply.completion_tokens - 1))
+    scored = smollm2.loglikelihood([LoglikelihoodRequest(c, x) for c, x in PAIRS])
+    assert all(r.latency_s is not None and r.latency_s > 0 for r in scored)
+
+
+def test_a_batched_suite_stores_each_calls_own_latency_beside_the_batchs(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_lengths="""
+        import pytest
+
+        @pytest.mark.evals_threshold(0.0)
+        @pytest.mark.parametrize("n", [1, 2, 4, 8, 16, 32])
+        def test_count(model, n):
+            assert model.generate("1, 2, 3, 4,", max_tokens=n).text
+        """)
+    result = pytester.runpytest_subprocess("--model=smollm2", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    result.stdout.fnmatch_lines(["latency: each call's own time, batched ones too (6 calls)*"])
+    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+    calls = con.execute("SELECT output_tokens, latency_s, batch_s, batched FROM calls ORDER BY output_tokens").fetchall()
+    con.close()
+    assert [c[0] for c in calls] == [1, 2, 4, 8, 16, 32] and all(c[3] == 1 for c in calls)
+    assert len({c[2] for c in calls}) == 1  # one batch served them all
+    latencies = [c[1] for c in calls]
+    assert latencies == sorted(latencies) and latencies[0] < latencies[-1] <= calls[0][2]
+
+
 def test_chat_applies_the_chat_template(smollm2) -> None:
     (reply,) = smollm2.chat([ChatRequest(({"role": "user", "content": "What is the capital of France?"},),
                                          max_tokens=16)])

@@ -42,6 +42,7 @@ class Completion:
 class Metrics:
     arrival_time: float
     first_token_time: float
+    last_token_time: float | None = None
 
 
 @dataclass
@@ -89,8 +90,8 @@ class LLM:
                 lp = [None] + [{t: Logprob(-i / 10, 1 if t % 2 == 0 else 3)} for i, t in enumerate(ids[1:], 1)]
                 outs.append(Output(ids, [Completion("x", [5])], None, lp))
             return outs
-        return [Output([1, 2, 3], [Completion(p.upper() + " END more", [7, 8, 9, 10])], Metrics(100.0, 100.25))
-                for p in prompts]
+        return [Output([1, 2, 3], [Completion(p.upper() + " END more", [7, 8, 9, 10])],
+                       Metrics(100.0, 100.25, 100.25 + 0.5 * (i + 1))) for i, p in enumerate(prompts)]
 
     def chat(self, conversations, params, use_tqdm=True, **kwargs):
         self.calls.append(("chat", conversations, params, kwargs))
@@ -143,6 +144,9 @@ def test_generate_is_one_engine_call_per_batch_with_per_request_params(fake_vllm
     assert [r.text for r in replies] == ["AB", "CD END more"]
     assert replies[0].prompt_tokens == 3 and replies[0].completion_tokens == 4
     assert replies[0].ttft_s == pytest.approx(0.25)
+    # each request's own time to its last token from the engine's metrics, not the batch's
+    assert [r.latency_s for r in replies] == [pytest.approx(0.75), pytest.approx(1.25)]
+    assert replies[1].tpot_s == pytest.approx((1.25 - 0.25) / 3)
 
 
 def test_chat_goes_through_the_chat_api(fake_vllm) -> None:

@@ -96,6 +96,7 @@ class Loglikelihood:
     is_greedy: bool | None = None  # every continuation token was the argmax
     context_tokens: int | None = None
     continuation_tokens: int | None = None
+    latency_s: float | None = None  # until this result was ready (its forward pass's end), where measured
 
 
 @dataclass(frozen=True)

@@ -257,20 +257,24 @@ class HFBackend(TemplateChat, Backend):
         limits = [r.max_tokens for r in requests]
         watch = Stopwatch()
         eos_ids = {tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))} - {None}
+        finished_at: dict[int, float] = {}  # row -> seconds until its own last token
 
         class Watch(StoppingCriteria):
-            """Marks the first token's time and stops each row at its own limit or stop string."""
+            """Marks the first token's time, each row's own last token, and stops each row at its own limit
+            or stop string."""
 
             def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001
                 watch.mark_first()
                 generated = input_ids[:, prompt_len:]
                 done = []
-                for row, request in zip(generated, requests):
+                for index, (row, request) in enumerate(zip(generated, requests)):
                     n = row.shape[0]
                     hit = n >= request.max_tokens or int(row[-1]) in eos_ids
                     if not hit and request.stop:
                         tail = tok.decode(row[-16:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
                         hit = any(s in tail for s in request.stop)
+                    if hit and index not in finished_at:
+                        finished_at[index] = watch.elapsed()
                     done.append(hit)
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -297,7 +301,7 @@ class HFBackend(TemplateChat, Backend):
                                  "timeout")
 
         replies = []
-        for row, mask, request in zip(output, encoded.attention_mask, requests):
+        for index, (row, mask, request) in enumerate(zip(output, encoded.attention_mask, requests)):
             generated = row[prompt_len:].tolist()[: request.max_tokens]
             finish = "length"
             for k, token in enumerate(generated):
@@ -307,13 +311,14 @@ class HFBackend(TemplateChat, Backend):
             text, stopped = apply_stop(tok.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False), request.stop)
             completion_tokens = len(generated)
             ttft = watch.ttft()
+            own = finished_at.get(index, latency)  # this row's last token, not the batch's
             replies.append(Reply(
                 text=text,
                 prompt_tokens=int(mask.sum()),
                 completion_tokens=completion_tokens,
-                latency_s=latency,
+                latency_s=own,
                 ttft_s=ttft,
-                tpot_s=tpot(latency, ttft, completion_tokens),
+                tpot_s=tpot(own, ttft, completion_tokens),
                 finish_reason="stop" if stopped else finish,
                 backend=self.spec.raw,
             ))
@@ -348,6 +353,7 @@ class HFBackend(TemplateChat, Backend):
         results: list[Loglikelihood | None] = [None] * len(requests)
         order = sorted(range(len(unique)), key=lambda u: -len(unique[u]))
         for start in range(0, len(order), self.batch_size):
+            watch = Stopwatch()  # a result's time is its own forward pass's
             chunk = order[start:start + self.batch_size]
             width = max(len(unique[u]) for u in chunk)
             # Right padding and no attention mask, as lm-evaluation-harness does: under causal
@@ -357,6 +363,7 @@ class HFBackend(TemplateChat, Backend):
                 batch[row, : len(unique[u])] = torch.tensor(unique[u], dtype=torch.long)
             with torch.inference_mode():
                 logprobs = F.log_softmax(self.model(batch.to(self.device)).logits, dim=-1)
+            elapsed = watch.elapsed()
             for row, u in enumerate(chunk):
                 n = len(unique[u])
                 for i in readers[unique[u]]:
@@ -365,7 +372,7 @@ class HFBackend(TemplateChat, Backend):
                     target = torch.tensor(cont, dtype=torch.long, device=selected.device)
                     greedy = bool((selected.argmax(dim=-1) == target).all())
                     total = float(selected.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum())
-                    results[i] = Loglikelihood(total, greedy, len(ctx), len(cont))
+                    results[i] = Loglikelihood(total, greedy, len(ctx), len(cont), latency_s=elapsed)
         self._read_gpu_peak()
         return [r for r in results if r is not None]
 

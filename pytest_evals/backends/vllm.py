@@ -79,7 +79,7 @@ class VLLMBackend(TemplateChat, Backend):
         self.last_gpu_peak_mib = nvml_used_mib()
 
     def _replies(self, outputs: Sequence[Any], stops: Sequence[Sequence[str]], watch: Stopwatch) -> list[Reply]:
-        latency = watch.elapsed()
+        batch = watch.elapsed()
         self._read_gpu()
         replies = []
         for output, stop in zip(outputs, stops):
@@ -87,6 +87,7 @@ class VLLMBackend(TemplateChat, Backend):
             text, _ = apply_stop(completion.text, stop)
             n_out = len(completion.token_ids)
             ttft = _first_token_s(output)
+            latency = _last_token_s(output) or batch  # the request's own time where the engine keeps it
             replies.append(Reply(
                 text=text,
                 prompt_tokens=len(output.prompt_token_ids or []),
@@ -186,3 +187,13 @@ def _first_token_s(output: Any) -> float | None:
     if first is None or arrival is None:
         return None
     return max(float(first) - float(arrival), 0.0)
+
+
+def _last_token_s(output: Any) -> float | None:
+    """Time from a request's arrival to its own last token, from vLLM's request metrics; None without them."""
+    metrics = getattr(output, "metrics", None)
+    last = getattr(metrics, "last_token_time", None) or getattr(metrics, "finished_time", None)
+    arrival = getattr(metrics, "arrival_time", None)
+    if last is None or arrival is None:
+        return None
+    return max(float(last) - float(arrival), 0.0)

@@ -86,6 +86,7 @@ class Usage:
     def __init__(self) -> None:
         self.models: dict[str, dict[str, list]] = {}
         self.batched = 0  # calls served from batches across cases
+        self.cost_bases: dict[str | None, int] = {}  # calls by what their cost rests on (None: no price applies)
 
     def note(self) -> str | None:
         """What the latency columns show, where batches could blur it."""
@@ -111,6 +112,9 @@ class Usage:
         for call in calls:
             if call.batched:
                 self.batched += 1
+            self.cost_bases[call.cost_basis] = self.cost_bases.get(call.cost_basis, 0) + 1
+            if call.cost_basis == "estimated":
+                data.setdefault("estimated", []).append(1)
             for name in ("input_tokens", "output_tokens", "cost_usd", "gpu_peak_mib"):
                 value = getattr(call, name)
                 if value is not None:
@@ -120,6 +124,21 @@ class Usage:
                     value = getattr(call, name)
                     if value is not None:
                         data[name].append(value)
+
+    def cost_note(self) -> str | None:
+        """What the costs rest on, where part of them is estimated or unknown; None where all were counted."""
+        estimated, unknown = self.cost_bases.get("estimated", 0), self.cost_bases.get("unknown", 0)
+        parts = []
+        if estimated:
+            parts.append(f"{estimated} calls priced from estimated prompt tokens (the server did not count them; "
+                         "marked ~)")
+        if unknown:
+            parts.append(f"{unknown} calls of priced models have no cost (the tokens their price needs are unknown)")
+        return "cost: " + "; ".join(parts) if parts else None
+
+    @property
+    def cost_unknown(self) -> int:
+        return self.cost_bases.get("unknown", 0)
 
     HEADER = ["model", "cases", "input tok", "output tok", "cost USD", "latency p50", "latency p95", "TTFT p50",
               "TPOT p50", "output tok/s", "peak GPU MiB"]
@@ -135,7 +154,7 @@ class Usage:
                 model, str(len(d["cases"])),
                 str(sum(d["input_tokens"])) if d["input_tokens"] else "-",
                 str(sum(d["output_tokens"])) if d["output_tokens"] else "-",
-                f"{sum(d['cost_usd']):.4f}" if d["cost_usd"] else "-",
+                ("~" if d.get("estimated") else "") + f"{sum(d['cost_usd']):.4f}" if d["cost_usd"] else "-",
                 seconds(percentile(d["latency_s"], 0.5)), seconds(percentile(d["latency_s"], 0.95)),
                 seconds(percentile(d["ttft_s"], 0.5)), seconds(percentile(d["tpot_s"], 0.5)),
                 f"{sum(d['output_tokens']) / busy:.1f}" if d["output_tokens"] and busy else "-",

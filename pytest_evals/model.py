@@ -189,6 +189,8 @@ class Model:
             row.gpu_peak_mib = self._backend.last_gpu_peak_mib
             if self._price is not None:
                 row.cost_usd = self._price.cost(row.input_tokens, row.output_tokens, row.latency_s)
+                row.cost_basis = ("unknown" if row.cost_usd is None else "gpu_time" if self._price.gpu_hour is not None
+                                  else "estimated" if row.input_tokens_estimated else "counted")
                 if isinstance(result, Reply):
                     result = replace(result, cost_usd=row.cost_usd)
             return result
@@ -210,6 +212,7 @@ def _fill(row: CallRow, result: object) -> bool:
         row.output_text = "\n".join([result.text] * bool(result.text) + [
             f"-> {c.name}({json.dumps(c.arguments)})" + (f" [{c.error}]" if c.error else "") for c in result.tool_calls])
         row.input_tokens = result.prompt_tokens
+        row.input_tokens_estimated = 1 if result.prompt_tokens_estimated and result.prompt_tokens is not None else None
         row.output_tokens = result.completion_tokens
         row.ttft_s = result.ttft_s
         row.tpot_s = result.tpot_s

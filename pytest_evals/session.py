@@ -423,17 +423,24 @@ class SessionPlugin:
             tr.write_line("")
             for line in format_table(Usage.HEADER, self.usage.rows(), name_columns=1):
                 tr.write_line(line)
-            if self.usage.note():
-                tr.write_line(self.usage.note())
+            for note in (self.usage.note(), self.usage.cost_note()):
+                if note:
+                    tr.write_line(note)
         if self.model_calls and self.run.settings.batch_size > 1:
             tr.write_line(f"evals-batch: {self.batched_calls} of {self.model_calls} model calls served from batches "
                           f"across cases; {self.model_calls - self.batched_calls} one at a time")
+        # never $0 for costs nobody knows: "at least", and how many calls the figure leaves out or estimates
+        spent = (("an unknown amount" if not self.spent else f"at least ${self.spent:.4f}") if self.usage.cost_unknown
+                 else f"${self.spent:.4f}")
+        basis = "".join(f"; {n} calls {what}" for n, what in (
+            (self.usage.cost_bases.get("estimated", 0), "priced from estimated prompt tokens"),
+            (self.usage.cost_unknown, "of priced models with no cost (their token counts are unknown)")) if n)
         if self.budget_stopped_at is not None:
             not_run = max(self.progress.total - self.progress.done, 0)
-            tr.write_line(f"evals-budget: the budget of ${self.budget:g} stopped the run: ${self.spent:.4f} spent on "
-                          f"{self.progress.done} tests; {not_run} tests not run (budget spent)", red=True)
+            tr.write_line(f"evals-budget: the budget of ${self.budget:g} stopped the run: {spent} spent on "
+                          f"{self.progress.done} tests; {not_run} tests not run (budget spent){basis}", red=True)
         elif self.budget is not None:
-            tr.write_line(f"evals-budget: ${self.spent:.4f} of ${self.budget:g} spent")
+            tr.write_line(f"evals-budget: {spent} of ${self.budget:g} spent{basis}")
         if self.resumed:
             tr.write_line(f"evals-resume: {self.resumed} cases replayed from run {self.resume_run}, not run again")
         if self.baseline_id is not None:

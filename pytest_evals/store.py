@@ -238,13 +238,17 @@ def _m008_fewer_indexes(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_cases_run_id_case_key")
 
 
-def _m009_completion_and_batch_timings(db: sqlite_utils.Database) -> None:
+def _m009_completion_timings_costs(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("tests", int)  # tests collected; NULL: not known (runs before this column)
     db["runs"].add_column("tests_not_run", int)  # of those, how many never ended (an interrupted run)
     db["runs"].add_column("pid", int)  # the process that ran it, so a later run can tell a dead one
     # a batched call's latency_s is its own (to its last token, or its forward pass's end); this is the
     # wall time of the whole batched call that served it
     db["calls"].add_column("batch_s", float)
+    db["calls"].add_column("input_tokens_estimated", int)  # 1: the server could not count the prompt
+    # what cost_usd rests on where a price applies: counted | estimated (input tokens) | gpu_time | unknown
+    # (priced, but the figures its price needs do not exist); NULL: no price applies
+    db["calls"].add_column("cost_basis", str)
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -256,7 +260,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("006_routing", _m006_routing),
     ("007_batching", _m007_batching),
     ("008_fewer_indexes", _m008_fewer_indexes),
-    ("009_completion_and_batch_timings", _m009_completion_and_batch_timings),
+    ("009_completion_timings_costs", _m009_completion_timings_costs),
 ]
 
 
@@ -282,6 +286,8 @@ class CallRow:
     spec: str | None = None
     batched: int | None = None
     batch_s: float | None = None  # batched calls: the wall time of the batch that served it
+    input_tokens_estimated: int | None = None  # 1: input_tokens is an estimate
+    cost_basis: str | None = None  # counted | estimated | gpu_time | unknown; None: no price applies
 
 
 @dataclass

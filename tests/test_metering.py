@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import rows
+from conftest import FAKE_BACKEND, rows
 from pytest_evals.metering import Price, PriceTable, parse_price_line, percentile
 
 
@@ -126,3 +126,54 @@ def test_budget_against_the_real_server_under_xdist(pytester: pytest.Pytester, l
     assert sum(costs) >= 60 and sum(costs) <= 60 + 2 * 2 * max(costs)  # at most two cases per worker in flight
     result.stdout.fnmatch_lines(["*evals-budget: the budget of $60 stopped the run*not run (budget spent)"])
     assert rows(pytester, "SELECT cost_usd FROM runs")[0][0] == pytest.approx(sum(costs))
+
+
+@pytest.mark.slow
+def test_a_chat_the_server_cannot_count_is_priced_from_an_estimate_and_the_budget_holds(
+        pytester: pytest.Pytester, llama_server) -> None:
+    """llama-cpp-python's server sends no usage and cannot count a chat's prompt: the prompt is counted
+    with its tokenizer on the messages' text plus the template's tokens, marked estimated, and the budget
+    counts it (before, such calls cost NULL and the run reported $0.0000 spent)."""
+    pytester.makeini("[pytest]\nevals_prices =\n    openai:* 2000 2000\n")  # $2,000 per million tokens
+    pytester.makepyfile(test_chat="""
+        import pytest
+
+        @pytest.mark.evals_threshold(0.0)
+        @pytest.mark.parametrize("n", range(21))
+        def test_chat(model, n):
+            assert model.chat(f"Say the number {n} in words.", max_tokens=8).text
+        """)
+    result = pytester.runpytest_subprocess(f"--model=openai:smollm2@{llama_server}", "--evals-budget=0.5",
+                                           "--evals-concurrency=2")
+    calls = rows(pytester, "SELECT input_tokens, input_tokens_estimated, output_tokens, cost_usd, cost_basis FROM calls")
+    assert calls and all(c[1] == 1 and c[4] == "estimated" and c[0] > 5 for c in calls)
+    assert all(c[3] == pytest.approx((c[0] + c[2]) * 2000 / 1e6) for c in calls)
+    spent = sum(c[3] for c in calls)
+    assert len(calls) < 21 and spent >= 0.5  # the budget stopped the run
+    result.stdout.fnmatch_lines([f"openai:smollm2 *~{spent:.4f} *",
+                                 f"cost: {len(calls)} calls priced from estimated prompt tokens*",
+                                 f"*evals-budget: the budget of $0.5 stopped the run: ${spent:.4f} spent on * tests; "
+                                 f"* tests not run (budget spent); {len(calls)} calls priced from estimated prompt "
+                                 "tokens"])
+    assert "$0.0000" not in result.stdout.str()
+
+
+def test_calls_whose_cost_is_unknown_are_never_shown_as_free(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(FAKE_BACKEND.replace(
+        'replies.append(Reply(text=f"{self.spec.target}:{r.prompt.upper()}", prompt_tokens=len(r.prompt),',
+        'replies.append(Reply(text=f"{self.spec.target}:{r.prompt.upper()}", prompt_tokens=None,'))
+    pytester.makeini("[pytest]\nevals_prices =\n    fake:* 1 1\n")
+    pytester.makepyfile(test_x="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_x(model, i):
+            assert model.generate(f"q{i}").cost_usd is None
+        """)
+    result = pytester.runpytest("--model=fake:m", "--evals-budget=1")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["cost: 3 calls of priced models have no cost (the tokens their price needs are "
+                                 "unknown)", "evals-budget: an unknown amount of $1 spent; 3 calls of priced models "
+                                 "with no cost (their token counts are unknown)"])
+    assert "$0.0000" not in result.stdout.str()
+    assert rows(pytester, "SELECT cost_basis, count(*) FROM calls GROUP BY 1") == [("unknown", 3)]

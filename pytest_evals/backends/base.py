@@ -50,6 +50,7 @@ class Reply:
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
     backend: str | None = None  # the spec that answered
+    prompt_tokens_estimated: bool = False  # prompt_tokens is an estimate: the server could not count them
 
     def __str__(self) -> str:
         return self.text

@@ -49,6 +49,7 @@ ALIGNMENT_PROBE = ("One, two, three, four, five, six, seven, eight, nine, ten. M
 DEFAULT_TIMEOUT_S = 600.0
 OWN_OPTIONS = ("context_window",)  # read here; every other spec option is sent as a request field
 CHARS_PER_TOKEN = 3.0  # a deliberately high token estimate where the server cannot count a chat
+TEMPLATE_TOKENS_PER_MESSAGE = 5  # what a chat template adds around a message (role markers, separators)
 RATE_LIMIT_TRIES = 3  # a batched request that meets 429s
 MAX_BATCH_WAIT_S = 5.0
 DRAIN_TIMEOUT_S = 1.0  # after [DONE], how long the rest of a stream's body is waited for
@@ -215,13 +216,12 @@ class OpenAIBackend(Backend):
         # Servers that send no usage in streams (llama.cpp) stream one token per chunk, and their
         # tokenizer endpoint counts the prompt.
         completion_tokens = usage.get("completion_tokens", chunks_with_content)
-        prompt_tokens = usage.get("prompt_tokens")
-        if prompt_tokens is None:
-            prompt_tokens = await self._count_prompt(payload)
+        prompt_tokens, estimated = await self._prompt_tokens(payload, usage)
         ttft = watch.ttft()
         return Reply(
             text=text,
             prompt_tokens=prompt_tokens,
+            prompt_tokens_estimated=estimated,
             completion_tokens=completion_tokens,
             latency_s=latency,
             ttft_s=ttft,
@@ -273,15 +273,36 @@ class OpenAIBackend(Backend):
         text, stopped = apply_stop(message.get("content") or choice.get("text") or "", stop)
         usage = body.get("usage") or {}
         completion_tokens = usage.get("completion_tokens")
+        prompt_tokens, estimated = await self._prompt_tokens(payload, usage)
         return Reply(
             text=text,
-            prompt_tokens=usage.get("prompt_tokens"),
+            prompt_tokens=prompt_tokens,
+            prompt_tokens_estimated=estimated,
             completion_tokens=completion_tokens,
             latency_s=latency,
             tool_calls=tuple(_tool_call(calls[k]) for k in sorted(calls)),
             finish_reason="stop" if stopped else choice.get("finish_reason"),
             backend=self.spec.raw,
         )
+
+    async def _prompt_tokens(self, payload: dict[str, Any], usage: dict[str, Any]) -> tuple[int | None, bool]:
+        """(prompt tokens, whether estimated): the server's usage, else its tokenizer on the prompt, else
+        (a chat the server cannot count: llama.cpp) its tokenizer on the messages' text plus each message's
+        template tokens, else a deliberately high estimate from the length. Marked estimated, a cost
+        from it still counts against the budget."""
+        if usage.get("prompt_tokens") is not None:
+            return usage["prompt_tokens"], False
+        counted = await self._count_prompt(payload)
+        if counted is not None:
+            return counted, False
+        if "messages" not in payload:
+            return None, False
+        text = _messages_text(payload)
+        per_message = TEMPLATE_TOKENS_PER_MESSAGE * len(payload.get("messages") or ())
+        counted = await self._count_prompt({"prompt": text})
+        if counted is not None:
+            return counted + per_message, True
+        return int(len(text) / CHARS_PER_TOKEN) + 1 + per_message, True
 
     async def _count_prompt(self, payload: dict[str, Any]) -> int | None:
         """Prompt tokens from the server's own tokenizer, where it has an endpoint for it:
@@ -457,6 +478,18 @@ CONTEXT_LENGTH = re.compile(r"maximum context length is (\d+)")
 def echo_payload(model: str, prompt: str) -> dict[str, Any]:
     """A completions request that returns the prompt's own tokens with their logprobs."""
     return {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+
+
+def _messages_text(payload: dict[str, Any]) -> str:
+    """A chat request's text as a chat template renders it, less the template's own tokens."""
+    parts = []
+    for message in payload.get("messages") or ():
+        parts.append(f"{message.get('role')}\n{message.get('content') or ''}")
+        if message.get("tool_calls"):
+            parts.append(json.dumps(message["tool_calls"]))
+    if payload.get("tools"):
+        parts.append(json.dumps(payload["tools"]))
+    return "\n".join(parts)
 
 
 def chat_payload(request: ChatRequest) -> dict[str, Any]:

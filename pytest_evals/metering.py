@@ -87,6 +87,7 @@ class Usage:
         self.models: dict[str, dict[str, list]] = {}
         self.batched = 0  # calls served from batches across cases
         self.cost_bases: dict[str | None, int] = {}  # calls by what their cost rests on (None: no price applies)
+        self.stream_cuts: dict[str, int] = {}  # spec -> streams its server cut (each sent again)
 
     def note(self) -> str | None:
         """What the latency columns show, where batches could blur it."""
@@ -113,6 +114,9 @@ class Usage:
             if call.batched:
                 self.batched += 1
             self.cost_bases[call.cost_basis] = self.cost_bases.get(call.cost_basis, 0) + 1
+            if call.stream_cuts:
+                server = call.spec or call.model
+                self.stream_cuts[server] = self.stream_cuts.get(server, 0) + call.stream_cuts
             if call.cost_basis == "estimated":
                 data.setdefault("estimated", []).append(1)
             for name in ("input_tokens", "output_tokens", "cost_usd", "gpu_peak_mib"):
@@ -135,6 +139,13 @@ class Usage:
         if unknown:
             parts.append(f"{unknown} calls of priced models have no cost (the tokens their price needs are unknown)")
         return "cost: " + "; ".join(parts) if parts else None
+
+    def cut_notes(self) -> list[str]:
+        """Servers that cut streams when another request arrived: what the backend did, and the fix."""
+        return [f"evals-http: {spec} cut {n} streams when another request arrived (llama-cpp-python's server does "
+                "so by default); each cut halved the concurrency limit (down to one request at a time) and the cut "
+                "request was sent again, so the answers are whole, only slower; start the server with "
+                "--interrupt_requests False to run at full concurrency" for spec, n in self.stream_cuts.items()]
 
     @property
     def cost_unknown(self) -> int:

@@ -214,6 +214,7 @@ def _fill(row: CallRow, result: object) -> bool:
         row.input_tokens = result.prompt_tokens
         row.input_tokens_estimated = 1 if result.prompt_tokens_estimated and result.prompt_tokens is not None else None
         row.output_tokens = result.completion_tokens
+        row.stream_cuts = result.stream_cuts or None
         row.ttft_s = result.ttft_s
         row.tpot_s = result.tpot_s
         row.cost_usd = result.cost_usd

@@ -426,6 +426,8 @@ class SessionPlugin:
             for note in (self.usage.note(), self.usage.cost_note()):
                 if note:
                     tr.write_line(note)
+        for line in self.usage.cut_notes():
+            tr.write_line(line, yellow=True)
         if self.model_calls and self.run.settings.batch_size > 1:
             tr.write_line(f"evals-batch: {self.batched_calls} of {self.model_calls} model calls served from batches "
                           f"across cases; {self.model_calls - self.batched_calls} one at a time")

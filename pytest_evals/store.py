@@ -249,6 +249,7 @@ def _m009_completion_timings_costs(db: sqlite_utils.Database) -> None:
     # what cost_usd rests on where a price applies: counted | estimated (input tokens) | gpu_time | unknown
     # (priced, but the figures its price needs do not exist); NULL: no price applies
     db["calls"].add_column("cost_basis", str)
+    db["calls"].add_column("stream_cuts", int)  # times the server cut the call's stream before it came whole
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -288,6 +289,7 @@ class CallRow:
     batch_s: float | None = None  # batched calls: the wall time of the batch that served it
     input_tokens_estimated: int | None = None  # 1: input_tokens is an estimate
     cost_basis: str | None = None  # counted | estimated | gpu_time | unknown; None: no price applies
+    stream_cuts: int | None = None  # times the server cut its stream before it came whole (sent again)
 
 
 @dataclass

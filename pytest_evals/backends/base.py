@@ -51,6 +51,7 @@ class Reply:
     finish_reason: str | None = None
     backend: str | None = None  # the spec that answered
     prompt_tokens_estimated: bool = False  # prompt_tokens is an estimate: the server could not count them
+    stream_cuts: int = 0  # times the server cut this request's stream before it was answered whole
 
     def __str__(self) -> str:
         return self.text
@@ -132,6 +133,14 @@ class TransientError(BackendError):
         super().__init__(message)
         self.kind = kind
         self.retry_after = retry_after
+
+
+class StreamInterrupted(TransientError):
+    """A server cut a stream before its end (llama-cpp-python does so when another request arrives,
+    unless started with ``--interrupt_requests False``): retried like a 429, with fewer in flight."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "connection")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

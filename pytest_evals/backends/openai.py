@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 from concurrent.futures import Future
 from dataclasses import replace
@@ -32,6 +33,7 @@ from .base import (
     PartialBatch,
     Reply,
     Stopwatch,
+    StreamInterrupted,
     ToolCall,
     TransientError,
     UnsupportedTask,
@@ -52,6 +54,9 @@ CHARS_PER_TOKEN = 3.0  # a deliberately high token estimate where the server can
 TEMPLATE_TOKENS_PER_MESSAGE = 5  # what a chat template adds around a message (role markers, separators)
 RATE_LIMIT_TRIES = 3  # a batched request that meets 429s
 MAX_BATCH_WAIT_S = 5.0
+CUT_TRIES = 12  # a request whose stream the server cuts is sent again, up to this many times in all
+MAX_CUT_WAIT_S = 2.0
+INTERRUPT_FLAG = "--interrupt_requests False"  # llama-cpp-python's server flag that stops the cuts
 DRAIN_TIMEOUT_S = 1.0  # after [DONE], how long the rest of a stream's body is waited for
 
 
@@ -203,6 +208,8 @@ class OpenAIBackend(Backend):
         except TransientError as exc:
             if chunks == 0 and with_tools and exc.kind == "server":
                 return await self._after_failed_stream(path, payload, stop)
+            if chunks and exc.kind == "connection":  # the body stopped half-way: the server cut the stream
+                raise StreamInterrupted(f"{exc}; the server cut the stream after {chunks} chunks") from exc
             raise
         latency = watch.elapsed()
         if finish is None:
@@ -210,8 +217,8 @@ class OpenAIBackend(Backend):
                 return await self._after_failed_stream(path, payload, stop)
             # Every OpenAI-compatible server ends a stream with a finish_reason; without one the
             # stream was cut (llama-cpp-python interrupts a stream when another request arrives).
-            raise TransientError(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
-                                 f"after {len(parts)} chunks (interrupted)", "connection")
+            raise StreamInterrupted(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
+                                    f"after {len(parts)} chunks (interrupted)")
         text, stopped = apply_stop("".join(parts), stop)
         # Servers that send no usage in streams (llama.cpp) stream one token per chunk, and their
         # tokenizer endpoint counts the prompt.
@@ -346,7 +353,8 @@ class OpenAIBackend(Backend):
         """Each request on its own HTTP call, all of them on the event loop at once, up to the
         concurrency limit in flight (AIMD: a 429 halves the limit and the request waits and tries again,
         up to twice; successes grow it back). A lone request meets its 429 itself: the case's retry
-        policy decides."""
+        policy decides. A stream the server cut (StreamInterrupted) halves the limit too and is sent
+        again, lone or batched, up to CUT_TRIES times: such a server answers whole, only slower."""
         return self._loop.run(self._gather(one, requests), self._inflight)
 
     async def _gather(self, one: Callable[[Any], Awaitable[Any]], requests: Sequence[Any]) -> list[Any]:
@@ -354,24 +362,33 @@ class OpenAIBackend(Backend):
         tries = RATE_LIMIT_TRIES if batch else 1
 
         async def run(request: Any) -> Any:
-            attempt = 1
+            attempt, cuts = 1, 0
             while True:
                 async with self.limiter.slot(urgent=not batch):  # a case's own call goes first
                     if batch and self._cancelled:
                         raise BackendError(f"{self.spec.label}: not sent: the cases of this batch will not run")
                     try:
                         result = await one(request)
+                    except StreamInterrupted as exc:
+                        # the server cuts a stream when another request arrives: fewer at once, and again,
+                        # after a random pause so that two processes' requests stop meeting
+                        self.limiter.throttled()
+                        cuts += 1
+                        if cuts >= CUT_TRIES:
+                            raise StreamInterrupted(f"{exc}; cut {cuts} times, so given up: start the server "
+                                                    f"with {INTERRUPT_FLAG}") from None
+                        wait = random.uniform(0.0, min(MAX_CUT_WAIT_S, 0.1 * 2 ** cuts))
                     except TransientError as exc:
                         if exc.kind != "rate_limit":
                             raise
                         self.limiter.throttled()
                         if attempt >= tries:
                             raise
+                        attempt += 1
                         wait = min(exc.retry_after if exc.retry_after is not None else 0.5, MAX_BATCH_WAIT_S)
                     else:
                         self.limiter.succeeded()
-                        return result
-                attempt += 1
+                        return replace(result, stream_cuts=cuts) if cuts and isinstance(result, Reply) else result
                 await asyncio.sleep(wait)  # outside the limiter: the others go on meanwhile
 
         outcomes = await asyncio.gather(*(run(r) for r in requests), return_exceptions=True)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from pytest_evals.backends.base import BackendError, BackendSettings, ChatRequest, GenerateRequest, LoglikelihoodRequest
-from pytest_evals.backends.base import TransientError, UnsupportedTask
+from pytest_evals.backends.base import UnsupportedTask
 from pytest_evals.backends.openai import OpenAIBackend, echo_is_shifted, score_echo
 from pytest_evals.specs import SpecError, parse_spec
 

@@ -136,6 +136,24 @@ def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
     return [f"wrote {args.html} (run {run_id})"]
 
 
+def cmd_cache(args: argparse.Namespace) -> list[str]:
+    """The converted model copies (GGUF files dequantized for transformers): list them, or clear them."""
+    from .backends.gguf_cache import clear_copies, copies_root, list_copies
+
+    if args.action == "clear":
+        removed, freed = clear_copies()
+        return [f"removed {removed} converted model copies ({freed / 2**20:.0f} MiB) from {copies_root()}"]
+    copies = list_copies()
+    if not copies:
+        return [f"{copies_root()}: no converted model copies"]
+    rows = [[c["folder"].name, f"{c['bytes'] / 2**20:.0f}", (c["sha256"] or "-")[:16], c["source"] or "-"]
+            for c in copies]
+    total = sum(c["bytes"] for c in copies) / 2**20
+    return [*format_table(["copy", "MiB", "sha256", "converted from"], rows, name_columns=1),
+            f"{len(copies)} converted model copies, {total:.0f} MiB, in {copies_root()}; "
+            "`pytest-evals cache clear` removes them (the next load converts again, ~20 s for SmolLM2)"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-evals", description="Read the runs that pytest-evals stored.")
     db_help = f"database (default {DEFAULT_DB}); before or after the command"
@@ -157,17 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="run id or 'latest'")
     report.add_argument("--html", required=True, metavar="FILE")
     report.set_defaults(func=cmd_report)
+    cache = sub.add_parser("cache", help="the converted model copies: list, or clear them")
+    cache.add_argument("action", choices=["list", "clear"])
+    cache.set_defaults(func=cmd_cache, needs_store=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        store = open_store(args.db)
-        try:
-            lines = args.func(store, args)
-        finally:
-            store.close()
+        if not getattr(args, "needs_store", True):
+            lines = args.func(args)
+        else:
+            store = open_store(args.db)
+            try:
+                lines = args.func(store, args)
+            finally:
+                store.close()
     except CommandError as exc:
         print(f"pytest-evals: {exc}", file=sys.stderr)
         return 2

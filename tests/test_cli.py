@@ -106,3 +106,27 @@ def test_html_report_renders_in_headless_chromium(two_runs: pytest.Pytester) -> 
                    capture_output=True, timeout=60)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank one
+
+
+def test_cache_lists_and_clears_the_converted_model_copies(tmp_path, monkeypatch) -> None:
+    import json
+
+    monkeypatch.setenv("PYTEST_EVALS_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "cache" / "dequantized" / "Smol-0123456789abcdef"
+    copy.mkdir(parents=True)
+    (copy / "model.safetensors").write_bytes(b"\0" * (3 << 20))
+    (copy / ".pytest-evals-complete").write_text(json.dumps({"source": "/envs/a/smol.gguf", "sha256": "0123456789abcdef" * 4}))
+    (copy.parent / "Smol-half.1234").mkdir()  # a conversion that died half-way: not listed, but cleared
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pytest_evals.cli", *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+
+    listed = cli("cache", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[2].split() == ["Smol-0123456789abcdef", "3", "0123456789abcdef", "/envs/a/smol.gguf"]
+    assert "1 converted model copies, 3 MiB" in listed.stdout  # no database needed
+    cleared = cli("cache", "clear")
+    assert cleared.stdout.strip() == f"removed 2 converted model copies (3 MiB) from {copy.parent}"
+    assert list(copy.parent.iterdir()) == []
+    assert cli("cache", "list").stdout.strip() == f"{copy.parent}: no converted model copies"

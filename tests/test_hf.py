@@ -134,6 +134,31 @@ def test_gguf_copy_is_cached_and_reused(smollm2) -> None:
     assert "quantization_config" not in (folder / "config.json").read_text()
 
 
+def test_the_same_gguf_in_two_places_shares_one_copy(smollm2, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy is keyed by the file's content: another environment's file of the same bytes reuses it."""
+    import shutil
+
+    from pytest_evals.backends.gguf_cache import embedded_gguf
+
+    gguf = embedded_gguf()
+    elsewhere = tmp_path / "other-env" / gguf.name
+    elsewhere.parent.mkdir()
+    shutil.copyfile(gguf, elsewhere)
+    assert copy_dir_for(elsewhere) == copy_dir_for(gguf)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_conversion)
+    assert dequantized_copy(elsewhere) == copy_dir_for(gguf)
+    with open(elsewhere, "r+b") as handle:  # other bytes, another copy
+        handle.seek(1 << 20)
+        handle.write(b"\x00" * 16)
+    assert copy_dir_for(elsewhere) != copy_dir_for(gguf)
+
+
 def test_example_suites_on_the_embedded_default(pytester: pytest.Pytester, request) -> None:
     suites = request.config.rootpath / "example_suites"
     result = pytester.runpytest_subprocess(str(suites), "-n", "2", "-k", "arith-001 or arith-002 or mc-001 or mc-002",

@@ -2,20 +2,23 @@
 
 Loading a GGUF through transformers dequantizes every tensor (~20 s for SmolLM2-135M); saving the
 result as an ordinary model folder once makes later loads take ~2 s. The copy lives in the user's
-cache directory, keyed by the file's path, size and modification time, and is written to a temporary
-folder then renamed, so concurrent xdist workers never see half a copy.
+cache directory, keyed by the SHA-256 of the file's content, so the same file in two environments (two
+virtualenvs, two checkouts) shares one copy. The digest is computed once per file version and kept in
+an index by path, size and modification time. A copy is written to a temporary folder then renamed, so
+concurrent xdist workers never see half a copy. ``pytest-evals cache list|clear`` shows and removes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..specs import SpecError
 
@@ -47,10 +50,72 @@ def cache_root() -> Path:
     return Path(base) / "pytest-evals"
 
 
-def copy_dir_for(gguf: Path) -> Path:
+def copies_root() -> Path:
+    return cache_root() / "dequantized"
+
+
+def content_digest(gguf: Path) -> str:
+    """SHA-256 of the file's content, computed once per file version (path, size, modification time)."""
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root() / "dequantized" / f"{gguf.stem}-{key}"
+    version = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    index_path = cache_root() / "digests.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    if version in index:
+        return index[version]
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    with _lock(index_path.with_name("digests.lock")):
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            index = {}
+        index[version] = value
+        tmp = index_path.with_name(f"digests.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
+        os.replace(tmp, index_path)
+    return value
+
+
+def copy_dir_for(gguf: Path) -> Path:
+    """The folder of ``gguf``'s dequantized copy: named by the file's stem and its content's digest."""
+    return copies_root() / f"{gguf.stem}-{content_digest(gguf)[:16]}"
+
+
+def list_copies() -> list[dict[str, Any]]:
+    """The complete dequantized copies in the cache: folder, source file, digest, size in bytes."""
+    root = copies_root()
+    copies = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        mark = folder / COMPLETE_MARK
+        if not folder.is_dir() or not mark.exists():
+            continue
+        try:
+            about = json.loads(mark.read_text(encoding="utf-8"))
+        except ValueError:  # a copy made before the mark was JSON: its first line is the source
+            about = {"source": mark.read_text(encoding="utf-8").strip()}
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        copies.append({"folder": folder, "source": about.get("source"), "sha256": about.get("sha256"), "bytes": size})
+    return copies
+
+
+def clear_copies() -> tuple[int, int]:
+    """Remove every dequantized copy (and half-written ones); (folders removed, bytes freed)."""
+    root = copies_root()
+    removed = freed = 0
+    for folder in list(root.iterdir()) if root.is_dir() else []:
+        if folder.is_dir():
+            freed += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+        elif folder.suffix == ".lock":
+            folder.unlink(missing_ok=True)
+    return removed, freed
 
 
 @contextmanager
@@ -91,7 +156,7 @@ def dequantized_copy(gguf: Path) -> Path:
         try:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            (tmp / COMPLETE_MARK).write_text(str(gguf) + "\n")
+            (tmp / COMPLETE_MARK).write_text(json.dumps({"source": str(gguf), "sha256": content_digest(gguf)}))
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)

@@ -156,6 +156,15 @@ def test_a_chat_the_server_cannot_count_is_priced_from_an_estimate_and_the_budge
                                  f"* tests not run (budget spent); {len(calls)} calls priced from estimated prompt "
                                  "tokens"])
     assert "$0.0000" not in result.stdout.str()
+    # the estimate is close to the server's own count of the same chat, which it reports unstreamed
+    import httpx
+
+    true = httpx.post(f"{llama_server}/chat/completions", timeout=60, json={
+        "model": "smollm2", "messages": [{"role": "user", "content": "Say the number 3 in words."}], "max_tokens": 1,
+    }).json()["usage"]["prompt_tokens"]
+    (estimate,), = rows(pytester, "SELECT input_tokens FROM calls JOIN cases ON cases.id = calls.case_id "
+                                  "WHERE nodeid LIKE '%[3-%'")
+    assert abs(estimate - true) <= 2, (estimate, true)
 
 
 def test_calls_whose_cost_is_unknown_are_never_shown_as_free(pytester: pytest.Pytester) -> None:

@@ -129,6 +129,7 @@ class OpenAIBackend(Backend):
         self._aligned: bool | None = None  # whether echoed prompt logprobs can be trusted
         self._tokenizer_endpoint: str | None = None  # which tokenizer endpoint the server has
         self._tokenizer_missing: set[str] = set()
+        self._overheads: dict[bool, asyncio.Future[int]] = {}  # chat template tokens beyond the text, by system
 
     def _new_client(self) -> httpx.AsyncClient:
         read = self.settings.timeout_s or DEFAULT_TIMEOUT_S
@@ -307,9 +308,28 @@ class OpenAIBackend(Backend):
         text = _messages_text(payload)
         per_message = TEMPLATE_TOKENS_PER_MESSAGE * len(payload.get("messages") or ())
         counted = await self._count_prompt({"prompt": text})
-        if counted is not None:
-            return counted + per_message, True
-        return int(len(text) / CHARS_PER_TOKEN) + 1 + per_message, True
+        if counted is None:
+            return int(len(text) / CHARS_PER_TOKEN) + 1 + per_message, True
+        return counted + per_message + await self._template_overhead(payload, counted + per_message), True
+
+    async def _template_overhead(self, payload: dict[str, Any], estimate: int) -> int:
+        """What the chat template adds beyond the messages' text (a default system prompt where none is
+        given, the generation prompt), learnt once per process for chats with and without a system
+        message: one unstreamed request of one token, whose usage the server does report."""
+        has_system = any(m.get("role") == "system" for m in payload.get("messages") or ())
+        if has_system not in self._overheads:
+            self._overheads[has_system] = asyncio.ensure_future(self._probe_overhead(payload, estimate))
+        return await asyncio.shield(self._overheads[has_system])
+
+    async def _probe_overhead(self, payload: dict[str, Any], estimate: int) -> int:
+        body = {"model": self.spec.target, "messages": payload.get("messages"), "max_tokens": 1, "temperature": 0,
+                "stream": False}
+        try:
+            response = await self.client.post("/chat/completions", json=body)
+            true = (response.json().get("usage") or {}).get("prompt_tokens") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            true = None
+        return true - estimate if isinstance(true, int) else 0
 
     async def _count_prompt(self, payload: dict[str, Any]) -> int | None:
         """Prompt tokens from the server's own tokenizer, where it has an endpoint for it:

@@ -4,6 +4,8 @@
     pytest-evals show RUN
     pytest-evals compare RUN_A RUN_B [--alpha 0.05] [--margin 0]
     pytest-evals report RUN --html FILE
+    pytest-evals cache stats|prune|clear [--path .evals/cache.sqlite] [--older-than DAYS]
+    pytest-evals cache list | clear --copies
 
 ``RUN`` is a run id or ``latest``. ``--db PATH`` picks the database (default ``.evals/evals.sqlite``).
 """
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .callcache import DEFAULT_CACHE
 from .report import format_table
 from .scoring import PASS_RATE, compare, regression_reasons, scores_of
 from .store import DEFAULT_DB, Store, StoreError
@@ -137,21 +140,38 @@ def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
 
 
 def cmd_cache(args: argparse.Namespace) -> list[str]:
-    """The converted model copies (GGUF files dequantized for transformers): list them, or clear them."""
+    """The call cache (stats, prune, clear) and the converted model copies (list, clear --copies)."""
+    from . import callcache
     from .backends.gguf_cache import clear_copies, copies_root, list_copies
 
-    if args.action == "clear":
-        removed, freed = clear_copies()
-        return [f"removed {removed} converted model copies ({freed / 2**20:.0f} MiB) from {copies_root()}"]
-    copies = list_copies()
-    if not copies:
-        return [f"{copies_root()}: no converted model copies"]
-    rows = [[c["folder"].name, f"{c['bytes'] / 2**20:.0f}", (c["sha256"] or "-")[:16], c["source"] or "-"]
-            for c in copies]
-    total = sum(c["bytes"] for c in copies) / 2**20
-    return [*format_table(["copy", "MiB", "sha256", "converted from"], rows, name_columns=1),
-            f"{len(copies)} converted model copies, {total:.0f} MiB, in {copies_root()}; "
-            "`pytest-evals cache clear` removes them (the next load converts again, ~20 s for SmolLM2)"]
+    if args.action == "list" or (args.action == "clear" and args.copies):
+        if args.action == "clear":
+            removed, freed = clear_copies()
+            return [f"removed {removed} converted model copies ({freed / 2**20:.0f} MiB) from {copies_root()}"]
+        copies = list_copies()
+        if not copies:
+            return [f"{copies_root()}: no converted model copies"]
+        rows = [[c["folder"].name, f"{c['bytes'] / 2**20:.0f}", (c["sha256"] or "-")[:16], c["source"] or "-"]
+                for c in copies]
+        total = sum(c["bytes"] for c in copies) / 2**20
+        return [*format_table(["copy", "MiB", "sha256", "converted from"], rows, name_columns=1),
+                f"{len(copies)} converted model copies, {total:.0f} MiB, in {copies_root()}; "
+                "`pytest-evals cache clear --copies` removes them (the next load converts again, ~20 s for SmolLM2)"]
+    path = Path(args.path)
+    try:
+        if args.action == "clear":
+            return [f"removed {path} ({callcache.clear(path)} stored answers)"]
+        if args.action == "prune":
+            removed = callcache.prune(path, args.older_than)
+            return [f"removed {removed} answers not used for {args.older_than:g} days from {path} "
+                    f"({path.stat().st_size / 2**20:.1f} MiB left)"]
+        data = callcache.stats(path)
+    except callcache.CacheError as exc:
+        raise CommandError(str(exc)) from None
+    rows = [[backend, model, method, str(n), str(hits)] for backend, model, method, n, hits in data["groups"]]
+    lines = format_table(["backend", "model", "method", "answers", "served"], rows, name_columns=3) if rows else []
+    return [*lines, f"{path}: {data['answers']} answers, {data['bytes'] / 2**20:.1f} MiB, served {data['hits']} times; "
+            f"first stored {data['first'] or '-'}, last used {data['last_used'] or '-'}"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,8 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="run id or 'latest'")
     report.add_argument("--html", required=True, metavar="FILE")
     report.set_defaults(func=cmd_report)
-    cache = sub.add_parser("cache", help="the converted model copies: list, or clear them")
-    cache.add_argument("action", choices=["list", "clear"])
+    cache = sub.add_parser("cache", help="the call cache (stats, prune, clear) and the converted model copies "
+                           "(list, clear --copies)")
+    cache.add_argument("action", choices=["stats", "prune", "clear", "list"],
+                       help="stats: what the call cache holds; prune: drop answers unused for --older-than days; "
+                       "clear: remove the call cache (with --copies: the converted model copies); list: the copies")
+    cache.add_argument("--path", default=DEFAULT_CACHE, help=f"the call cache (default {DEFAULT_CACHE})")
+    cache.add_argument("--older-than", type=float, default=30.0, metavar="DAYS", help="prune: default 30")
+    cache.add_argument("--copies", action="store_true", help="clear: the converted model copies instead")
     cache.set_defaults(func=cmd_cache, needs_store=False)
     return parser
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .backends.base import BackendSettings
+from .callcache import CacheView, CallCache
 from .gates import Gates
 from .gpus import GpuPlan
 from .interruption import SignalGuard
@@ -65,6 +66,7 @@ class RunContext:
     gpus: str | None = None  # the GPUs this process is pinned to
     resume_state: ResumeState | None = None  # the finished cases to replay (--evals-resume)
     signals: SignalGuard = field(default_factory=SignalGuard)  # SIGTERM as Ctrl-C; signals held while finishing
+    cache: CallCache | None = None  # --evals-cache (None: off); each process opens the file itself
 
     @property
     def is_worker(self) -> bool:
@@ -156,7 +158,11 @@ def _model(run: RunContext, spec: ModelSpec, name: str, log: CaseLog, policy: Re
         assert fallback is not None
         return _model(run, fallback, fallback.label, log, policy, role, None)
 
+    view = None
+    if run.cache is not None:
+        model, weights = run.pool.model_and_weights(spec)
+        view = CacheView(run.cache, spec.backend, model, weights)
     return Model(backend, log.calls, name=name, policy=policy, breaker=run.pool.breaker(spec, name),
                  fallback=build_fallback if fallback is not None else None, price=run.prices.find(spec.raw, name),
                  transcript=log.transcript, role=role,
-                 planner=planner if backend.batches_across_cases else None)
+                 planner=planner if backend.batches_across_cases else None, cache=view)

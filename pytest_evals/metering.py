@@ -88,6 +88,11 @@ class Usage:
         self.batched = 0  # calls served from batches across cases
         self.cost_bases: dict[str | None, int] = {}  # calls by what their cost rests on (None: no price applies)
         self.stream_cuts: dict[str, int] = {}  # spec -> streams its server cut (each sent again)
+        self.calls = 0  # every call attempt
+        self.cached = 0  # calls answered from the call cache
+        self.cached_costs: list[float] = []  # what those would have cost, where their price is known
+        self.cached_unpriced = 0  # cached calls of priced models whose cost the recorded figures cannot give
+        self.cache_misses = 0  # replayed calls the cache did not hold (their cases errored)
 
     def note(self) -> str | None:
         """What the latency columns show, where batches could blur it."""
@@ -111,6 +116,12 @@ class Usage:
             "cases", "input_tokens", "output_tokens", "cost_usd", "latency_s", "ttft_s", "tpot_s", "gpu_peak_mib")})
         data["cases"].append(1)
         for call in calls:
+            self.calls += 1
+            if call.cached:
+                self._add_cached(call)
+                continue
+            if call.error and call.error.startswith("CacheMiss:"):
+                self.cache_misses += 1
             if call.batched:
                 self.batched += 1
             self.cost_bases[call.cost_basis] = self.cost_bases.get(call.cost_basis, 0) + 1
@@ -128,6 +139,33 @@ class Usage:
                     value = getattr(call, name)
                     if value is not None:
                         data[name].append(value)
+
+    def _add_cached(self, call: Any) -> None:
+        """A call the cache answered: it cost nothing and took no model time, so it stays out of the token,
+        latency and cost columns; its recorded cost is what it would have cost."""
+        self.cached += 1
+        if call.cached_cost_usd is not None:
+            self.cached_costs.append(call.cached_cost_usd)
+        elif call.cost_basis == "cached":  # a price applies, but the recorded figures it needs are missing
+            self.cached_unpriced += 1
+
+    def cache_line(self, path: str, mode: str, priced: bool) -> str:
+        """How many calls the call cache answered, what they would have cost, and what it missed."""
+        made = self.calls - self.cached - self.cache_misses
+        line = f"evals-cache ({mode}): {self.cached} of {self.calls} model calls answered from {path}"
+        if self.cached:
+            if self.cached_costs and priced:
+                line += f" (they would have cost {'at least ' if self.cached_unpriced else ''}${sum(self.cached_costs):.4f})"
+            elif priced:
+                line += " (what they would have cost is unknown: their recorded tokens or times are missing)"
+            else:
+                line += " (no prices are set, so what they would have cost is unknown)"
+        if mode == "replay":
+            line += (f"; {self.cache_misses} calls were not in it, and their cases ended as errors "
+                     "(record them with --evals-cache=use)" if self.cache_misses else "; none was missing")
+        else:
+            line += f"; {made} calls made" + (", their answers stored" if made else "")
+        return line
 
     def cost_note(self) -> str | None:
         """What the costs rest on, where part of them is estimated or unknown; None where all were counted."""

@@ -28,6 +28,7 @@ from .backends.base import (
     UnsupportedTask,
     likeliest,
 )
+from .callcache import CacheView
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
 from .planner import Planner
@@ -42,8 +43,10 @@ class Model:
     def __init__(self, backend: Backend, calls: list[CallRow], *, name: str | None = None,
                  policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
                  fallback: Callable[[], "Model"] | None = None, price: Price | None = None,
-                 transcript: Transcript | None = None, role: str = "model", planner: Planner | None = None) -> None:
+                 transcript: Transcript | None = None, role: str = "model", planner: Planner | None = None,
+                 cache: CacheView | None = None) -> None:
         self._backend = backend
+        self._cache = cache  # --evals-cache: this model's calls in the call cache
         self._planner = planner  # batching across cases; None: every call goes to the backend alone
         self._role = role
         self.transcript = transcript if transcript is not None else Transcript()
@@ -132,22 +135,32 @@ class Model:
         return likeliest(scores)
 
     # --- dispatch and logging ---------------------------------------------------------------------
-    def _sender(self, method: str, requests: list[Any], one: bool = True) -> Callable[[Backend], Any]:
-        """What one attempt does: the backend's batch method on ``requests`` (through the batch
-        planner, which may already hold the results of a batched call)."""
-        def run(backend: Backend) -> Any:
+    def _sender(self, method: str, requests: list[Any], one: bool = True) -> Callable[["Model"], Any]:
+        """What one attempt of the model that answers (this one, or its fallback) does: the call cache's
+        answers where it holds them all, else the backend's batch method on ``requests`` (through the
+        batch planner, which may already hold the results of a batched call)."""
+        def run(model: Model) -> Any:
+            view = model._cache
+            if view is not None and view.cache.reads:
+                found = view.lookup(method, requests)
+                if found is not None:
+                    return found[0] if one else found
+                if view.cache.mode == "replay":
+                    raise view.miss(method, requests, model._backend.spec.raw)
             try:
-                if self._planner is not None:
-                    results = self._planner.answer(backend, method, requests)
+                if model._planner is not None:
+                    results = model._planner.answer(model._backend, method, requests)
                 else:
-                    results = getattr(backend, method)(requests)
+                    results = getattr(model._backend, method)(requests)
             except PartialBatch as partial:  # a case's own call fails as its first failed request did
                 raise partial.first_error from None
+            if view is not None and view.cache.writes:
+                view.store(method, requests, results)
             return results[0] if one else results
 
         return run
 
-    def _call(self, kind: str, shown_input: str, run: Callable[[Backend], T], task: str | None = None,
+    def _call(self, kind: str, shown_input: str, run: Callable[["Model"], T], task: str | None = None,
               **fields: Any) -> T:
         __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
         task = task or KIND_TASK[kind]
@@ -162,7 +175,7 @@ class Model:
         # answers, recorded as itself.
         return self._fallback()._call(kind, shown_input, run, task, **fields)
 
-    def _attempts(self, kind: str, shown_input: str, run: Callable[[Backend], T], fields: dict[str, Any]) -> T:
+    def _attempts(self, kind: str, shown_input: str, run: Callable[["Model"], T], fields: dict[str, Any]) -> T:
         __tracebackhide__ = True
 
         def attempt(number: int) -> T:
@@ -172,7 +185,7 @@ class Model:
             self._calls.append(row)  # every attempt is a row, with its error
             watch = Stopwatch()
             try:
-                result = run(self._backend)
+                result = run(self)
             except Exception as exc:  # a fault of the backend, not of the answer
                 row.latency_s = watch.elapsed()
                 row.error = f"{type(exc).__name__}: {exc}"
@@ -180,6 +193,8 @@ class Model:
                     raise
                 raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
             row.latency_s = watch.elapsed()
+            if _cached(result):  # nothing was called: this run's time is the lookup's, and it cost nothing
+                return _fill_cached(row, result, self._price)
             own = _fill(row, result)
             if self._planner is not None and self._planner.last_hit is not None:
                 row.batched = 1  # served from a batched call: the batch's time is kept beside the call's own
@@ -230,6 +245,36 @@ def _fill(row: CallRow, result: object) -> bool:
             row.latency_s = max(times)  # a question's choices: until its last choice was scored
             return True
     return False
+
+
+def _cached(result: object) -> bool:
+    if isinstance(result, list):
+        return bool(result) and all(getattr(r, "cached", False) for r in result)
+    return bool(getattr(result, "cached", False))
+
+
+def _fill_cached(row: CallRow, result: T, price: Price | None) -> T:
+    """A call answered from the call cache: the recorded call's timings and tokens in their own columns,
+    and what it would have cost; in this run it cost $0 and processed no tokens."""
+    recorded = CallRow(kind=row.kind, model=row.model)
+    _fill(recorded, result)
+    row.output_text = recorded.output_text
+    row.cached = 1
+    row.cached_latency_s = recorded.latency_s if _own_latency(result) else None
+    row.cached_ttft_s, row.cached_tpot_s = recorded.ttft_s, recorded.tpot_s
+    row.cached_input_tokens, row.cached_output_tokens = recorded.input_tokens, recorded.output_tokens
+    row.cost_usd = 0.0
+    if price is not None:
+        row.cost_basis = "cached"
+        row.cached_cost_usd = price.cost(recorded.input_tokens, recorded.output_tokens, row.cached_latency_s)
+    if isinstance(result, Reply):
+        return replace(result, cost_usd=0.0)  # type: ignore[return-value]
+    return result
+
+
+def _own_latency(result: object) -> bool:
+    results = result if isinstance(result, list) else [result]
+    return all(getattr(r, "latency_s", None) is not None for r in results)
 
 
 def _fill_loglikelihoods(row: CallRow, results: list[Loglikelihood]) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from .backends.base import BackendSettings
 from .backends.registry import BackendRegistry
+from .callcache import DEFAULT_CACHE, CallCache, parse_mode
 from .context import RunContext, worker_id
 from .errors import ConfigError
 from .gates import Gates
@@ -115,6 +116,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="pin each xdist worker to its own N GPUs (CUDA_VISIBLE_DEVICES); -n auto starts one worker per "
         "group of N GPUs. ini: evals_gpus_per_worker",
     )
+    group.addoption(
+        "--evals-cache", dest="evals_cache", metavar="MODE", default=None,
+        help="the call cache: off (default); use: answer calls from it, store new ones; refresh: call the model "
+        "and overwrite; replay: load no model, every call must be cached (a miss is an error). ini: evals_cache",
+    )
+    group.addoption(
+        "--evals-cache-path", dest="evals_cache_path", metavar="PATH", default=None,
+        help=f"the call cache's SQLite file (default: {DEFAULT_CACHE} under rootdir). ini: evals_cache_path",
+    )
     parser.addini("evals_models", "default --model specs, one per line", type="linelist", default=[])
     parser.addini("evals_route", "default --evals-route lines, TASK=SPEC, one per line", type="linelist", default=[])
     parser.addini("evals_judge", "default --evals-judge spec", default="")
@@ -134,6 +144,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("evals_alpha", "default --evals-alpha", default="")
     parser.addini("evals_margin", "default --evals-margin", default="")
     parser.addini("evals_db", "default --evals-db path (relative to rootdir)", default="")
+    parser.addini("evals_cache", "default --evals-cache mode: off, use, refresh or replay", default="")
+    parser.addini("evals_cache_path", "default --evals-cache-path (relative to rootdir)", default="")
     parser.addini("evals_timeout", "default --evals-timeout in seconds", default="")
     parser.addini("evals_batch_size", "default --evals-batch-size", default="")
     parser.addini("evals_concurrency", "default --evals-concurrency", default="")
@@ -156,6 +168,15 @@ def _setting(config: pytest.Config, option: str, cast: Callable[[str], Any], def
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _path(config: pytest.Config, option: str, default: str) -> Path:
+    """A file option: relative to the current directory on the command line, to rootdir in the ini file."""
+    text = _setting(config, option, str, None)
+    path = Path(text) if text else Path(default)
+    if not path.is_absolute():
+        path = (Path.cwd() if config.getoption(option) else config.rootpath) / path
+    return path
 
 
 def gpus_per_worker(config: pytest.Config) -> int | None:
@@ -200,11 +221,9 @@ def _read(config: pytest.Config) -> RunContext:
             raise ConfigError(str(exc).replace("--model", "ini evals_models:", 1)) from None
         raise
 
-    db_option = _setting(config, "evals_db", str, None)
-    db_path = Path(db_option) if db_option else Path(DEFAULT_DB)
-    if not db_path.is_absolute():
-        base = Path.cwd() if config.getoption("evals_db") else config.rootpath
-        db_path = base / db_path
+    db_path = _path(config, "evals_db", DEFAULT_DB)
+    cache_mode = _setting(config, "evals_cache", str, "off")
+    cache_mode = parse_mode(cache_mode, "--evals-cache" if config.getoption("evals_cache") else "ini evals_cache =")
     batch_size = _setting(config, "evals_batch_size", int, 8)
     _require(batch_size >= 1, f"--evals-batch-size {batch_size}: must be at least 1")
     concurrency = _setting(config, "evals_concurrency", int, 8)
@@ -238,7 +257,7 @@ def _read(config: pytest.Config) -> RunContext:
     per_worker = gpus_per_worker(config)
 
     settings = BackendSettings(timeout_s=timeout, batch_size=batch_size, concurrency=concurrency)
-    pool = BackendPool(registry, settings)
+    pool = BackendPool(registry, settings, replay=cache_mode == "replay")
     run = RunContext(
         specs=tuple(specs), names=dict(zip(specs, spec_ids(specs))), explicit_models=bool(texts), db_path=db_path,
         settings=settings, routes=routes, judge=judge, gates=gates,
@@ -247,6 +266,7 @@ def _read(config: pytest.Config) -> RunContext:
         and not config.getoption("evals_fresh"),
         budget=budget, batch=bool(config.getini("evals_batch")), pool=pool, prices=PriceTable(prices), retry=retry,
         worker_id=worker_id(config),
+        cache=None if cache_mode == "off" else CallCache(_path(config, "evals_cache_path", DEFAULT_CACHE), cache_mode),
     )
     # no backend of the run gains from batches: no planner, whose plugin would cost every case for nothing
     if batch_size > 1 and any(pool.batches_across_cases(s) for s in [*specs, *routes.table.values()]):

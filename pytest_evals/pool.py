@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from .backends.base import Backend, BackendError, BackendSettings
 from .backends.registry import BackendRegistry
+from .callcache import ReplayBackend
 from .reliability import CircuitBreaker
 from .resume import model_identity
 from .specs import ModelSpec, SpecError
 
 
 class BackendPool:
-    def __init__(self, registry: BackendRegistry, settings: BackendSettings) -> None:
+    def __init__(self, registry: BackendRegistry, settings: BackendSettings, replay: bool = False) -> None:
         self.registry = registry
         self.settings = settings
+        # --evals-cache=replay: nothing is loaded, checked or probed; every call is answered by the cache
+        self.replay = replay
         self._loaded: dict[ModelSpec, Backend] = {}
         self._failed: dict[ModelSpec, str] = {}  # a load that failed fails every later case at once
         self._checked: dict[ModelSpec, str | None] = {}
         self._identities: dict[ModelSpec, str] = {}
+        self._weights: dict[ModelSpec, tuple[str, str | None]] = {}
         self._breakers: dict[ModelSpec, CircuitBreaker] = {}
         self._serves: dict[ModelSpec, frozenset[str]] = {}
         self._batching: dict[ModelSpec, bool] = {}
@@ -24,12 +28,15 @@ class BackendPool:
     def serves(self, spec: ModelSpec) -> frozenset[str]:
         """What ``spec`` can serve, asked once per process (routing decides with it)."""
         if spec not in self._serves:
-            self._serves[spec] = self.registry.resolve(spec.backend).serves(spec)
+            backend = self.registry.resolve(spec.backend)
+            self._serves[spec] = backend.capabilities if self.replay else backend.serves(spec)
         return self._serves[spec]
 
     def batches_across_cases(self, spec: ModelSpec) -> bool:
         """Whether the backend of ``spec`` gains from batches across cases (only then are cases traced)."""
         if spec not in self._batching:
+            if self.replay:  # answers come from the cache, one by one, at no cost
+                return False
             try:
                 self._batching[spec] = self.registry.resolve(spec.backend).batches_across_cases
             except SpecError:  # an unknown prefix is reported at start-up, not here
@@ -47,18 +54,31 @@ class BackendPool:
         """The model part of every case key: spec without its backend's transport options, plus a
         weights fingerprint."""
         if spec not in self._identities:
-            transport: frozenset[str] = frozenset()
+            _, fingerprint = self.model_and_weights(spec)
+            self._identities[spec] = model_identity(spec, fingerprint, self._transport(spec))
+        return self._identities[spec]
+
+    def model_and_weights(self, spec: ModelSpec) -> tuple[str, str | None]:
+        """The model without its weights (spec less transport options), and the weights' fingerprint
+        (None where unknown, e.g. the files are not on this machine): the call cache keeps them apart."""
+        if spec not in self._weights:
             try:
-                backend = self.registry.resolve(spec.backend)
-                transport = backend.transport_options
-                fingerprint = backend.fingerprint(spec)
+                fingerprint = self.registry.resolve(spec.backend).fingerprint(spec)
             except (SpecError, OSError, ValueError):
                 fingerprint = None
-            self._identities[spec] = model_identity(spec, fingerprint, transport)
-        return self._identities[spec]
+            self._weights[spec] = (model_identity(spec, None, self._transport(spec)), fingerprint)
+        return self._weights[spec]
+
+    def _transport(self, spec: ModelSpec) -> frozenset[str]:
+        try:
+            return self.registry.resolve(spec.backend).transport_options
+        except SpecError:
+            return frozenset()
 
     def availability_problem(self, spec: ModelSpec) -> str | None:
         """The one-line reason ``spec`` cannot be served here (package, path, server), or None."""
+        if self.replay:
+            return None
         if spec not in self._checked:
             try:
                 self.registry.resolve(spec.backend).check(spec)
@@ -76,7 +96,8 @@ class BackendPool:
         if problem:
             raise BackendError(problem)
         try:
-            backend = self.registry.resolve(spec.backend)(spec, self.settings)
+            backend = (ReplayBackend(spec, self.settings, self.registry.resolve(spec.backend).capabilities)
+                       if self.replay else self.registry.resolve(spec.backend)(spec, self.settings))
         except Exception as exc:
             self._failed[spec] = f"{spec.label}: could not load the model: {type(exc).__name__}: {exc}"
             raise BackendError(self._failed[spec]) from exc

@@ -20,6 +20,7 @@ import pytest
 
 from . import __version__
 from .context import CASE_ATTR, RECORD_ATTR, RunContext, case_key_of, spec_of
+from .errors import ConfigError
 from .gates import Verdict
 from .gpus import WORKER_KEY, worker_index
 from .interruption import Completion, resume_command
@@ -128,6 +129,11 @@ class SessionPlugin:
             problem = pool.availability_problem(spec)
             if problem:
                 raise pytest.UsageError(problem)
+        if self.run.cache is not None:
+            try:
+                self.run.cache.open()  # a missing file to replay, or an unusable one, is reported now
+            except ConfigError as exc:
+                raise usage_error(exc) from None
         path = self.run.db_path
         if path.exists():
             self._open()  # an unusable existing file is reported now, before any case runs
@@ -220,7 +226,7 @@ class SessionPlugin:
         case = record.case
         self.usage.add(case.model, record.calls)
         self.batched_calls += sum(1 for c in record.calls if c.batched)
-        self.model_calls += sum(1 for c in record.calls if c.role == "model")
+        self.model_calls += sum(1 for c in record.calls if c.role == "model" and not c.cached)  # the cache's: no call
         if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
             self._spend(case.cost_usd)
         self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker)
@@ -347,6 +353,8 @@ class SessionPlugin:
                 pass  # already reported by record(); the cases written so far are committed
 
     def pytest_unconfigure(self) -> None:
+        if self.run.cache is not None:
+            self.run.cache.close()
         if self.store is not None:
             if self.run.signals.held and self.run_id is not None:  # a signal while the run was finishing
                 try:
@@ -370,6 +378,9 @@ class SessionPlugin:
 
         models = ", ".join(described(s) for s in self.run.specs)
         lines = [f"evals: models {models}; database {self.run.db_path}"]
+        if self.run.cache is not None:
+            lines.append(f"evals: call cache {self.run.cache.path} ({self.run.cache.mode}"
+                         + ("; no model is loaded)" if self.run.cache.mode == "replay" else ")"))
         if self.run.routes.table:
             lines.append("evals: routes " + "; ".join(
                 f"{task} -> {described(spec)}" for task, spec in self.run.routes.table.items()))
@@ -428,6 +439,9 @@ class SessionPlugin:
                     tr.write_line(note)
         for line in self.usage.cut_notes():
             tr.write_line(line, yellow=True)
+        if self.run.cache is not None:
+            line = self.usage.cache_line(str(self.run.cache.path), self.run.cache.mode, bool(self.run.prices.prices))
+            tr.write_line(line, yellow=self.usage.cache_misses > 0)
         if self.model_calls and self.run.settings.batch_size > 1:
             tr.write_line(f"evals-batch: {self.batched_calls} of {self.model_calls} model calls served from batches "
                           f"across cases; {self.model_calls - self.batched_calls} one at a time")

@@ -247,9 +247,22 @@ def _m009_completion_timings_costs(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("batch_s", float)
     db["calls"].add_column("input_tokens_estimated", int)  # 1: the server could not count the prompt
     # what cost_usd rests on where a price applies: counted | estimated (input tokens) | gpu_time | unknown
-    # (priced, but the figures its price needs do not exist); NULL: no price applies
+    # (priced, but the figures its price needs do not exist) | cached (answered from the call cache, $0;
+    # from migration 010); NULL: no price applies
     db["calls"].add_column("cost_basis", str)
     db["calls"].add_column("stream_cuts", int)  # times the server cut the call's stream before it came whole
+
+
+def _m010_call_cache(db: sqlite_utils.Database) -> None:
+    # A call answered from the call cache (--evals-cache) costs $0 and no tokens in this run (its
+    # latency_s is the lookup's); the recorded call's figures are kept in these columns.
+    db["calls"].add_column("cached", int)  # 1: answered from the call cache
+    db["calls"].add_column("cached_latency_s", float)
+    db["calls"].add_column("cached_ttft_s", float)
+    db["calls"].add_column("cached_tpot_s", float)
+    db["calls"].add_column("cached_input_tokens", int)
+    db["calls"].add_column("cached_output_tokens", int)
+    db["calls"].add_column("cached_cost_usd", float)  # what the recorded call would cost at this run's price
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -262,6 +275,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("007_batching", _m007_batching),
     ("008_fewer_indexes", _m008_fewer_indexes),
     ("009_completion_timings_costs", _m009_completion_timings_costs),
+    ("010_call_cache", _m010_call_cache),
 ]
 
 
@@ -288,8 +302,15 @@ class CallRow:
     batched: int | None = None
     batch_s: float | None = None  # batched calls: the wall time of the batch that served it
     input_tokens_estimated: int | None = None  # 1: input_tokens is an estimate
-    cost_basis: str | None = None  # counted | estimated | gpu_time | unknown; None: no price applies
+    cost_basis: str | None = None  # counted | estimated | gpu_time | unknown | cached; None: no price applies
     stream_cuts: int | None = None  # times the server cut its stream before it came whole (sent again)
+    cached: int | None = None  # 1: answered from the call cache (its recorded figures in the cached_* fields)
+    cached_latency_s: float | None = None
+    cached_ttft_s: float | None = None
+    cached_tpot_s: float | None = None
+    cached_input_tokens: int | None = None
+    cached_output_tokens: int | None = None
+    cached_cost_usd: float | None = None  # what the recorded call would cost at this run's price
 
 
 @dataclass

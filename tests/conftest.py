@@ -205,11 +205,16 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, *extra: str):
     gguf = embedded_gguf_path()
     proc, url = start_llama_server(gguf, tmp_path_factory.mktemp("llama") / "server.log", *extra)
     yield url
+    stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,7 @@ def test_cache_lists_and_clears_the_converted_model_copies(tmp_path, monkeypatch
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[2].split() == ["Smol-0123456789abcdef", "3", "0123456789abcdef", "/envs/a/smol.gguf"]
     assert "1 converted model copies, 3 MiB" in listed.stdout  # no database needed
-    cleared = cli("cache", "clear")
+    cleared = cli("cache", "clear", "--copies")
     assert cleared.stdout.strip() == f"removed 2 converted model copies (3 MiB) from {copy.parent}"
     assert list(copy.parent.iterdir()) == []
     assert cli("cache", "list").stdout.strip() == f"{copy.parent}: no converted model copies"

@@ -52,6 +52,7 @@ class Reply:
     backend: str | None = None  # the spec that answered
     prompt_tokens_estimated: bool = False  # prompt_tokens is an estimate: the server could not count them
     stream_cuts: int = 0  # times the server cut this request's stream before it was answered whole
+    cached: bool = False  # answered from the call cache (--evals-cache): the figures above are the recorded call's
 
     def __str__(self) -> str:
         return self.text
@@ -99,6 +100,7 @@ class Loglikelihood:
     context_tokens: int | None = None
     continuation_tokens: int | None = None
     latency_s: float | None = None  # until this result was ready (its forward pass's end), where measured
+    cached: bool = False  # answered from the call cache (--evals-cache); latency_s is the recorded call's
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ result as an ordinary model folder once makes later loads take ~2 s. The copy li
 cache directory, keyed by the SHA-256 of the file's content, so the same file in two environments (two
 virtualenvs, two checkouts) shares one copy. The digest is computed once per file version and kept in
 an index by path, size and modification time. A copy is written to a temporary folder then renamed, so
-concurrent xdist workers never see half a copy. ``pytest-evals cache list|clear`` shows and removes them.
+concurrent xdist workers never see half a copy. ``pytest-evals cache list`` and ``cache clear --copies`` show and remove them.
 """
 
 from __future__ import annotations

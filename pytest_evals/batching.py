@@ -73,7 +73,7 @@ class BatchPlugin:
             case.stash[traced_key] = True
             self._trace(case, current)
         self.planner.can_prefetch = self.planner.can_prefetch or any(
-            backend.background_batches for backend, _, _ in self.planner.traced)
+            backend.background_batches for backend, _, _, _ in self.planner.traced)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self) -> None:

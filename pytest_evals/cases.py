@@ -21,7 +21,7 @@ import pytest
 from .backends.base import BackendError
 from .context import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, RunContext, batch_key, case_key_key,
                       case_key_of, case_log_key, judge_key, marker_problem_key, model_name, retry_key, served_key,
-                      spec_of, task_key, threshold_key)
+                      sample_of, spec_of, task_key, threshold_key)
 from .errors import ConfigError
 from .gates import MARKER as THRESHOLD_MARKER
 from .gates import threshold_from_marker
@@ -29,6 +29,8 @@ from .options import usage_error
 from .recorder import CaseLog
 from .reliability import MARKER as RETRY_MARKER
 from .reliability import policy_from_marker
+from .repeats import MARKER as REPEAT_MARKER
+from .repeats import case_of
 from .routing import JUDGE_MARKER, TASK_MARKER, TASKS, parse_judge, parse_task
 
 BATCH_MARKER = "evals_batch"
@@ -43,6 +45,9 @@ MARKERS = (
     "goes to the spec --evals-route TASK=SPEC names, or is skipped with the reason.",
     f"{JUDGE_MARKER}(spec): the model behind this case's judge fixture (e.g. an LLM-as-judge); its calls "
     "are recorded with role judge and priced as that spec. Default: --evals-judge / ini evals_judge.",
+    f"{REPEAT_MARKER}(count, greedy=False): run each case of this test count times, each sample a test of its "
+    "own; the case's pass rate over its samples, pass@k and whether its samples disagree are stored. A call at "
+    "temperature 0 is an error unless greedy=True. Default: --evals-repeat / ini evals_repeat.",
     f"{BATCH_MARKER}(enabled=True): False keeps this test's cases out of batching across cases: each body runs "
     "once and its model calls go one at a time. Default: ini evals_batch.",
 )
@@ -156,7 +161,7 @@ class CasePlugin:
             return None
         log = CaseLog(model=model_name(item, spec), threshold=item.stash.get(threshold_key, None),
                       case_key=key, outcome=finished["outcome"], error=finished.get("error"),
-                      duration_s=finished.get("duration_s") or 0.0, resumed_from=state.run_id)
+                      duration_s=finished.get("duration_s") or 0.0, resumed_from=state.run_id, **_sample(item))
         replay(item, nextitem, finished, state.run_id, log.to_record(item.nodeid, self.run.worker_id))
         return True
 
@@ -169,6 +174,7 @@ class CasePlugin:
                 threshold=item.stash.get(threshold_key, None),
                 case_key=item.stash.get(case_key_key, None),
                 gpus=self.run.gpus,
+                **_sample(item),
             )
         if marker_problem_key in item.stash:
             pytest.fail(item.stash[marker_problem_key], pytrace=False)
@@ -204,6 +210,14 @@ class CasePlugin:
         if report.passed:
             return "passed", ".", "PASSED (resumed)"
         return "failed", "F", "FAILED (resumed)"
+
+
+def _sample(item: pytest.Item) -> dict[str, Any]:
+    """A repeated case's sample and the nodeid of its case, for its log."""
+    sample = sample_of(item)
+    if sample is None:
+        return {}
+    return {"sample": sample, "repeat_of": case_of(item.nodeid, sample.index, sample.count)}
 
 
 def replay(item: pytest.Item, nextitem: pytest.Item | None, finished: dict[str, Any], run_id: int,

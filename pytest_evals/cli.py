@@ -90,6 +90,14 @@ def cmd_show(store: Store, args: argparse.Namespace) -> list[str]:
                   for b in store.benchmarks(run_id) if b["reason"] and b["metric"] == PASS_RATE]
     else:
         lines.append("  (no gate results stored: the run was interrupted before its end)")
+    calls, cached = store.db.execute("SELECT count(*), coalesce(sum(cached), 0) FROM calls WHERE run_id = ?",
+                                     [run_id]).fetchone()
+    if cached:
+        lines.append(f"  {cached} of {calls} model calls were answered from the call cache")
+    for benchmark, model, cases, samples, flaky in store.db.execute(
+            "SELECT benchmark, model, count(*), max(samples), sum(flaky) FROM repeated_cases WHERE run_id = ? "
+            "GROUP BY benchmark, model", [run_id]).fetchall():
+        lines.append(f"  {benchmark} [{model}]: {cases} cases x {samples} samples, {flaky} flaky")
     return lines
 
 

@@ -23,6 +23,7 @@ from .planner import Planner
 from .pool import BackendPool
 from .recorder import CaseLog
 from .reliability import RetryPolicy
+from .repeats import SAMPLE_PARAM, Repeat, Sample
 from .resume import ResumeState, case_key
 from .routing import Routes
 from .scoring import Threshold
@@ -67,6 +68,7 @@ class RunContext:
     resume_state: ResumeState | None = None  # the finished cases to replay (--evals-resume)
     signals: SignalGuard = field(default_factory=SignalGuard)  # SIGTERM as Ctrl-C; signals held while finishing
     cache: CallCache | None = None  # --evals-cache (None: off); each process opens the file itself
+    repeat: Repeat | None = None  # --evals-repeat: samples of every eval case (a test's marker wins)
 
     @property
     def is_worker(self) -> bool:
@@ -97,6 +99,13 @@ def spec_of(item: pytest.Item) -> ModelSpec | None:
     callspec = getattr(item, "callspec", None)
     spec = callspec.params.get("model") if callspec is not None else None
     return spec if isinstance(spec, ModelSpec) else None
+
+
+def sample_of(item: pytest.Item) -> Sample | None:
+    """Which sample of its case an item is, under --evals-repeat / evals_repeat; None: not repeated."""
+    callspec = getattr(item, "callspec", None)
+    sample = callspec.params.get(SAMPLE_PARAM) if callspec is not None else None
+    return sample if isinstance(sample, Sample) else None
 
 
 def served_spec(item: pytest.Item, spec: ModelSpec) -> ModelSpec:
@@ -146,23 +155,24 @@ def build_model(item: pytest.Item, role: str = "model") -> Model:
     # a case traced for batching runs without pytest's setup hooks: its log is a throwaway
     log = item.stash.get(case_log_key, None) or CaseLog(model=name)
     policy = item.stash.get(retry_key, None) or run.retry
-    return _model(run, spec, name, log, policy, role, run.planner if role == "model" else None)
+    sample = sample_of(item) if role == "model" else None  # a judge grades each sample as it is
+    return _model(run, spec, name, log, policy, role, run.planner if role == "model" else None, sample)
 
 
 def _model(run: RunContext, spec: ModelSpec, name: str, log: CaseLog, policy: RetryPolicy, role: str,
-           planner: Planner | None) -> Model:
+           planner: Planner | None, sample: Sample | None = None) -> Model:
     backend = run.pool.get(spec)
     fallback = spec.fallback
 
     def build_fallback() -> Model:  # loaded only when the primary fails; recorded under its own name
         assert fallback is not None
-        return _model(run, fallback, fallback.label, log, policy, role, None)
+        return _model(run, fallback, fallback.label, log, policy, role, None, sample)
 
     view = None
     if run.cache is not None:
         model, weights = run.pool.model_and_weights(spec)
-        view = CacheView(run.cache, spec.backend, model, weights)
+        view = CacheView(run.cache, spec.backend, model, weights, sample.index if sample is not None else 0)
     return Model(backend, log.calls, name=name, policy=policy, breaker=run.pool.breaker(spec, name),
                  fallback=build_fallback if fallback is not None else None, price=run.prices.find(spec.raw, name),
                  transcript=log.transcript, role=role,
-                 planner=planner if backend.batches_across_cases else None, cache=view)
+                 planner=planner if backend.batches_across_cases else None, cache=view, sample=sample)

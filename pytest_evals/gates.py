@@ -121,9 +121,14 @@ class Gates:
         self.markers: dict[str, Threshold] = {}
 
     def add(self, benchmark: str, model: str, nodeid: str, outcome: str, scores: dict[str, float] | None,
-            marker: Threshold | None) -> None:
+            marker: Threshold | None, case: str | None = None, sample: int | None = None,
+            samples: int | None = None, usage_error: str | None = None) -> None:
+        """One case (or one sample of a repeated case: ``sample`` from 0 of ``samples`` of ``case``)."""
         key = (benchmark, model)
-        self.scores.setdefault(key, BenchmarkScores(benchmark, model)).add(nodeid, outcome, scores)
+        found = self.scores.setdefault(key, BenchmarkScores(benchmark, model))
+        found.add(nodeid, outcome, scores, case, sample, samples)
+        if usage_error is not None and usage_error not in found.usage:
+            found.usage.append(usage_error)
         if marker is not None:
             self.markers[benchmark] = marker
 
@@ -145,7 +150,8 @@ class Gates:
             threshold = self.threshold_for(benchmark)
             estimates = {PASS_RATE: scores.pass_rate()}
             estimates.update({name: scores.metric(name) for name in sorted(scores.metrics)})
-            reasons, usage, failed = [], [], set()
+            estimates.update(scores.pass_at())
+            reasons, usage, failed = [], list(scores.usage), set()
             for name, minimum in threshold.items():
                 if name not in estimates:
                     if not scores.scored:

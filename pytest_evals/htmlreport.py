@@ -142,10 +142,15 @@ def render(store: Store, run_id: int) -> str:
     latencies: dict[str, list[float]] = {}
     calls = store.calls(run_id)
     batched = sum(1 for call in calls if call.get("batched"))
+    cached = sum(1 for call in calls if call.get("cached"))
     for call in calls:
-        if call["latency_s"] is not None and call["error"] is None:
-            latencies.setdefault(call["model"], []).append(call["latency_s"])
+        # a call the call cache answered: the recorded call's latency (this run's is the lookup's)
+        latency = call.get("cached_latency_s") if call.get("cached") else call["latency_s"]
+        if latency is not None and call["error"] is None:
+            latencies.setdefault(call["model"], []).append(latency)
     histograms = "".join(histogram(v, m) for m, v in latencies.items())
+    cache_note = (f"; {cached} calls were answered from the call cache and show the latency recorded there"
+                  if cached else "")
     failed = [c for c in store.cases(run_id) if c["outcome"] in ("failed", "error")]
     failed_rows = "".join(
         f"<tr><td>{escape(c['nodeid'])}</td><td>{escape(c['model'])}</td><td class='fail'>{c['outcome']}</td>"
@@ -169,7 +174,7 @@ dashed line: threshold. Red bars failed their gate.</p>
 <h2>Latency of model calls</h2>
 <p class="muted">Each call's own time, batched calls too: a generation until its own last token (in a batch,
 from its sub-batch's start), a loglikelihood until its forward pass's end; {batched} calls came from
-batches across cases, whose wall times are in the calls table's batch_s.</p>
+batches across cases, whose wall times are in the calls table's batch_s{cache_note}.</p>
 <div class="chart">{histograms or '<p class="muted">no calls recorded</p>'}</div>
 <h2>Failed and errored cases ({len(failed)})</h2>
 <table><tr><th>case</th><th>model</th><th>outcome</th><th>input</th><th>output</th><th>error</th></tr>

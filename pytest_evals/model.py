@@ -32,6 +32,7 @@ from .callcache import CacheView
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
 from .planner import Planner
+from .repeats import GreedyRepeat, Sample, greedy_line
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .routing import KIND_TASK, cannot_serve
 from .store import CallRow, now
@@ -44,8 +45,9 @@ class Model:
                  policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
                  fallback: Callable[[], "Model"] | None = None, price: Price | None = None,
                  transcript: Transcript | None = None, role: str = "model", planner: Planner | None = None,
-                 cache: CacheView | None = None) -> None:
+                 cache: CacheView | None = None, sample: Sample | None = None) -> None:
         self._backend = backend
+        self._sample = sample  # which sample of a repeated case this model answers (None: not repeated)
         self._cache = cache  # --evals-cache: this model's calls in the call cache
         self._planner = planner  # batching across cases; None: every call goes to the backend alone
         self._role = role
@@ -79,6 +81,7 @@ class Model:
         __tracebackhide__ = True
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         request = GenerateRequest(prompt, max_tokens=max_tokens, temperature=temperature, stop=stops)
+        self._check_sampling("generate", temperature)
         return self._call("generate", prompt, self._sender("generate", [request]))
 
     def chat(self, messages: str | Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
@@ -113,6 +116,7 @@ class Model:
         __tracebackhide__ = True
         shown = "\n".join(_show_message(m) for m in request.messages)
         task = "tools" if request.tools and request.tool_choice != "none" else "chat"
+        self._check_sampling("chat", request.temperature)
         return self._call("chat", shown, self._sender("chat", [request]), task=task,
                           conversation=conversation, dropped_messages=dropped)
 
@@ -120,6 +124,7 @@ class Model:
         """Sum of the log-probabilities of ``continuation``'s tokens after ``context``."""
         __tracebackhide__ = True
         request = LoglikelihoodRequest(context, continuation)
+        self._check_sampling("loglikelihood", None)
         result = self._call("loglikelihood", context + continuation, self._sender("loglikelihood", [request]))
         return result.logprob
 
@@ -129,10 +134,21 @@ class Model:
         if not choices:
             raise ValueError("choose() needs at least one choice")
         requests = [LoglikelihoodRequest(context, c) for c in choices]
+        self._check_sampling("choose", None)
         shown = context + "\n" + "\n".join(f"[{i}] {c}" for i, c in enumerate(choices))
         results = self._call("choose", shown, self._sender("loglikelihood", requests, one=False))
         scores = [r.logprob for r in results]
         return likeliest(scores)
+
+    def _check_sampling(self, kind: str, temperature: float | None) -> None:
+        """A repeated case's samples must be able to differ: a call at temperature 0 (or a loglikelihood,
+        which has no randomness) gives every sample the same answer, unless greedy samples are meant."""
+        __tracebackhide__ = True
+        sample = self._sample
+        if sample is None or sample.count < 2 or sample.greedy or (temperature is not None and temperature > 0):
+            return
+        shown = f"model.{kind}()" + (" (a loglikelihood has no randomness)" if temperature is None else "")
+        raise GreedyRepeat(greedy_line(sample.count, shown))
 
     # --- dispatch and logging ---------------------------------------------------------------------
     def _sender(self, method: str, requests: list[Any], one: bool = True) -> Callable[["Model"], Any]:
@@ -149,7 +165,8 @@ class Model:
                     raise view.miss(method, requests, model._backend.spec.raw)
             try:
                 if model._planner is not None:
-                    results = model._planner.answer(model._backend, method, requests)
+                    sample = model._sample.index if model._sample is not None else 0
+                    results = model._planner.answer(model._backend, method, requests, sample)
                 else:
                     results = getattr(model._backend, method)(requests)
             except PartialBatch as partial:  # a case's own call fails as its first failed request did

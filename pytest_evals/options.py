@@ -24,6 +24,7 @@ from .metering import Price, PriceTable, parse_price_line
 from .planner import WINDOW_PER_BATCH, Planner
 from .pool import BackendPool
 from .reliability import NO_RETRY, policy_from_ini
+from .repeats import repeat_from_option
 from .resume import ResumeState
 from .routing import Routes, parse_judge
 from .specs import parse_specs, spec_ids
@@ -125,6 +126,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--evals-cache-path", dest="evals_cache_path", metavar="PATH", default=None,
         help=f"the call cache's SQLite file (default: {DEFAULT_CACHE} under rootdir). ini: evals_cache_path",
     )
+    group.addoption(
+        "--evals-repeat", dest="evals_repeat", metavar="N", type=int, default=None,
+        help="run every eval case N times (N samples, each a test of its own); stores each case's pass rate over "
+        "its samples and pass@k; a test's evals_repeat marker wins. ini: evals_repeat",
+    )
+    group.addoption(
+        "--evals-repeat-greedy", action="store_true", dest="evals_repeat_greedy", default=False,
+        help="repeated cases may call the model at temperature 0 (by default that is an error: every sample "
+        "would be the same answer)",
+    )
     parser.addini("evals_models", "default --model specs, one per line", type="linelist", default=[])
     parser.addini("evals_route", "default --evals-route lines, TASK=SPEC, one per line", type="linelist", default=[])
     parser.addini("evals_judge", "default --evals-judge spec", default="")
@@ -144,6 +155,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("evals_alpha", "default --evals-alpha", default="")
     parser.addini("evals_margin", "default --evals-margin", default="")
     parser.addini("evals_db", "default --evals-db path (relative to rootdir)", default="")
+    parser.addini("evals_repeat", "default --evals-repeat", default="")
     parser.addini("evals_cache", "default --evals-cache mode: off, use, refresh or replay", default="")
     parser.addini("evals_cache_path", "default --evals-cache-path (relative to rootdir)", default="")
     parser.addini("evals_timeout", "default --evals-timeout in seconds", default="")
@@ -266,6 +278,8 @@ def _read(config: pytest.Config) -> RunContext:
         and not config.getoption("evals_fresh"),
         budget=budget, batch=bool(config.getini("evals_batch")), pool=pool, prices=PriceTable(prices), retry=retry,
         worker_id=worker_id(config),
+        repeat=repeat_from_option(_setting(config, "evals_repeat", int, None),
+                                  bool(config.getoption("evals_repeat_greedy"))),
         cache=None if cache_mode == "off" else CallCache(_path(config, "evals_cache_path", DEFAULT_CACHE), cache_mode),
     )
     # no backend of the run gains from batches: no planner, whose plugin would cost every case for nothing

@@ -24,11 +24,12 @@ class TraceStop(BaseException):
     body does not swallow it)."""
 
 
-def request_key(method: str, request: Any) -> Hashable:
+def request_key(method: str, request: Any, sample: int = 0) -> Hashable:
+    """Equal requests of one window share one answer; the samples of a repeated case do not."""
     if isinstance(request, ChatRequest):
         return method, json.dumps([request.messages, request.max_tokens, request.temperature, request.tools,
-                                   request.tool_choice], sort_keys=True, default=str)
-    return method, request  # the other requests are frozen dataclasses of hashable fields
+                                   request.tool_choice], sort_keys=True, default=str), sample
+    return method, request, sample  # the other requests are frozen dataclasses of hashable fields
 
 
 class Planner:
@@ -37,7 +38,7 @@ class Planner:
     def __init__(self, window: int) -> None:
         self.window = window
         self.tracing = False
-        self.traced: list[tuple[Backend, str, list[Any]]] = []
+        self.traced: list[tuple[Backend, str, list[Any], int]] = []
         self.results: dict[tuple[int, Hashable], list[Any]] = {}  # key -> [result, batch seconds, cases left]
         self.last_hit: float | None = None  # the batch time of the call just served, None if not served
         self.pending: dict[tuple[int, Hashable], Future[None]] = {}  # keys whose batch runs in the background
@@ -55,13 +56,14 @@ class Planner:
                 backend.cancel()
             self._background.shutdown(wait=True)
 
-    def answer(self, backend: Backend, method: str, requests: list[Any]) -> list[Any]:
-        """The results of ``requests``: from the window's batches where they hold them, else from the backend."""
+    def answer(self, backend: Backend, method: str, requests: list[Any], sample: int = 0) -> list[Any]:
+        """The results of ``requests``: from the window's batches where they hold them, else from the backend.
+        ``sample``: which sample of a repeated case asks (each sample gets its own answer)."""
         self.last_hit = None
         if self.tracing:
-            self.traced.append((backend, method, list(requests)))
+            self.traced.append((backend, method, list(requests), sample))
             raise TraceStop
-        keys = [(id(backend), request_key(method, r)) for r in requests]
+        keys = [(id(backend), request_key(method, r, sample)) for r in requests]
         for key in keys:
             future = self.pending.pop(key, None)
             if future is not None:
@@ -87,10 +89,10 @@ class Planner:
         concurrency limit, so it stays full across a window's end. A case whose request is still in
         flight waits for it."""
         groups: dict[tuple[int, str], tuple[Backend, dict[Hashable, Any], dict[Hashable, int]]] = {}
-        for backend, method, requests in self.traced:
+        for backend, method, requests, sample in self.traced:
             _, unique, refs = groups.setdefault((id(backend), method), (backend, {}, {}))
             for request in requests:
-                key = request_key(method, request)
+                key = request_key(method, request, sample)
                 unique.setdefault(key, request)
                 refs[key] = refs.get(key, 0) + 1
         self.traced = []

@@ -20,10 +20,13 @@ from .options import pytest_addoption  # noqa: F401 - a hook: the options live i
 from .backends.base import BackendError
 from .batching import BatchPlugin
 from .cases import CasePlugin, add_marker_lines
+from .errors import ConfigError
 from .context import build_model, case_log_key, judge_spec, run_key, run_of
 from .gpus import pin, plan
 from .interruption import SignalPlugin
 from .model import Model
+from .repeats import MARKER as REPEAT_MARKER
+from .repeats import SAMPLE_PARAM, Sample, repeat_from_marker
 from .routing import JUDGE_MARKER
 from .specs import ModelSpec
 
@@ -62,6 +65,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(run_key, None)
     if run is not None:
         run.pool.close()
+        if run.cache is not None:
+            run.cache.close()
 
 
 @pytest.hookimpl(trylast=True)
@@ -75,6 +80,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             return  # the user parametrizes it themselves
     run = run_of(metafunc.config)
     metafunc.parametrize("model", list(run.specs), ids=[run.names[s] for s in run.specs], indirect=True)
+    mark = metafunc.definition.get_closest_marker(REPEAT_MARKER)
+    try:
+        repeat = repeat_from_marker(mark, metafunc.definition.nodeid) if mark is not None else run.repeat
+    except ConfigError as exc:  # reported as this file's collection error: the one line, no traceback
+        raise pytest.Collector.CollectError(str(exc)) from None
+    if repeat is not None and repeat.count > 1:  # each sample a test of its own; the id names it last
+        samples = [Sample(i, repeat.count, repeat.greedy) for i in range(repeat.count)]
+        if SAMPLE_PARAM not in metafunc.fixturenames:
+            metafunc.fixturenames.append(SAMPLE_PARAM)
+        metafunc.parametrize(SAMPLE_PARAM, samples, ids=[s.id for s in samples], indirect=True)
+
+
+@pytest.fixture
+def evals_sample(request: pytest.FixtureRequest) -> Sample:
+    """Which sample of its case this test is (``index`` from 0, of ``count``); 0 of 1 when not repeated."""
+    param = getattr(request, "param", None)
+    return param if isinstance(param, Sample) else Sample(0, 1)
 
 
 @pytest.fixture

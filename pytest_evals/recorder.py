@@ -17,6 +17,7 @@ import pytest
 
 from .scoring import Threshold
 from .conversation import Transcript
+from .repeats import GreedyRepeat, Sample
 from .store import CallRow, CaseRecord, CaseRow, ToolCallRow, TurnRow, now
 
 _PARAMS = re.compile(r"\[.*\]$", re.S)
@@ -43,6 +44,9 @@ class CaseLog:
     case_key: str | None = None
     resumed_from: int | None = None  # set when the case is replayed from an earlier run
     gpus: str | None = None  # the GPUs this process is pinned to
+    sample: Sample | None = None  # which sample of a repeated case (--evals-repeat)
+    repeat_of: str | None = None  # a sample's case: its nodeid without the sample id
+    usage_error: str | None = None  # the case ended on a usage error (the run exits with status 4)
 
     def note_phase(self, report: pytest.TestReport, call: pytest.CallInfo[Any]) -> None:
         self.duration_s += report.duration
@@ -64,6 +68,8 @@ class CaseLog:
         self.outcome = outcome
         if call.excinfo is not None:
             self.error = call.excinfo.exconly().strip()[:2000]
+            if call.excinfo.errisinstance(GreedyRepeat):
+                self.usage_error = str(call.excinfo.value)
 
     def to_record(self, nodeid: str, worker: str | None) -> dict[str, Any]:
         ok_calls = [c for c in self.calls if c.error is None]
@@ -86,6 +92,9 @@ class CaseLog:
             cost_usd=sum(costs) if costs else None,
             served_by=", ".join(sorted({c.spec for c in self.calls if c.spec})) or None,
             gpus=self.gpus,
+            sample=self.sample.index + 1 if self.sample else None,
+            samples=self.sample.count if self.sample else None,
+            repeat_of=self.repeat_of,
         )
         return {  # plain dicts of scalars (shallow: dataclasses.asdict deep-copies, and is slow)
             "case": dict(vars(case)),
@@ -93,6 +102,7 @@ class CaseLog:
             "turns": [dict(vars(t)) for t in self.transcript.turns],
             "tool_calls": [dict(vars(t)) for t in self.transcript.tool_calls],
             "threshold": [list(self.threshold.minimums), self.threshold.source] if self.threshold else None,
+            "usage_error": self.usage_error,
         }
 
 
@@ -107,5 +117,5 @@ def record_from_data(data: dict[str, Any]) -> tuple[CaseRecord, Threshold | None
     marker = Threshold(tuple((n, float(v)) for n, v in threshold[0]), threshold[1]) if threshold else None
     record = CaseRecord(CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]],
                         [TurnRow(**t) for t in data.get("turns", ())],
-                        [ToolCallRow(**t) for t in data.get("tool_calls", ())])
+                        [ToolCallRow(**t) for t in data.get("tool_calls", ())], usage_error=data.get("usage_error"))
     return record, marker

@@ -3,6 +3,8 @@
 - Proportions (pass rate) get a Wilson score interval.
 - Means of named metrics get a percentile bootstrap interval with a fixed seed, so the same cases
   give the same interval on every run and machine.
+- Repeated samples of a case (--evals-repeat): the case is the unit (means over its samples, a
+  bootstrap over cases), with the unbiased pass@k of each case.
 - Two runs are compared on the cases both have, matched by identity: an exact McNemar test on
   pass/fail flips, a paired bootstrap on the differences of named metrics.
 """
@@ -106,17 +108,71 @@ class Threshold:
         return list(self.minimums)
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c passed: the chance that k of them drawn without
+    replacement hold at least one pass."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, not {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class CaseSamples:
+    """The samples of one case, as the controller saw them."""
+
+    count: int  # samples asked for
+    outcomes: dict[int, str] = field(default_factory=dict)  # sample index -> outcome
+
+    @property
+    def passed(self) -> int:
+        return sum(o == "passed" for o in self.outcomes.values())
+
+    @property
+    def scored(self) -> int:
+        return sum(o in ("passed", "failed") for o in self.outcomes.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(o == "error" for o in self.outcomes.values())
+
+    @property
+    def flaky(self) -> bool:
+        """Its scored samples disagree: some passed, some failed."""
+        return 0 < self.passed < self.scored
+
+    def pass_rate(self) -> float | None:
+        return self.passed / self.scored if self.scored else None
+
+    def pass_at(self) -> dict[int, float]:
+        """pass@k for every k up to the samples scored."""
+        return {k: pass_at_k(self.scored, self.passed, k) for k in range(1, self.scored + 1)}
+
+
 @dataclass
 class BenchmarkScores:
-    """What one benchmark (per model) scored in a run."""
+    """What one benchmark (per model) scored in a run.
+
+    With repeated samples (--evals-repeat) a case is the unit: its pass rate and metrics are means over
+    its samples, and the benchmark's estimates are means over cases with a bootstrap over cases, so
+    samples of one case do not count as independent evidence.
+    """
 
     benchmark: str
     model: str
     outcomes: dict[str, str] = field(default_factory=dict)  # nodeid -> outcome
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> nodeid -> value
+    repeated: dict[str, CaseSamples] = field(default_factory=dict)  # a repeated case's nodeid -> its samples
+    case_of: dict[str, str] = field(default_factory=dict)  # a sample's nodeid -> its case's
+    usage: list[str] = field(default_factory=list)  # usage errors its cases ended on (one line each, once)
 
-    def add(self, nodeid: str, outcome: str, scores: dict[str, float] | None) -> None:
+    def add(self, nodeid: str, outcome: str, scores: dict[str, float] | None, case: str | None = None,
+            sample: int | None = None, samples: int | None = None) -> None:
         self.outcomes[nodeid] = outcome
+        if case is not None and sample is not None and samples is not None:
+            self.case_of[nodeid] = case
+            self.repeated.setdefault(case, CaseSamples(samples)).outcomes[sample] = outcome
         if outcome not in ("passed", "failed"):
             return  # an errored or skipped case was not scored: its metrics are not counted either
         for name, value in (scores or {}).items():
@@ -129,11 +185,39 @@ class BenchmarkScores:
     def scored(self) -> int:
         return self.count("passed") + self.count("failed")
 
+    def _per_case(self, values: dict[str, float]) -> list[float]:
+        """Each case's mean over its samples (a case that is not repeated is its own mean)."""
+        grouped: dict[str, list[float]] = {}
+        for nodeid, value in values.items():
+            grouped.setdefault(self.case_of.get(nodeid, nodeid), []).append(value)
+        return [math.fsum(v) / len(v) for v in grouped.values()]
+
     def pass_rate(self) -> Estimate:
-        return wilson(self.count("passed"), self.scored)
+        if not self.repeated:
+            return wilson(self.count("passed"), self.scored)
+        scored = {n: float(o == "passed") for n, o in self.outcomes.items() if o in ("passed", "failed")}
+        return bootstrap_mean(self._per_case(scored))
 
     def metric(self, name: str) -> Estimate:
-        return bootstrap_mean(list(self.metrics.get(name, {}).values()))
+        values = self.metrics.get(name, {})
+        return bootstrap_mean(self._per_case(values) if self.repeated else list(values.values()))
+
+    def pass_at(self) -> dict[str, Estimate]:
+        """pass@k over the repeated cases, for k in 5, 10 and the number of samples (k > 1): the mean of each
+        case's unbiased pass@k, over the cases with at least k scored samples, bootstrapped over cases."""
+        if not self.repeated:
+            return {}
+        count = max(c.count for c in self.repeated.values())
+        found = {}
+        for k in sorted({k for k in (5, 10, count) if 1 < k <= count}):
+            values = [c.pass_at()[k] for c in self.repeated.values() if c.scored >= k]
+            found[f"pass@{k}"] = bootstrap_mean(values)
+        return found
+
+    @property
+    def flaky(self) -> list[str]:
+        """The repeated cases whose scored samples disagree."""
+        return [case for case, samples in self.repeated.items() if samples.flaky]
 
     @property
     def error_rate(self) -> float:
@@ -147,8 +231,13 @@ def scores_of(cases: list[dict]) -> dict[tuple[str, str], BenchmarkScores]:
     for row in cases:
         key = (row["benchmark"], row["model"])
         scores = json.loads(row["scores"]) if row["scores"] else None
-        grouped.setdefault(key, BenchmarkScores(*key)).add(row["nodeid"], row["outcome"], scores)
+        grouped.setdefault(key, BenchmarkScores(*key)).add(row["nodeid"], row["outcome"], scores, row.get("repeat_of"),
+                                                           _index(row.get("sample")), row.get("samples"))
     return grouped
+
+
+def _index(sample: int | None) -> int | None:
+    return None if sample is None else sample - 1  # stored from 1
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pytest
 from . import __version__
 from .context import CASE_ATTR, RECORD_ATTR, RunContext, case_key_of, spec_of
 from .errors import ConfigError
-from .gates import Verdict
+from .gates import Gates, Verdict
 from .gpus import WORKER_KEY, worker_index
 from .interruption import Completion, resume_command
 from .metering import Usage
@@ -229,7 +229,8 @@ class SessionPlugin:
         self.model_calls += sum(1 for c in record.calls if c.role == "model" and not c.cached)  # the cache's: no call
         if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
             self._spend(case.cost_usd)
-        self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker)
+        self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker, case.repeat_of,
+                       None if case.sample is None else case.sample - 1, case.samples, record.usage_error)
         if self.write_error:
             return
         # If the database fails mid-run (disk full, a lock held too long), stop the session with one
@@ -322,7 +323,7 @@ class SessionPlugin:
         self._junit_properties()
         if self.store is not None and self.run_id is not None and not self.write_error:
             try:
-                self.store.record_benchmarks(self.run_id, benchmark_rows(self.verdicts))
+                self.store.record_benchmarks(self.run_id, benchmark_rows(self.verdicts), repeated_rows(self.gates))
             except sqlite3.Error as exc:
                 self.write_error = str(self.store.error(exc))
 
@@ -353,8 +354,6 @@ class SessionPlugin:
                 pass  # already reported by record(); the cases written so far are committed
 
     def pytest_unconfigure(self) -> None:
-        if self.run.cache is not None:
-            self.run.cache.close()
         if self.store is not None:
             if self.run.signals.held and self.run_id is not None:  # a signal while the run was finishing
                 try:
@@ -430,6 +429,8 @@ class SessionPlugin:
             tr.write_line(line)
         for line in reason_lines(self.verdicts):
             tr.write_line(line, red=line.startswith("FAIL"))
+        for line in repeat_lines(self.gates):
+            tr.write_line(line, yellow="flaky" in line)
         if self.usage.models:
             tr.write_line("")
             for line in format_table(Usage.HEADER, self.usage.rows(), name_columns=1):
@@ -473,6 +474,38 @@ class SessionPlugin:
             tr.write_line(f"evals: the cases after the first failed write are not stored: {self.write_error}", red=True)
         if self.run_id is not None:
             tr.write_line(f"run {self.run_id} stored in {self.run.db_path}")
+
+
+def repeated_rows(gates: Gates) -> list[dict]:
+    """One row per repeated case: its samples taken together."""
+    rows = []
+    for (benchmark, model), scores in gates.scores.items():
+        for nodeid, samples in scores.repeated.items():
+            rows.append({"benchmark": benchmark, "model": model, "nodeid": nodeid, "samples": samples.count,
+                         "scored": samples.scored, "passed": samples.passed, "errors": samples.errors,
+                         "pass_rate": samples.pass_rate(),
+                         "pass_at_k": json.dumps({str(k): v for k, v in samples.pass_at().items()}),
+                         "flaky": int(samples.flaky)})
+    return rows
+
+
+def repeat_lines(gates: Gates) -> list[str]:
+    """How many cases ran as samples, and which of them are flaky (their samples disagree)."""
+    lines = []
+    for (benchmark, model), scores in gates.scores.items():
+        if not scores.repeated:
+            continue
+        counts = sorted({s.count for s in scores.repeated.values()})
+        flaky = scores.flaky
+        cases = len(scores.repeated)
+        line = (f"evals-repeat: {benchmark} [{model}]: {cases} case{'s' * (cases != 1)} x {'/'.join(map(str, counts))} "
+                f"samples; scores are means over cases, with intervals over cases")
+        if flaky:
+            shown = ", ".join(n.rsplit("::", 1)[-1] for n in flaky[:5]) + (f" and {len(flaky) - 5} more"
+                                                                           if len(flaky) > 5 else "")
+            line += f"; {len(flaky)} flaky (their samples disagree): {shown}"
+        lines.append(line)
+    return lines
 
 
 def benchmark_rows(verdicts: list[Verdict]) -> list[dict]:

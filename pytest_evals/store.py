@@ -9,6 +9,7 @@ Tables (columns say their unit):
   GPU memory, error, whether a batch across cases served it, its conversation.
 - ``turns`` and ``tool_calls``: the messages of a case's conversations and the tool runs they asked for.
 - ``benchmarks``: one row per benchmark, model and metric of a run: estimate, interval, threshold, verdict.
+- ``repeated_cases``: one row per case run as several samples (--evals-repeat): pass rate, pass@k, flaky.
 - ``_evals_migrations``: the migrations applied (the schema version).
 
 Only one process writes (the xdist controller, or the lone pytest process). Each case is committed
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -265,6 +266,33 @@ def _m010_call_cache(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("cached_cost_usd", float)  # what the recorded call would cost at this run's price
 
 
+def _m011_repeats(db: sqlite_utils.Database) -> None:
+    # --evals-repeat: each sample is a case row; these say which sample of which case it is
+    db["cases"].add_column("sample", int)  # from 1
+    db["cases"].add_column("samples", int)
+    db["cases"].add_column("repeat_of", str)  # the case's nodeid without the sample id
+    # one row per repeated case of a run: its samples taken together
+    db["repeated_cases"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "benchmark": str,
+            "model": str,
+            "nodeid": str,  # the case (repeat_of of its samples)
+            "samples": int,  # asked for
+            "scored": int,  # samples that passed or failed
+            "passed": int,
+            "errors": int,
+            "pass_rate": float,  # passed / scored; NULL when none was scored
+            "pass_at_k": str,  # JSON {"1": ..., "k": ...}: unbiased pass@k for k up to scored
+            "flaky": int,  # 1: its scored samples disagree
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["repeated_cases"].create_index(["run_id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
@@ -276,6 +304,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("008_fewer_indexes", _m008_fewer_indexes),
     ("009_completion_timings_costs", _m009_completion_timings_costs),
     ("010_call_cache", _m010_call_cache),
+    ("011_repeats", _m011_repeats),
 ]
 
 
@@ -347,6 +376,7 @@ class CaseRecord:
     calls: list[CallRow] = field(default_factory=list)
     turns: list[TurnRow] = field(default_factory=list)
     tool_calls: list[ToolCallRow] = field(default_factory=list)
+    usage_error: str | None = None  # not stored: the case ended on a usage error (exit status 4)
 
 
 @dataclass
@@ -368,6 +398,9 @@ class CaseRow:
     cost_usd: float | None = None
     served_by: str | None = None
     gpus: str | None = None
+    sample: int | None = None  # repeated cases: which sample (from 1) of how many
+    samples: int | None = None
+    repeat_of: str | None = None  # the sample's case: its nodeid without the sample id
 
 
 class Store:
@@ -521,11 +554,15 @@ class Store:
                                            f"VALUES ({', '.join('?' for _ in columns)})")
         return int(self.db.conn.execute(sql, (*ids, *row.values())).lastrowid)
 
-    def record_benchmarks(self, run_id: int, rows: list[dict[str, Any]]) -> None:
+    def record_benchmarks(self, run_id: int, rows: list[dict[str, Any]],
+                          repeated: Sequence[dict[str, Any]] = ()) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM benchmarks WHERE run_id = ?", [run_id])
+            self.db.execute("DELETE FROM repeated_cases WHERE run_id = ?", [run_id])
             for row in rows:
                 self._insert("benchmarks", (run_id,), row)
+            for row in repeated:
+                self._insert("repeated_cases", (run_id,), row)
 
     # --- queries --------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -173,6 +174,9 @@ def test_a_rerun_answers_every_call_from_the_cache_even_after_the_test_changed(p
                                   f"FROM calls WHERE run_id = {run} AND kind = 'generate' ORDER BY id")
                     for run in (1, 2))
     assert [r[1] for r in live] == [r[1] for r in cached]  # the same answers
+    shown = subprocess.run([sys.executable, "-m", "pytest_evals.cli", "show", "latest"], capture_output=True,
+                           text=True, cwd=project.path)
+    assert "  5 of 5 model calls were answered from the call cache" in shown.stdout.splitlines()
     for call, hit in zip(live, cached):
         assert call[7] is None and call[2] == 0.25 and call[4] == 2 and call[5] == 3
         # the recorded call's timings and tokens in their own columns; this run: a lookup, no tokens, $0
@@ -332,8 +336,6 @@ def test_hf_replay_without_the_weights_imports_no_torch(pytester: pytest.Pyteste
 
 
 def test_cache_stats_prune_and_clear(project: pytest.Pytester) -> None:
-    import subprocess
-
     project.runpytest("--model=fake:m", "--evals-cache=use").assert_outcomes(passed=4)
 
     def cli(*args: str) -> subprocess.CompletedProcess:

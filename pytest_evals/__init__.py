@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import BackendError, Reply, ToolCall
+from .data import Row, few_shot, load_dataset
 
 __version__ = "0.1.0"
-__all__ = ["BackendError", "Reply", "ToolCall", "load_jsonl", "__version__"]
+__all__ = ["BackendError", "Reply", "Row", "ToolCall", "few_shot", "load_dataset", "load_jsonl", "__version__"]
 
 
 def load_jsonl(anchor: str | Path, name: str | None = None) -> list[dict[str, Any]]:

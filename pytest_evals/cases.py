@@ -21,12 +21,13 @@ import pytest
 from .backends.base import BackendError
 from .context import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, RunContext, batch_key, case_key_key,
                       case_key_of, case_log_key, judge_key, marker_problem_key, model_name, retry_key, served_key,
-                      sample_of, spec_of, task_key, threshold_key)
+                      limit_key, sample_of, spec_of, task_key, threshold_key)
 from .errors import ConfigError
 from .gates import MARKER as THRESHOLD_MARKER
 from .gates import threshold_from_marker
 from .options import usage_error
-from .recorder import CaseLog
+from .limit import choose
+from .recorder import CaseLog, benchmark_of
 from .reliability import MARKER as RETRY_MARKER
 from .reliability import policy_from_marker
 from .repeats import MARKER as REPEAT_MARKER
@@ -110,12 +111,24 @@ class CasePlugin:
                     raise usage_error(exc) from None
                 # Under xdist only workers collect: fail each such case at setup with the one line.
                 item.stash[marker_problem_key] = str(exc)
+        if self.run.limit is not None:
+            self._limit(items)
         if self.run.explicit_models or not any(spec_of(item) for item in items):
             return
         problem = self.run.pool.availability_problem(self.run.specs[0])
         if problem is not None and not self.run.is_worker:
             raise pytest.UsageError(problem)
         # Under xdist the controller does not collect; each eval case fails at setup with the one line.
+
+    def _limit(self, items: list[pytest.Item]) -> None:
+        """--evals-limit: keep N cases per benchmark; each kept case carries its benchmark's size."""
+        kept, dropped, totals = choose(items, self.run.limit, self.run.seed, lambda i: spec_of(i) is not None)
+        if dropped:
+            self.config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+        for item in kept:
+            if spec_of(item) is not None:
+                item.stash[limit_key] = totals[benchmark_of(item.nodeid)]
 
     def _read_markers(self, item: pytest.Item, spec: Any, parsed: dict[int, object]) -> None:
         where = item.nodeid.split("[")[0]
@@ -174,6 +187,7 @@ class CasePlugin:
                 threshold=item.stash.get(threshold_key, None),
                 case_key=item.stash.get(case_key_key, None),
                 gpus=self.run.gpus,
+                limited=item.stash.get(limit_key, None),
                 **_sample(item),
             )
         if marker_problem_key in item.stash:

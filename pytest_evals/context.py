@@ -69,6 +69,8 @@ class RunContext:
     signals: SignalGuard = field(default_factory=SignalGuard)  # SIGTERM as Ctrl-C; signals held while finishing
     cache: CallCache | None = None  # --evals-cache (None: off); each process opens the file itself
     repeat: Repeat | None = None  # --evals-repeat: samples of every eval case (a test's marker wins)
+    limit: int | None = None  # --evals-limit: cases per benchmark
+    seed: int = 0  # --evals-seed: which subset --evals-limit takes
 
     @property
     def is_worker(self) -> bool:
@@ -92,6 +94,7 @@ served_key = pytest.StashKey[ModelSpec]()  # the spec --evals-route sends the ca
 marker_problem_key = pytest.StashKey[str]()  # a bad marker seen on a worker: the case fails with it
 case_key_key = pytest.StashKey[str]()
 case_log_key = pytest.StashKey[CaseLog]()  # what the case gathers while it runs
+limit_key = pytest.StashKey[tuple[int, int]]()  # --evals-limit: (cases kept, cases in all) of its benchmark
 
 
 def spec_of(item: pytest.Item) -> ModelSpec | None:

@@ -127,6 +127,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"the call cache's SQLite file (default: {DEFAULT_CACHE} under rootdir). ini: evals_cache_path",
     )
     group.addoption(
+        "--evals-limit", dest="evals_limit", metavar="N", type=int, default=None,
+        help="run a deterministic subset of N cases per benchmark (the same for every model); the summary "
+        "says N of M. ini: evals_limit",
+    )
+    group.addoption(
+        "--evals-seed", dest="evals_seed", metavar="S", type=int, default=None,
+        help="which subset --evals-limit takes (default 0). ini: evals_seed",
+    )
+    group.addoption(
         "--evals-repeat", dest="evals_repeat", metavar="N", type=int, default=None,
         help="run every eval case N times (N samples, each a test of its own); stores each case's pass rate over "
         "its samples and pass@k; a test's evals_repeat marker wins. ini: evals_repeat",
@@ -156,6 +165,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("evals_margin", "default --evals-margin", default="")
     parser.addini("evals_db", "default --evals-db path (relative to rootdir)", default="")
     parser.addini("evals_repeat", "default --evals-repeat", default="")
+    parser.addini("evals_limit", "default --evals-limit", default="")
+    parser.addini("evals_seed", "default --evals-seed", default="")
     parser.addini("evals_cache", "default --evals-cache mode: off, use, refresh or replay", default="")
     parser.addini("evals_cache_path", "default --evals-cache-path (relative to rootdir)", default="")
     parser.addini("evals_timeout", "default --evals-timeout in seconds", default="")
@@ -267,6 +278,8 @@ def _read(config: pytest.Config) -> RunContext:
     judge_text = _setting(config, "evals_judge", str, None)
     judge = parse_judge([judge_text], "--evals-judge", registry) if judge_text else None
     per_worker = gpus_per_worker(config)
+    limit = _setting(config, "evals_limit", int, None)
+    _require(limit is None or limit >= 1, f"--evals-limit {limit}: must be at least 1 case per benchmark")
 
     settings = BackendSettings(timeout_s=timeout, batch_size=batch_size, concurrency=concurrency)
     pool = BackendPool(registry, settings, replay=cache_mode == "replay")
@@ -278,6 +291,7 @@ def _read(config: pytest.Config) -> RunContext:
         and not config.getoption("evals_fresh"),
         budget=budget, batch=bool(config.getini("evals_batch")), pool=pool, prices=PriceTable(prices), retry=retry,
         worker_id=worker_id(config),
+        limit=limit, seed=_setting(config, "evals_seed", int, 0),
         repeat=repeat_from_option(_setting(config, "evals_repeat", int, None),
                                   bool(config.getoption("evals_repeat_greedy"))),
         cache=None if cache_mode == "off" else CallCache(_path(config, "evals_cache_path", DEFAULT_CACHE), cache_mode),

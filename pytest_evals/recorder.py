@@ -47,6 +47,7 @@ class CaseLog:
     sample: Sample | None = None  # which sample of a repeated case (--evals-repeat)
     repeat_of: str | None = None  # a sample's case: its nodeid without the sample id
     usage_error: str | None = None  # the case ended on a usage error (the run exits with status 4)
+    limited: tuple[int, int] | None = None  # --evals-limit: (cases kept, cases in all) of its benchmark
 
     def note_phase(self, report: pytest.TestReport, call: pytest.CallInfo[Any]) -> None:
         self.duration_s += report.duration
@@ -103,6 +104,7 @@ class CaseLog:
             "tool_calls": [dict(vars(t)) for t in self.transcript.tool_calls],
             "threshold": [list(self.threshold.minimums), self.threshold.source] if self.threshold else None,
             "usage_error": self.usage_error,
+            "limited": list(self.limited) if self.limited else None,
         }
 
 
@@ -117,5 +119,6 @@ def record_from_data(data: dict[str, Any]) -> tuple[CaseRecord, Threshold | None
     marker = Threshold(tuple((n, float(v)) for n, v in threshold[0]), threshold[1]) if threshold else None
     record = CaseRecord(CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]],
                         [TurnRow(**t) for t in data.get("turns", ())],
-                        [ToolCallRow(**t) for t in data.get("tool_calls", ())], usage_error=data.get("usage_error"))
+                        [ToolCallRow(**t) for t in data.get("tool_calls", ())], usage_error=data.get("usage_error"),
+                        limited=tuple(data["limited"]) if data.get("limited") else None)
     return record, marker

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -117,6 +118,7 @@ class SessionPlugin:
         self.model_calls = 0
         self.completion = Completion()  # which collected tests reported their end
         self.incomplete_reason: str | None = None  # why tests did not run, once the run ends without them
+        self.limited: dict[str, tuple[int, int]] = {}  # --evals-limit: benchmark -> (cases kept, in all)
 
     # --- start-up ---------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -224,6 +226,8 @@ class SessionPlugin:
         if record.case.resumed_from is not None and record.case.case_key in self.resume_cache:
             record = self._replayed(record.case)
         case = record.case
+        if record.limited is not None:
+            self.limited[case.benchmark] = record.limited
         self.usage.add(case.model, record.calls)
         self.batched_calls += sum(1 for c in record.calls if c.batched)
         self.model_calls += sum(1 for c in record.calls if c.role == "model" and not c.cached)  # the cache's: no call
@@ -431,6 +435,10 @@ class SessionPlugin:
             tr.write_line(line, red=line.startswith("FAIL"))
         for line in repeat_lines(self.gates):
             tr.write_line(line, yellow="flaky" in line)
+        if self.limited:
+            parts = [f"{benchmark} {kept} of {total}" for benchmark, (kept, total) in sorted(self.limited.items())]
+            tr.write_line(f"evals-limit: a subset of cases (seed {self.run.seed}), cases run of cases in all: "
+                          + "; ".join(parts), yellow=True)
         if self.usage.models:
             tr.write_line("")
             for line in format_table(Usage.HEADER, self.usage.rows(), name_columns=1):
@@ -441,7 +449,9 @@ class SessionPlugin:
         for line in self.usage.cut_notes():
             tr.write_line(line, yellow=True)
         if self.run.cache is not None:
-            line = self.usage.cache_line(str(self.run.cache.path), self.run.cache.mode, bool(self.run.prices.prices))
+            path = self.run.cache.path
+            shown = os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+            line = self.usage.cache_line(shown, self.run.cache.mode, bool(self.run.prices.prices))
             tr.write_line(line, yellow=self.usage.cache_misses > 0)
         if self.model_calls and self.run.settings.batch_size > 1:
             tr.write_line(f"evals-batch: {self.batched_calls} of {self.model_calls} model calls served from batches "

@@ -377,6 +377,7 @@ class CaseRecord:
     turns: list[TurnRow] = field(default_factory=list)
     tool_calls: list[ToolCallRow] = field(default_factory=list)
     usage_error: str | None = None  # not stored: the case ended on a usage error (exit status 4)
+    limited: tuple[int, int] | None = None  # not stored: --evals-limit's (cases kept, in all) of its benchmark
 
 
 @dataclass

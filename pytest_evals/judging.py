@@ -1,0 +1,40 @@
+"""Grading free-form answers with a judge model: a rubric prompt on a fixed scale, and a robust parse.
+
+    grade = parse_grade(judge.generate(rubric_prompt(question, answer, rubric), max_tokens=8).text)
+
+``parse_grade`` reads the first grade on the scale that the reply states (``4``, ``Grade: 4``,
+``4/5``, ``**4**``, ``four``); a reply that states none, or only numbers off the scale, raises
+:class:`GradeError`, so the case ends as an ``error`` (the judge failed), never as a grade of 0.
+"""
+
+from __future__ import annotations
+
+import re
+
+WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+         "ten": 10}
+_NUMBER = re.compile(r"(?<![\d.])(\d+)(?:\s*/\s*(\d+))?(?!\d|\.\d)|\b(" + "|".join(WORDS) + r")\b", re.IGNORECASE)
+
+
+class GradeError(Exception):
+    """The judge's reply states no grade on the scale: the case is an error, not a low grade."""
+
+
+def parse_grade(reply: str, low: int = 1, high: int = 5) -> int:
+    """The grade a judge's reply states, on the scale ``low``..``high``."""
+    for match in _NUMBER.finditer(reply or ""):
+        digits, denominator, word = match.groups()
+        if denominator is not None and int(denominator) != high:
+            continue  # "3/10" on a 1-5 scale is not a grade of 3
+        value = WORDS[word.lower()] if word else int(digits)
+        if low <= value <= high:
+            return value
+    shown = " ".join((reply or "").split())[:80]
+    raise GradeError(f"the judge's reply states no grade from {low} to {high}: {shown!r}")
+
+
+def rubric_prompt(question: str, answer: str, rubric: str, low: int = 1, high: int = 5) -> str:
+    """A grading prompt: the rubric, the question, the answer, and the scale to answer on."""
+    return (f"You grade answers. Rubric: {rubric}\n\n"
+            f"Question: {question}\nAnswer: {answer}\n\n"
+            f"Grade the answer from {low} (worst) to {high} (best). Reply with the number only.\nGrade:")

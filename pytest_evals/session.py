@@ -119,6 +119,7 @@ class SessionPlugin:
         self.completion = Completion()  # which collected tests reported their end
         self.incomplete_reason: str | None = None  # why tests did not run, once the run ends without them
         self.limited: dict[str, tuple[int, int]] = {}  # --evals-limit: benchmark -> (cases kept, in all)
+        self.eval_collected = False  # eval cases were collected here (without xdist): a run exists even if none ends
 
     # --- start-up ---------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -280,6 +281,11 @@ class SessionPlugin:
         """Decide the gates and store the run before pytest's terminal summary and JUnit file are
         written; after them, an incomplete run's last lines say what did not run and how to resume."""
         missing = self.completion.missing
+        if missing and self.run_id is None and self.eval_collected and not self.write_error:
+            try:  # interrupted before its first case was recorded: the run is still stored, as interrupted
+                self._run_id()
+            except (pytest.UsageError, sqlite3.Error):
+                pass
         if missing and self.run_id is not None:
             self.incomplete_reason = self._why_incomplete(session)
             if session.exitstatus == pytest.ExitCode.OK:
@@ -401,6 +407,7 @@ class SessionPlugin:
         """Without xdist: say how much a resumed run will replay, from the real case keys."""
         self.progress.total = len(session.items)
         self.completion.add_collected(item.nodeid for item in session.items)
+        self.eval_collected = any(spec_of(item) is not None for item in session.items)
         state = self.run.resume_state
         if state is None or not session.items:
             return

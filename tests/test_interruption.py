@@ -133,6 +133,23 @@ def test_sigterm_in_a_test_body_ends_the_run_as_ctrl_c_does(fake_project: pytest
                                  "evals: resume with: pytest *--model=fake:m -p no:cacheprovider --evals-resume"])
 
 
+def test_a_run_interrupted_before_its_first_case_ended_is_still_stored(fake_project: pytest.Pytester) -> None:
+    fake_project.makepyfile(test_suite="""
+        import os, signal
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_a(model, i):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first case runs
+    """)
+    result = fake_project.runpytest_subprocess("--model=fake:m", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert rows(fake_project, "SELECT status, exit_status, tests, tests_not_run FROM runs") == [("interrupted", 2, 4, 4)]
+    assert rows(fake_project, "SELECT count(*) FROM cases") == [(0,)]
+    result.stdout.fnmatch_lines(["evals: run 1 is incomplete (interrupted): 4 of 4 tests did not run; what ran is stored",
+                                 "evals: resume with: pytest *--evals-resume"])
+
+
 def test_sigterm_in_a_worker_marks_the_run_interrupted(fake_project: pytest.Pytester) -> None:
     fake_project.makepyfile(test_suite="""
         import os, signal

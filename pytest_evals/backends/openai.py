@@ -54,7 +54,10 @@ CHARS_PER_TOKEN = 3.0  # a deliberately high token estimate where the server can
 TEMPLATE_TOKENS_PER_MESSAGE = 5  # what a chat template adds around a message (role markers, separators)
 RATE_LIMIT_TRIES = 3  # a batched request that meets 429s
 MAX_BATCH_WAIT_S = 5.0
-CUT_TRIES = 12  # a request whose stream the server cuts is sent again, up to this many times in all
+# A request whose stream the server cuts is sent again, up to this many times in all. Two processes that
+# share an interrupting server cut each other's streams (whichever request arrives last wins); on a loaded
+# machine a request was cut 12 times in a row, so the cap only stops a server that cuts every stream.
+CUT_TRIES = 40
 MAX_CUT_WAIT_S = 2.0
 INTERRUPT_FLAG = "--interrupt_requests False"  # llama-cpp-python's server flag that stops the cuts
 DRAIN_TIMEOUT_S = 1.0  # after [DONE], how long the rest of a stream's body is waited for

@@ -33,8 +33,17 @@ def parse_grade(reply: str, low: int = 1, high: int = 5) -> int:
     raise GradeError(f"the judge's reply states no grade from {low} to {high}: {shown!r}")
 
 
+EXAMPLES = (  # two graded answers, one at each end of the scale, so that even a small judge replies with a grade
+    ("What is two plus two?", "Two plus two is four.", "{high} if it says four, {low} otherwise.", "{high}"),
+    ("What colour is grass?", "Grass is purple.", "{high} if it says green, {low} otherwise.", "{low}"),
+)
+
+
 def rubric_prompt(question: str, answer: str, rubric: str, low: int = 1, high: int = 5) -> str:
-    """A grading prompt: the rubric, the question, the answer, and the scale to answer on."""
-    return (f"You grade answers. Rubric: {rubric}\n\n"
-            f"Question: {question}\nAnswer: {answer}\n\n"
-            f"Grade the answer from {low} (worst) to {high} (best). Reply with the number only.\nGrade:")
+    """A grading prompt: the scale, two graded examples, then the rubric, question and answer to grade,
+    ending where the grade goes (for ``judge.generate``)."""
+    shots = "".join(
+        f"Question: {q}\nAnswer: {a}\nRubric: {r.format(low=low, high=high)}\nGrade: {g.format(low=low, high=high)}\n\n"
+        for q, a, r, g in EXAMPLES)
+    return (f"Grade each answer from {low} (worst) to {high} (best) by its rubric.\n\n{shots}"
+            f"Question: {question}\nAnswer: {answer}\nRubric: {rubric}\nGrade:")

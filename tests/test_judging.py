@@ -24,8 +24,8 @@ def test_a_reply_without_a_grade_on_the_scale_is_an_error(reply: str) -> None:
 
 def test_the_prompt_names_the_rubric_and_the_scale() -> None:
     prompt = rubric_prompt("Capital of France?", "Paris.", "5 if Paris", 1, 5)
-    assert "Rubric: 5 if Paris" in prompt and "Answer: Paris." in prompt and prompt.endswith("Grade:")
-    assert "from 1 (worst) to 5 (best)" in prompt
+    assert prompt.endswith("Question: Capital of France?\nAnswer: Paris.\nRubric: 5 if Paris\nGrade:")
+    assert "from 1 (worst) to 5 (best)" in prompt and "Grade: 5\n" in prompt and "Grade: 1\n" in prompt
 
 
 GRADER = FAKE_BACKEND + '''

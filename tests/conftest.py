@@ -15,6 +15,15 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+# A shell that starts a command in the background (`cmd &` without job control, as some CI launchers do)
+# starts it with SIGINT ignored, and every process it starts inherits that: the tests that send SIGINT
+# to a pytest run would see it ignored. A handler set here is reset to the default in the processes the
+# tests start, so their Ctrl-C works wherever this suite runs.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # pytester's in-process runs drop the modules first imported during the run; httpcore imports parts of
 # itself lazily on the first connection, and a second copy of them breaks httpx's exception mapping.
 # One refused loopback connection here loads them for good.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,8 +53,12 @@ GEN_TASK = """task: evals_local_sums
 dataset_path: json
 dataset_kwargs:
   data_files:
+    train: {folder}/sums_train.jsonl
     test: {folder}/sums.jsonl
 test_split: test
+fewshot_split: train
+num_fewshot: 3
+fewshot_delimiter: "\n"
 output_type: generate_until
 doc_to_text: "{{{{a}}}} + {{{{b}}}} ="
 doc_to_target: "{{{{answer}}}}"
@@ -97,6 +104,8 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "mc_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[4:]))
     (folder / "sums.jsonl").write_text("".join(json.dumps({"a": a, "b": b, "answer": str(a + b)}) + "\n"
                                                for a, b in SUMS))
+    (folder / "sums_train.jsonl").write_text("".join(json.dumps({"a": a, "b": b, "answer": str(a + b)}) + "\n"
+                                                     for a, b in ((1, 2), (3, 3), (4, 1), (2, 5))))
     (folder / "mc.yaml").write_text(MC_TASK.format(folder=folder))
     (folder / "sums.yaml").write_text(GEN_TASK.format(folder=folder))
     return folder
@@ -124,8 +133,10 @@ def model_folder() -> Path:
     return dequantized_copy(embedded_gguf_path())
 
 
-def test_accuracy_and_choices_equal_lm_evaluation_harness_own_run(model_folder: Path, pytester: pytest.Pytester,
-                                                                  tasks: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_accuracy_and_choices_equal_lm_evaluation_harness_own_run(model_folder: Path, tmp_path: Path, tasks: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # no pytester here: its fixture drops at teardown the modules imported meanwhile, and lm-eval's run
+    # below imports parts of torch that cannot be imported twice in one process
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
@@ -133,15 +144,17 @@ def test_accuracy_and_choices_equal_lm_evaluation_harness_own_run(model_folder: 
     monkeypatch.setenv("TASKS", str(tasks))
     for key in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(key, "1")
-    pytester.makepyfile(test_tasks=SUITE)
-    result = pytester.runpytest_subprocess(f"--model=hf:{folder}?dtype=float32", "-p", "no:randomly")
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 16, result.stdout.str()
+    (tmp_path / "test_tasks.py").write_text(SUITE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py",
+                          f"--model=hf:{folder}?dtype=float32"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode in (0, 1) and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
 
     theirs = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=["evals_local_mc", "evals_local_sums"],
         task_manager=TaskManager(include_path=str(tasks)), batch_size=8, device="cpu", log_samples=True)
-    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+    con = sqlite3.connect(tmp_path / ".evals" / "evals.sqlite")
+    assert con.execute("SELECT count(*) FROM cases WHERE outcome IN ('passed', 'failed')").fetchone() == (16,)
     ours = {nodeid.split("[")[1].split("-")[0]: (json.loads(scores), output)
             for nodeid, scores, output in con.execute(
                 "SELECT nodeid, scores, output_text FROM cases WHERE nodeid LIKE '%test_mc%'")}
@@ -159,8 +172,12 @@ def test_accuracy_and_choices_equal_lm_evaluation_harness_own_run(model_folder: 
     assert our_acc == pytest.approx(theirs["results"]["evals_local_mc"]["acc,none"])
     sums = {nodeid.split("[")[1].split("-")[0]: json.loads(scores) for nodeid, scores in con.execute(
         "SELECT nodeid, scores FROM cases WHERE nodeid LIKE '%test_sums%'")}
+    texts = {nodeid.split("[")[1].split("-")[0]: text for nodeid, text in con.execute(
+        "SELECT c.nodeid, k.output_text FROM cases c JOIN calls k ON k.case_id = c.id WHERE c.nodeid LIKE '%test_sums%'")}
     for sample in theirs["samples"]["evals_local_sums"]:
-        assert sums[f"doc{sample['doc_id']}"]["exact_match__first_number"] == sample["exact_match"], sample
+        doc = f"doc{sample['doc_id']}"
+        assert sums[doc]["exact_match__first_number"] == sample["exact_match"], sample
+        assert texts[doc] == sample["resps"][0][0], sample  # the same generated text, not only the same score
     sums_ours = sum(s["exact_match__first_number"] for s in sums.values()) / len(sums)
     print(f"agreement: mc acc {our_acc:.3f} (lm-eval {theirs['results']['evals_local_mc']['acc,none']:.3f}), "
           f"{agreed} of 8 documents the same choice; sums exact_match {sums_ours:.3f} (lm-eval "

@@ -119,18 +119,9 @@ def load_result(text: str) -> Reply | Loglikelihood:
 
 
 def storable(result: Any) -> bool:
-    """A whole answer: a reply that finished (or has no finish reason to tell), a finite loglikelihood."""
-    if isinstance(result, Reply):
-        return result.finish_reason not in ("error", "cancelled")
-    return isinstance(result, Loglikelihood)
+    """An answer the backend returned (a failed request raises, or is None in a partial batch)."""
+    return isinstance(result, (Reply, Loglikelihood))
 
-
-@dataclass
-class Counts:
-    hits: int = 0
-    stored: int = 0
-    misses: int = 0
-    stale: int = 0  # found, but recorded for other weights
 
 
 class CallCache:
@@ -139,7 +130,6 @@ class CallCache:
     def __init__(self, path: Path, mode: str) -> None:
         self.path = Path(path)
         self.mode = mode
-        self.counts = Counts()
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the batch planner's threads store answers too
 
@@ -189,13 +179,8 @@ class CallCache:
                 row = self._db().execute("SELECT result, fingerprint FROM answers WHERE key = ?", [key]).fetchone()
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
-            if row is None:
-                self.counts.misses += 1
-                return None
-            if fingerprint is not None and row[1] is not None and row[1] != fingerprint:
-                self.counts.stale += 1
-                return None
-            self.counts.hits += 1
+            if row is None or (fingerprint is not None and row[1] is not None and row[1] != fingerprint):
+                return None  # not stored, or stored for other weights (stale)
             if self.mode != "replay":  # a committed cache stays byte-identical when only replayed
                 try:
                     self._db().execute("UPDATE answers SET used_at = ?, hits = hits + 1 WHERE key = ?",
@@ -221,7 +206,6 @@ class CallCache:
                      _stable(request_fields(request)), dump_result(result), when, when])
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
-            self.counts.stored += 1
 
     def close(self) -> None:
         if self._conn is not None:

@@ -38,10 +38,10 @@ def _rank(seed: int, benchmark: str, case: str) -> str:
 def choose(items: list[pytest.Item], limit: int, seed: int, is_case: Any) -> tuple[
         list[pytest.Item], list[pytest.Item], dict[str, tuple[int, int]]]:
     """(kept, deselected, per benchmark (cases kept, cases in all)); items that are not eval cases stay."""
+    identities = {id(item): (benchmark_of(item.nodeid), case_identity(item)) for item in items if is_case(item)}
     cases: dict[str, dict[str, None]] = {}
-    for item in items:
-        if is_case(item):
-            cases.setdefault(benchmark_of(item.nodeid), {})[case_identity(item)] = None
+    for benchmark, case in identities.values():
+        cases.setdefault(benchmark, {})[case] = None
     chosen: dict[str, set[str]] = {}
     totals: dict[str, tuple[int, int]] = {}
     for benchmark, found in cases.items():
@@ -50,7 +50,8 @@ def choose(items: list[pytest.Item], limit: int, seed: int, is_case: Any) -> tup
         totals[benchmark] = (min(limit, len(found)), len(found))
     kept, dropped = [], []
     for item in items:
-        if is_case(item) and case_identity(item) not in chosen[benchmark_of(item.nodeid)]:
+        found = identities.get(id(item))
+        if found is not None and found[1] not in chosen[found[0]]:
             dropped.append(item)
         else:
             kept.append(item)

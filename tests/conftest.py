@@ -103,6 +103,22 @@ def rows(pytester: pytest.Pytester, sql: str) -> list[tuple]:
         con.close()
 
 
+def cases_stored(db: Path) -> int:
+    """Cases a running session has committed to ``db`` so far (0 before the file or its schema exists)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM cases").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:  # the schema is being written
+        return 0
+
+
 @pytest.fixture
 def fake_project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester project whose conftest registers the ``fake:`` backend."""

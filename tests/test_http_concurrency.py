@@ -13,6 +13,7 @@ from pytest_evals.backends.aio import Limiter, shared_loop
 from pytest_evals.backends.base import BackendSettings, GenerateRequest, PartialBatch, TransientError
 from pytest_evals.backends.openai import PROBE_TIMEOUT_S, OpenAIBackend
 from pytest_evals.specs import parse_spec
+from conftest import cases_stored
 
 
 def stats(url: str) -> dict:
@@ -155,7 +156,8 @@ def test_ctrl_c_ends_the_run_at_once_and_keeps_what_finished(pytester: pytest.Py
     # the first window of 16 is answered, the second is in flight and a case is recorded: events, not a
     # guess at start-up time (on a loaded machine the requests are done well before any case ends)
     deadline = time.monotonic() + 120
-    while ((stats(url)["requests"] < 20 or not cases_stored(pytester.path)) and proc.poll() is None
+    db = pytester.path / ".evals" / "evals.sqlite"
+    while ((stats(url)["requests"] < 20 or not cases_stored(db)) and proc.poll() is None
            and time.monotonic() < deadline):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
@@ -175,20 +177,6 @@ def test_ctrl_c_ends_the_run_at_once_and_keeps_what_finished(pytester: pytest.Py
     assert resumed.returncode == 0, resumed.stdout[-2000:]
     assert f"evals-resume: {len(recorded)} of 40 cases already done in run 1" in resumed.stdout
 
-
-def cases_stored(folder) -> int:
-    """Cases the run in ``folder`` has committed so far (0 before its database exists)."""
-    path = folder / ".evals" / "evals.sqlite"
-    if not path.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT count(*) FROM cases").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:  # the schema is being written
-        return 0
 
 
 def test_urgent_requests_go_before_queued_batch_requests() -> None:

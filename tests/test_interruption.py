@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_BACKEND, rows
+from conftest import FAKE_BACKEND, cases_stored, rows
 
 SLOW_BACKEND = FAKE_BACKEND.replace("import json\n", "import json\nimport time\n").replace(
     "        replies = []\n        for r in requests:\n            if \"boom\"",
@@ -40,18 +38,6 @@ TESTS = 22
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
 
-
-def _recorded(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT count(*) FROM cases").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 def _check_incomplete_output(out: str, recorded: int) -> None:
@@ -85,7 +71,7 @@ def test_signals_at_random_moments_never_store_a_partial_run_as_finished(pyteste
         proc = subprocess.Popen(base, cwd=pytester.path, env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         deadline = time.monotonic() + 120
-        while _recorded(db) < after and proc.poll() is None and time.monotonic() < deadline:
+        while cases_stored(db) < after and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         for _ in range(count):
             if proc.poll() is None:
@@ -96,7 +82,7 @@ def test_signals_at_random_moments_never_store_a_partial_run_as_finished(pyteste
                 f"{'group' if group else 'controller'}: {out[-3000:]}"
         (status, exit_status, tests, not_run), = rows(pytester, "SELECT status, exit_status, tests, tests_not_run "
                                                                 "FROM runs")
-        recorded = _recorded(db)
+        recorded = cases_stored(db)
         assert (status == "finished") == (recorded == TESTS), where
         if status == "interrupted":
             seen.add("interrupted")

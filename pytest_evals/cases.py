@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from .backends.base import BackendError
-from .context import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, RunContext, batch_key, case_key_key,
+from .context import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, WRONG, WRONG_ATTR, RunContext, batch_key, case_key_key,
                       case_key_of, case_log_key, judge_key, marker_problem_key, model_name, retry_key, served_key,
                       limit_key, sample_of, spec_of, task_key, threshold_key)
 from .errors import ConfigError
@@ -205,6 +205,8 @@ class CasePlugin:
             if report.when == "call" and log.outcome == "error":
                 setattr(report, ERROR_ATTR, True)
                 _shorten_backend_error(item, call, report)
+            elif report.when == "call" and report.failed and log.outcome == "failed" and call.excinfo is not None:
+                setattr(report, WRONG_ATTR, one_line(call.excinfo.value))
             if report.when == "teardown":
                 setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.run.worker_id))
                 del item.stash[case_log_key]  # the record has it all; a long run keeps no per-case logs
@@ -214,12 +216,18 @@ class CasePlugin:
         return report
 
     def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, Any] | None:
-        """An infrastructure fault in a test body shows as ERROR, not as a wrong answer (FAILED);
-        a replayed case shows as PASSED/FAILED (resumed)."""
-        if report.when == "call" and report.failed and getattr(report, ERROR_ATTR, False):
+        """An infrastructure fault in a test body shows as ERROR; a wrong answer as WRONG (``w``), a
+        category of its own in pytest's counts: it is a score, and the gates decide the exit status
+        (the report stays ``failed``, so ``--lf``, ``-x`` and JUnit treat it as pytest does). A replayed
+        case says (resumed)."""
+        if report.when != "call":
+            return None
+        if report.failed and getattr(report, ERROR_ATTR, False):
             return "error", "E", ("ERROR", {"red": True})
-        run_id = getattr(report, RESUMED_ATTR, None)
-        if run_id is None or report.when != "call":
+        resumed = " (resumed)" if getattr(report, RESUMED_ATTR, None) is not None else ""
+        if report.failed and getattr(report, WRONG_ATTR, None) is not None:
+            return WRONG, "w", (f"WRONG{resumed}", {"yellow": True})
+        if not resumed:
             return None
         if report.passed:
             return "passed", ".", "PASSED (resumed)"
@@ -252,6 +260,8 @@ def replay(item: pytest.Item, nextitem: pytest.Item | None, finished: dict[str, 
         )
         setattr(report, RESUMED_ATTR, run_id)
         setattr(report, CASE_ATTR, True)
+        if failed:
+            setattr(report, WRONG_ATTR, (error or "failed").splitlines()[0].removeprefix("AssertionError: "))
         if when == "teardown":
             report.user_properties.append(("evals.outcome", outcome))
             report.user_properties.append(("evals.resumed_from_run", run_id))
@@ -260,6 +270,13 @@ def replay(item: pytest.Item, nextitem: pytest.Item | None, finished: dict[str, 
     # Tear down what the previous item left set up, as the skipped teardown phase would have.
     item.session._setupstate.teardown_exact(nextitem)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+def one_line(exc: BaseException) -> str:
+    """A wrong answer's message: the assertion's own message (``assert x, "expected 16, got 12"``), else
+    the first line pytest's assertion rewriting wrote (``assert '12' == '16'``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else f"{type(exc).__name__} (no message)"
 
 
 def _shorten_backend_error(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> None:

@@ -1,4 +1,5 @@
-"""The ``pytest-evals`` command: list, show and compare stored runs; write an HTML report.
+"""The ``pytest-evals`` command: list, show and compare stored runs; write an HTML report;
+read or export one run's cases.
 
     pytest-evals runs
     pytest-evals show RUN
@@ -6,6 +7,8 @@
     pytest-evals report RUN --html FILE
     pytest-evals cache stats|prune|clear [--path .evals/cache.sqlite] [--older-than DAYS]
     pytest-evals cache list | clear --copies
+    pytest-evals cases RUN [--outcome failed,error] [-k EXPR] [--model SPEC] [--benchmark NAME]
+    pytest-evals export RUN --format jsonl|csv [-o FILE] [the same filters as cases]
 
 ``RUN`` is a run id or ``latest``. ``--db PATH`` picks the database (default ``.evals/evals.sqlite``).
 """
@@ -135,16 +138,56 @@ def cmd_compare(store: Store, args: argparse.Namespace) -> list[str]:
 
 
 def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
-    from .htmlreport import render
+    """One run's page, or with two runs (BASE CAND) the page comparing them."""
+    if len(args.runs) > 2:
+        raise CommandError(f"report takes one run, or two to compare (BASE CAND), not {len(args.runs)}: "
+                           f"{' '.join(args.runs)}")
+    ids = [resolve_run(store, ref) for ref in args.runs]
+    if len(ids) == 2:
+        from .htmlcompare import render_comparison
 
-    run_id = resolve_run(store, args.run)
-    page = render(store, run_id)
+        page = render_comparison(store, ids[0], ids[1], args.alpha, args.margin)
+    else:
+        from .htmlreport import render
+
+        page = render(store, ids[0])
     try:
         Path(args.html).write_text(page, encoding="utf-8")
     except OSError as exc:
         raise CommandError(f"{args.html}: cannot write the report ({exc.strerror or exc}); "
                            "create its folder or pass another --html FILE") from None
-    return [f"wrote {args.html} (run {run_id})"]
+    return [f"wrote {args.html} (run {ids[-1]}" + (f" against run {ids[0]})" if len(ids) == 2 else ")")]
+
+
+def cmd_cases(store: Store, args: argparse.Namespace) -> list[str]:
+    from .browse import BrowseError, case_filter, show_cases
+
+    run_id = resolve_run(store, args.run)
+    try:
+        return show_cases(store, run_id, case_filter(args.outcome, args.keyword, args.model, args.benchmark))
+    except BrowseError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def cmd_export(store: Store, args: argparse.Namespace) -> list[str]:
+    from .browse import BrowseError, case_filter, export_format, export_text
+
+    try:
+        fmt = export_format(args.format, args.output)
+        keep = case_filter(args.outcome, args.keyword, args.model, args.benchmark)
+        run_id = resolve_run(store, args.run)
+        text, count = export_text(store, run_id, keep, fmt)
+    except BrowseError as exc:
+        raise CommandError(str(exc)) from None
+    if args.output is None:  # stdout: main prints the lines and the last line's end
+        return text[:-1].split("\n") if text else []
+    try:
+        with open(args.output, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise CommandError(f"{args.output}: cannot write the export ({exc.strerror or exc}); "
+                           "create its folder or pass another -o FILE") from None
+    return [f"wrote {count} cases of run {run_id} to {args.output} ({fmt})"]
 
 
 def cmd_cache(args: argparse.Namespace) -> list[str]:
@@ -199,8 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--alpha", type=float, default=0.05)
     comp.add_argument("--margin", type=float, default=0.0)
     comp.set_defaults(func=cmd_compare)
-    report = sub.add_parser("report", parents=[after], help="a self-contained HTML report of one run")
-    report.add_argument("run", help="run id or 'latest'")
+    report = sub.add_parser("report", parents=[after], help="a self-contained HTML report of one run, or of two "
+                            "compared (BASE CAND)")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run id or 'latest'; two: BASE CAND")
+    report.add_argument("--alpha", type=float, default=0.05, help="two runs: significance level (default 0.05)")
+    report.add_argument("--margin", type=float, default=0.0, help="two runs: a drop within it is not worse")
     report.add_argument("--html", required=True, metavar="FILE")
     report.set_defaults(func=cmd_report)
     cache = sub.add_parser("cache", help="the call cache (stats, prune, clear) and the converted model copies "
@@ -212,6 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--older-than", type=float, default=30.0, metavar="DAYS", help="prune: default 30")
     cache.add_argument("--copies", action="store_true", help="clear: the converted model copies instead")
     cache.set_defaults(func=cmd_cache, needs_store=False)
+    filters = argparse.ArgumentParser(add_help=False)  # which cases: for cases and export
+    filters.add_argument("--outcome", action="append", metavar="OUTCOME",
+                         help="passed, failed, error or skipped; repeat it or separate with commas")
+    filters.add_argument("-k", dest="keyword", metavar="EXPR",
+                         help="as pytest -k: names that are case-insensitive substrings of the nodeid, "
+                         "with and, or, not and parentheses")
+    filters.add_argument("--model", action="append", metavar="SPEC", help="a model of the run (repeatable)")
+    filters.add_argument("--benchmark", action="append", metavar="NAME",
+                         help="a benchmark, as file::test or the test's name (repeatable)")
+    cases = sub.add_parser("cases", parents=[after, filters],
+                           help="one run's cases: outcome, scores, input, output, error, conversations")
+    cases.add_argument("run", help="run id or 'latest'")
+    cases.set_defaults(func=cmd_cases)
+    export = sub.add_parser("export", parents=[after, filters],
+                            help="one run's cases with their calls' totals, as JSON Lines or CSV")
+    export.add_argument("run", help="run id or 'latest'")
+    export.add_argument("--format", metavar="jsonl|csv", help="jsonl or csv (default: -o FILE's suffix)")
+    export.add_argument("-o", "--output", metavar="FILE", help="write there (default: stdout)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -34,6 +34,8 @@ RECORD_ATTR = "evals_record"  # on a case's teardown report: its record (CaseLog
 CASE_ATTR = "evals_case"  # on every report of an eval case
 ERROR_ATTR = "evals_error"  # on a call report whose failure is an infrastructure fault
 RESUMED_ATTR = "evals_resumed"  # on replayed reports: the run the outcome came from
+WRONG_ATTR = "evals_wrong"  # on a call report whose failure is a wrong answer: the assertion's message, one line
+WRONG = "wrong"  # the terminal's category (and count) of eval cases that failed their assertion
 
 
 @dataclass
@@ -71,6 +73,7 @@ class RunContext:
     repeat: Repeat | None = None  # --evals-repeat: samples of every eval case (a test's marker wins)
     limit: int | None = None  # --evals-limit: cases per benchmark
     seed: int = 0  # --evals-seed: which subset --evals-limit takes
+    markdown: Path | None = None  # --evals-markdown: where the run's Markdown summary goes
 
     @property
     def is_worker(self) -> bool:

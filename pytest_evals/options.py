@@ -127,6 +127,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"the call cache's SQLite file (default: {DEFAULT_CACHE} under rootdir). ini: evals_cache_path",
     )
     group.addoption(
+        "--evals-markdown", dest="evals_markdown", metavar="PATH", default=None,
+        help="write the run's summary (scores, intervals, verdicts, flips) as Markdown to PATH; it is also "
+        "appended to $GITHUB_STEP_SUMMARY when that is set. ini: evals_markdown",
+    )
+    group.addoption(
         "--evals-limit", dest="evals_limit", metavar="N", type=int, default=None,
         help="run a deterministic subset of N cases per benchmark (the same for every model); the summary "
         "says N of M. ini: evals_limit",
@@ -166,6 +171,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("evals_db", "default --evals-db path (relative to rootdir)", default="")
     parser.addini("evals_repeat", "default --evals-repeat", default="")
     parser.addini("evals_limit", "default --evals-limit", default="")
+    parser.addini("evals_markdown", "default --evals-markdown path (relative to rootdir)", default="")
     parser.addini("evals_seed", "default --evals-seed", default="")
     parser.addini("evals_cache", "default --evals-cache mode: off, use, refresh or replay", default="")
     parser.addini("evals_cache_path", "default --evals-cache-path (relative to rootdir)", default="")
@@ -200,6 +206,16 @@ def _path(config: pytest.Config, option: str, default: str) -> Path:
     if not path.is_absolute():
         path = (Path.cwd() if config.getoption(option) else config.rootpath) / path
     return path
+
+
+def _writable_under(path: Path) -> bool:
+    """Whether ``path`` can be written: its nearest existing folder takes new files."""
+    import os
+
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
 
 
 def gpus_per_worker(config: pytest.Config) -> int | None:
@@ -281,6 +297,13 @@ def _read(config: pytest.Config) -> RunContext:
     limit = _setting(config, "evals_limit", int, None)
     _require(limit is None or limit >= 1, f"--evals-limit {limit}: must be at least 1 case per benchmark")
 
+    markdown = _path(config, "evals_markdown", "") if _setting(config, "evals_markdown", str, None) else None
+    if markdown is not None:
+        _require(not markdown.is_dir(), f"--evals-markdown {markdown}: is a folder; pass a file path such as "
+                 "evals-summary.md")
+        _require(_writable_under(markdown), f"--evals-markdown {markdown}: cannot be written (no permission in "
+                 "its folder); pass a writable path")
+
     settings = BackendSettings(timeout_s=timeout, batch_size=batch_size, concurrency=concurrency)
     pool = BackendPool(registry, settings, replay=cache_mode == "replay")
     run = RunContext(
@@ -294,6 +317,7 @@ def _read(config: pytest.Config) -> RunContext:
         limit=limit, seed=_setting(config, "evals_seed", int, 0),
         repeat=repeat_from_option(_setting(config, "evals_repeat", int, None),
                                   bool(config.getoption("evals_repeat_greedy"))),
+        markdown=markdown,
         cache=None if cache_mode == "off" else CallCache(_path(config, "evals_cache_path", DEFAULT_CACHE), cache_mode),
     )
     # no backend of the run gains from batches: no planner, whose plugin would cost every case for nothing

@@ -34,9 +34,11 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # first-result: xdist's own answer must not come first
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto`` with --evals-gpus-per-worker: one worker per group of GPUs (xdist's default without)."""
+    """``-n auto`` with --evals-gpus-per-worker: one worker per group of GPUs, even over xdist's
+    PYTEST_XDIST_AUTO_NUM_WORKERS (xdist's default without groups). xdist asks in its
+    pytest_cmdline_main, before pytest_configure: the GPUs are counted here, on the controller."""
     per_worker = options.gpus_per_worker(config)
     return (len(plan(per_worker, None).groups) or None) if per_worker else None
 

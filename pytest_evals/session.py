@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from . import __version__
-from .context import CASE_ATTR, RECORD_ATTR, RunContext, case_key_of, spec_of
+from . import __version__, markdown
+from .context import CASE_ATTR, RECORD_ATTR, WRONG, WRONG_ATTR, RunContext, case_key_of, spec_of
 from .errors import ConfigError
 from .gates import Gates, Verdict
 from .gpus import WORKER_KEY, worker_index
 from .interruption import Completion, resume_command
 from .metering import Usage
 from .options import RESUME_WIRE_KEY, usage_error
+from .progress import Progress
 from .recorder import record_from_data
 from .report import HEADER, format_table, reason_lines, verdict_rows
 from .resume import ResumeState
@@ -112,6 +113,10 @@ class SessionPlugin:
         self._resume_said = False  # the start-of-resume line is printed once
         self.started_at = now()
         self.progress = Progress(config)
+        # cases of a window end together: the time left is estimated once each process's first window ended
+        workers = getattr(config.option, "numprocesses", None)
+        self.progress.warmup = (run.planner.window if run.planner is not None else 1) * (
+            workers if isinstance(workers, int) and workers > 0 else 1)
         self.session: pytest.Session | None = None
         self.write_error: str | None = None
         self.batched_calls = 0  # model calls served from a batch across cases
@@ -119,6 +124,7 @@ class SessionPlugin:
         self.completion = Completion()  # which collected tests reported their end
         self.incomplete_reason: str | None = None  # why tests did not run, once the run ends without them
         self.limited: dict[str, tuple[int, int]] = {}  # --evals-limit: benchmark -> (cases kept, in all)
+        self.markdown_notes: list[str] = []  # --evals-markdown: what was written, or why not
         self.eval_collected = False  # eval cases were collected here (without xdist): a run exists even if none ends
 
     # --- start-up ---------------------------------------------------------------------------------
@@ -221,7 +227,14 @@ class SessionPlugin:
                 self.record(*record_from_data(data))
                 # written: the terminal keeps every report to the end, so it keeps no copy of the record
                 delattr(report, RECORD_ATTR)
-            self.progress.tick(show=bool(self.gates.scores))  # only sessions with eval cases
+            self.progress.finished(show=bool(self.gates.scores))  # only sessions with eval cases
+
+    def pytest_runtest_logstart(self) -> None:
+        self.progress.started()
+
+    @pytest.hookimpl(trylast=True)  # after pytest wrote the test's result
+    def pytest_runtest_logfinish(self) -> None:
+        self.progress.due()
 
     def record(self, record: CaseRecord, marker: Threshold | None) -> None:
         if record.case.resumed_from is not None and record.case.case_key in self.resume_cache:
@@ -280,6 +293,7 @@ class SessionPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> object:
         """Decide the gates and store the run before pytest's terminal summary and JUnit file are
         written; after them, an incomplete run's last lines say what did not run and how to resume."""
+        self.progress.stop()
         missing = self.completion.missing
         if missing and self.run_id is None and self.eval_collected and not self.write_error:
             try:  # interrupted before its first case was recorded: the run is still stored, as interrupted
@@ -293,10 +307,37 @@ class SessionPlugin:
         if self.gates.scores:
             self._decide(session, self.completion.incomplete_benchmarks() if self.incomplete_reason else set())
         self._finish_run(session.exitstatus)
+        if self.verdicts and not self.run.is_worker:
+            self._write_markdown(int(session.exitstatus))
         try:
             return (yield)
         finally:
             self._say_incomplete(len(missing))
+
+    def _write_markdown(self, exitstatus: int) -> None:
+        """The Markdown summary for CI pages (--evals-markdown, $GITHUB_STEP_SUMMARY)."""
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY") or None
+        if self.run.markdown is None and step_summary is None:
+            return
+        outcomes: dict[str, int] = {}
+        for scores in self.gates.scores.values():
+            for outcome in ("passed", "failed", "error", "skipped"):
+                if scores.count(outcome):
+                    outcomes[outcome] = outcomes.get(outcome, 0) + scores.count(outcome)
+        facts = markdown.RunFacts(run_id=self.run_id, exit_status=exitstatus, outcomes=outcomes,
+                                  baseline_id=self.baseline_id, incomplete=self.incomplete_reason,
+                                  cost=self._spent_text() if self.usage.cost_unknown or self.spent else None)
+        text = markdown.render(self.verdicts, facts)
+        self.markdown_notes = markdown.write(text, str(self.run.markdown) if self.run.markdown else None,
+                                             step_summary)
+        if self.run.markdown is not None and not any("--evals-markdown" in n for n in self.markdown_notes):
+            self.markdown_notes.append(f"evals-markdown: wrote {self.run.markdown}")
+
+    def _spent_text(self) -> str:
+        """Never $0 for costs nobody knows: "at least", or "an unknown amount"."""
+        if self.usage.cost_unknown:
+            return "an unknown amount" if not self.spent else f"at least ${self.spent:.4f}"
+        return f"${self.spent:.4f}"
 
     def _why_incomplete(self, session: pytest.Session) -> str:
         if self.budget_stopped_at is not None:
@@ -431,23 +472,19 @@ class SessionPlugin:
             reporter.write_line(f"evals-resume: {done} of {total} cases already done in run {self.resume_run} "
                                 "(use --evals-fresh to start over)")
 
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if not self.verdicts:
-            return
-        tr = terminalreporter
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter):
+        """After pytest's own sections and short summary: the wrong answers, one line each, then the evals
+        summary and the gate verdicts, so the last lines before pytest's counts are the verdicts."""
+        result = yield
+        if self.verdicts:
+            wrong_answers(terminalreporter)
+            self._summary(terminalreporter)
+        return result
+
+    def _summary(self, tr: pytest.TerminalReporter) -> None:
         tr.write_sep("=", "evals summary")
-        for line in format_table(HEADER, verdict_rows(self.verdicts)):
-            tr.write_line(line)
-        for line in reason_lines(self.verdicts):
-            tr.write_line(line, red=line.startswith("FAIL"))
-        for line in repeat_lines(self.gates):
-            tr.write_line(line, yellow="flaky" in line)
-        if self.limited:
-            parts = [f"{benchmark} {kept} of {total}" for benchmark, (kept, total) in sorted(self.limited.items())]
-            tr.write_line(f"evals-limit: a subset of cases (seed {self.run.seed}), cases run of cases in all: "
-                          + "; ".join(parts), yellow=True)
         if self.usage.models:
-            tr.write_line("")
             for line in format_table(Usage.HEADER, self.usage.rows(), name_columns=1):
                 tr.write_line(line)
             for note in (self.usage.note(), self.usage.cost_note()):
@@ -464,8 +501,7 @@ class SessionPlugin:
             tr.write_line(f"evals-batch: {self.batched_calls} of {self.model_calls} model calls served from batches "
                           f"across cases; {self.model_calls - self.batched_calls} one at a time")
         # never $0 for costs nobody knows: "at least", and how many calls the figure leaves out or estimates
-        spent = (("an unknown amount" if not self.spent else f"at least ${self.spent:.4f}") if self.usage.cost_unknown
-                 else f"${self.spent:.4f}")
+        spent = self._spent_text()
         basis = "".join(f"; {n} calls {what}" for n, what in (
             (self.usage.cost_bases.get("estimated", 0), "priced from estimated prompt tokens"),
             (self.usage.cost_unknown, "of priced models with no cost (their token counts are unknown)")) if n)
@@ -482,15 +518,46 @@ class SessionPlugin:
                           f"margin {self.gates.margin:g})")
             if self.baseline_note:
                 tr.write_line(self.baseline_note)
-        failed_cases = sum(s.count("failed") for s in self.gates.scores.values())
+        for line in repeat_lines(self.gates):
+            tr.write_line(line, yellow="flaky" in line)
+        if self.limited:
+            parts = [f"{benchmark} {kept} of {total}" for benchmark, (kept, total) in sorted(self.limited.items())]
+            tr.write_line(f"evals-limit: a subset of cases (seed {self.run.seed}), cases run of cases in all: "
+                          + "; ".join(parts), yellow=True)
+        tr.write_line("")
+        for line in format_table(HEADER, verdict_rows(self.verdicts)):
+            tr.write_line(line)
+        for line in reason_lines(self.verdicts):
+            tr.write_line(line, red=line.startswith("FAIL"))
+        wrong = sum(s.count("failed") for s in self.gates.scores.values())
         if (all(v.holds for v in self.verdicts) and not self.other_failures and not self.write_error
                 and self.session is not None and self.session.exitstatus == pytest.ExitCode.OK):
-            note = f"; exit status 0 although {failed_cases} cases failed" if failed_cases else ""
+            note = (f"; exit status 0: {'the' if wrong != 1 else 'its'} {wrong} wrong answer{'s' * (wrong != 1)} "
+                    f"count{'s' * (wrong == 1)} in the scores, not as test failures" if wrong else "")
             tr.write_line(f"evals: all {len(self.verdicts)} gates hold{note}", green=True)
         if self.write_error:
             tr.write_line(f"evals: the cases after the first failed write are not stored: {self.write_error}", red=True)
+        for note in self.markdown_notes:
+            tr.write_line(note, yellow="cannot" in note)
         if self.run_id is not None:
             tr.write_line(f"run {self.run_id} stored in {self.run.db_path}")
+
+
+def wrong_answers(tr: pytest.TerminalReporter) -> None:
+    """Eval cases that failed their assertion: one line each (``nodeid: message``), or, where the user
+    chose a ``--tb`` style (or ``--full-trace``), each one's traceback in that style."""
+    reports = [r for r in tr.stats.get(WRONG, ()) if getattr(r, "when", None) == "call"]
+    if not reports:
+        return
+    style = tr.config.getoption("tbstyle", "auto")
+    tr.write_sep("=", f"wrong answers ({len(reports)}; scores, not test failures)")
+    if style not in ("auto", "no", "line") or tr.config.getoption("fulltrace", False):
+        for report in reports:
+            tr.write_sep("_", report.head_line or report.nodeid)
+            report.toterminal(tr._tw)
+        return
+    for report in reports:
+        tr.write_line(f"{report.nodeid}: {getattr(report, WRONG_ATTR, '')}")
 
 
 def repeated_rows(gates: Gates) -> list[dict]:
@@ -562,43 +629,3 @@ class XdistControllerPlugin:
         gpu_plan = self.run.gpu_plan
         if gpu_plan is not None and gpu_plan.groups:
             workerinput[WORKER_KEY] = gpu_plan.for_worker(worker_index(workerinput["workerid"]))
-
-
-class Progress:
-    """A status line on the controller for long runs: tests done of total, rate and time left."""
-
-    FIRST_AFTER_S = 5.0
-    EVERY_S = 15.0
-
-    def __init__(self, config: pytest.Config) -> None:
-        import time
-
-        self.clock = time.monotonic
-        self.config = config
-        self.start = self.clock()
-        self.next = self.start + self.FIRST_AFTER_S
-        self.total = 0
-        self.done = 0
-        self.spent: float | None = None  # USD so far, where prices apply
-
-    def tick(self, show: bool = True) -> None:
-        self.done += 1
-        now = self.clock()
-        if now < self.next or not self.total or not show:
-            return
-        self.next = now + self.EVERY_S
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
-                reporter.write("\n")  # the progress dots are still on this line
-            reporter.write_line(self.line(now))
-
-    def line(self, now: float) -> str:
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate else 0.0
-        minutes, seconds = divmod(int(round(left)), 60)
-        line = f"evals: {self.done} of {self.total} tests done, {rate:.1f}/s, about {minutes}m{seconds:02d}s left"
-        if self.spent is not None and self.done:
-            line += f", ${self.spent:.4f} spent, about ${self.spent / self.done * self.total:.4f} for all"
-        return line

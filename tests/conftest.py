@@ -119,6 +119,12 @@ def cases_stored(db: Path) -> int:
         return 0
 
 
+def counts(result: pytest.RunResult) -> dict[str, int]:
+    """pytest's final counts, eval cases with wrong answers (``wrong``) included: pytester's
+    ``assert_outcomes`` knows no such category. Warnings are left out."""
+    return {k: v for k, v in result.parseoutcomes().items() if k not in ("warnings", "warning")}
+
+
 @pytest.fixture
 def fake_project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester project whose conftest registers the ``fake:`` backend."""

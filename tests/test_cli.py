@@ -1,9 +1,8 @@
-"""The pytest-evals command and its HTML report, on runs stored by real pytest sessions."""
+"""The pytest-evals command, on runs stored by real pytest sessions (its HTML report: test_htmlreport.py)."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 
@@ -73,39 +72,6 @@ def test_runs_show_compare(two_runs: pytest.Pytester) -> None:
 def test_bad_input_is_one_line(two_runs: pytest.Pytester, args: list[str], message: str) -> None:
     out = cli(two_runs, *args)
     assert out.returncode == 2 and out.stderr.strip() == message
-
-
-def test_html_report_is_self_contained_with_charts_and_failed_cases(two_runs: pytest.Pytester) -> None:
-    out = cli(two_runs, "report", "2", "--html", "report.html")
-    assert out.returncode == 0 and out.stdout.strip() == "wrote report.html (run 2)"
-    page = (two_runs.path / "report.html").read_text()
-    # no external resource: no script, no stylesheet link, no src/href anywhere
-    assert "<script" not in page and not re.search(r"\b(src|href)=", page)
-    assert re.findall(r"https?://[^\"' ]+", page) == ["http://www.w3.org/2000/svg"] * page.count("<svg")
-    # one bar with an interval and a threshold line per benchmark and metric
-    assert page.count('class="bars"') == 2  # pass rate and f1
-    assert page.count('class="bar"') == 2 and page.count('class="interval"') == 2
-    assert page.count('class="threshold"') == 1  # only pass rate has a threshold
-    assert page.count('class="histogram"') == 1 and page.count('class="bin"') == 20
-    # the six failed cases with input, output and the escaped error
-    assert page.count("<td class='fail'>failed</td>") == 6
-    assert "wrong &lt;answer&gt; &amp; more" in page and "question 0" in page
-
-
-def test_html_report_renders_in_headless_chromium(two_runs: pytest.Pytester) -> None:
-    """A look at the page as a person would see it: where Chromium is installed (not in CI)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    cli(two_runs, "report", "2", "--html", "report.html")
-    shot = two_runs.path / "report.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={two_runs.path / 'profile'}", "--window-size=1200,1600",
-                    f"--screenshot={shot}", f"file://{two_runs.path / 'report.html'}"],
-                   capture_output=True, timeout=60)
-    data = shot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank one
 
 
 def test_cache_lists_and_clears_the_converted_model_copies(tmp_path, monkeypatch) -> None:

@@ -3,7 +3,6 @@ gpu-marked check in benchmarks/gpu_check.py runs the real thing)."""
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 from conftest import FAKE_BACKEND, rows
@@ -74,11 +73,30 @@ def test_each_worker_gets_its_own_gpus_and_the_cases_record_them(gpu_project: py
     assert pinned == {("gw0", "0,1"), ("gw1", "2,3")}
 
 
-def test_n_auto_starts_one_worker_per_gpu_group(gpu_project: pytest.Pytester) -> None:
+SIX_GPUS = FAKE_BACKEND + '''
+import pytest_evals.gpus
+
+pytest_evals.gpus.count_gpus = lambda: (6, None)  # three groups of 2
+'''
+
+
+@pytest.mark.parametrize("xdist_env", [None, "5"], ids=["cpu-count", "env-var"])
+def test_n_auto_starts_one_worker_per_gpu_group(gpu_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                                xdist_env: str | None) -> None:
+    """Three groups: xdist's own answer would differ (this machine's 2 CPUs; 5 from its env var)."""
+    if xdist_env is None:
+        monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    else:
+        monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", xdist_env)
+    gpu_project.makeconftest(SIX_GPUS)
+    gpu_project.makepyfile(test_pinned=PINNED.replace('("0,1", "2,3")', '("0,1", "2,3", "4,5")'))
     result = gpu_project.runpytest_subprocess("-n", "auto", "--evals-gpus-per-worker", "2", "--model=fake:m",
                                               "-p", "no:cacheprovider")
     result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines(["*2 group(s) of 2*one per worker (2 workers)", "2 workers ?8 items?"])
+    result.stdout.fnmatch_lines(["evals-gpus: 6 GPU(s) visible, 3 group(s) of 2: ?0,1? ?2,3? ?4,5?; "
+                                 "one per worker (3 workers)", "3 workers ?8 items?"])
+    pinned = set(rows(gpu_project, "SELECT worker, gpus FROM cases"))  # xdist hands each worker 2 first
+    assert pinned == {("gw0", "0,1"), ("gw1", "2,3"), ("gw2", "4,5")}
 
 
 def test_without_gpus_nothing_is_pinned_and_the_header_says_why(pytester: pytest.Pytester,

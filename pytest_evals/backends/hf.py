@@ -9,12 +9,13 @@ whitespace moves to the continuation, and an empty context is replaced by the pr
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..specs import ModelSpec, SpecError
 from .base import (
@@ -130,15 +131,16 @@ class HFBackend(TemplateChat, Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
-        source, gguf = resolve_source(spec)
-        if gguf is not None:
-            source = str(dequantized_copy(gguf))
         device = str(spec.option("device", "cuda" if torch.cuda.is_available() else "cpu"))
         dtype_name = str(spec.option("dtype", "auto"))
         dtype: Any = dtype_name if dtype_name == "auto" else getattr(torch, dtype_name)
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **{dtype_kw: dtype})
+        with _quiet_loading(transformers):
+            source, gguf = resolve_source(spec)
+            if gguf is not None:
+                source = str(dequantized_copy(gguf))
+            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **{dtype_kw: dtype})
         self.model.to(device).eval()
         if self.model.device.type == "cpu":
             _share_cores(torch)
@@ -404,3 +406,17 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@contextlib.contextmanager
+def _quiet_loading(transformers: Any) -> Iterator[None]:
+    """No loading bars from transformers while the plugin loads a model: in a test run they would land
+    inside pytest's lines of progress dots (the plugin's header and summary say what was loaded)."""
+    bars = transformers.utils.logging
+    was_enabled = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            bars.enable_progress_bar()

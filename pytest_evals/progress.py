@@ -1,0 +1,130 @@
+"""The controller's status lines for long runs: tests done of total, rate, time left, money spent.
+
+They fit pytest's own output: a status line never lands inside a line of progress dots (it ends that
+line first, and pytest starts the next one with its file's name again), and in ``-v`` mode it goes
+between two test lines. The time left is estimated only once a first window of batched cases has
+finished (cases of a batch end together: the first case's time is the whole batch's), from the tests
+done after it. While no test ends for a while (a long batch, a slow case), a line says so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+
+class Progress:
+    """Status lines on the controller. ``started``/``finished`` are called per test; ``due`` writes."""
+
+    FIRST_AFTER_S = 5.0  # no status line for runs shorter than this
+    EVERY_S = 15.0  # at most one status line this often
+    QUIET_S = 30.0  # a line when no test has ended for this long
+
+    def __init__(self, config: pytest.Config, clock: Any = time.monotonic) -> None:
+        self.clock = clock
+        self.config = config
+        self.start = clock()
+        self.next = self.start + self.FIRST_AFTER_S
+        self.total = 0
+        self.done = 0
+        self.warmup = 1  # tests that end before the time left is estimated: one window per process
+        self.spent: float | None = None  # USD so far, where prices apply
+        self.running = False  # between the first test's start and the session's end
+        self.show = False  # only sessions with eval cases print status lines
+        self._warm: tuple[int, float] | None = None  # (tests done, time) when the first windows had ended
+        self._last_end = self.start
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- events ---------------------------------------------------------------------------------------
+    def started(self) -> None:
+        if self.running or self._stop.is_set():
+            return
+        self.running = True
+        self._last_end = self.clock()
+        if self._reporter() is not None:
+            self._thread = threading.Thread(target=self._watch, name="evals-progress", daemon=True)
+            self._thread.start()
+
+    def finished(self, show: bool = True) -> None:
+        """A test ended (its teardown report); ``show``: the session has eval cases."""
+        with self._lock:
+            self.done += 1
+            now = self._last_end = self.clock()
+            self.show = self.show or show
+            if self._warm is None and self.done >= self.warmup:
+                self._warm = (self.done, now)
+
+    def due(self) -> None:
+        """After pytest wrote a test's result: a status line if one is due."""
+        now = self.clock()
+        if now < self.next or not self.total or not self.show or self.done >= self.total:
+            return
+        self.next = now + self.EVERY_S
+        self._write(self.line(now))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.running = False
+
+    # --- text -----------------------------------------------------------------------------------------
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        line = f"evals: {self.done} of {self.total} tests done, {self.done / elapsed:.1f}/s"
+        left = self.left(now)
+        line += (f", about {_minutes(left)} left" if left is not None
+                 else ", time left not known yet (the first batches are still running)")
+        if self.spent is not None and self.done:
+            line += f", ${self.spent:.4f} spent, about ${self.spent / self.done * self.total:.4f} for all"
+        return line
+
+    def left(self, now: float) -> float | None:
+        """Seconds left, from the rate of the tests that ended after the first windows; None before."""
+        if self._warm is None:
+            return None
+        done, since = self._warm
+        if self.done <= done or now <= since:
+            return None
+        rate = (self.done - done) / (now - since)
+        return max(self.total - self.done, 0) / rate
+
+    def quiet_line(self, now: float) -> str:
+        return (f"evals: {self.done} of {self.total} tests done; no test has ended for {_minutes(now - self._last_end)} "
+                "(a batch across cases, a model load or a slow case is running)")
+
+    # --- output ---------------------------------------------------------------------------------------
+    def _reporter(self) -> Any:
+        return self.config.pluginmanager.get_plugin("terminalreporter")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            now = self.clock()
+            if self.show and self.total and now - self._last_end >= self.QUIET_S and now >= self.next:
+                self.next = now + self.QUIET_S
+                self._write(self.quiet_line(now))
+
+    def _write(self, text: str) -> None:
+        reporter = self._reporter()
+        if reporter is None:
+            return
+        with self._lock:
+            tw = reporter._tw
+            if tw.width_of_current_line:
+                tw.line()  # a line of progress dots ends here, before the status line
+            if self.config.get_verbosity() > 0 or reporter.showfspath:
+                # left open: pytest ends it before its next line, and in the default mode starts that
+                # line with its file's name again (a file name unset means "print it")
+                tw.write(text, flush=True)
+                reporter.currentfspath = -2 if self.config.get_verbosity() > 0 else None
+            else:  # xdist's dots carry no file name
+                tw.line(text)
+                tw.flush()
+
+
+def _minutes(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s"

@@ -3,8 +3,11 @@
 They fit pytest's own output: a status line never lands inside a line of progress dots (it ends that
 line first, and pytest starts the next one with its file's name again), and in ``-v`` mode it goes
 between two test lines. The time left is estimated only once a first window of batched cases has
-finished (cases of a batch end together: the first case's time is the whole batch's), from the tests
-done after it. While no test ends for a while (a long batch, a slow case), a line says so.
+finished (cases of a batch end together: the first case's time is the whole batch's), from the
+average time per test since the first one started (not from the last few: a batch's cases end in a
+burst, which would promise the run in seconds). While no test ends for a while, a line says so: under
+xdist whatever runs; without it, a batch across cases or a model load outside a test's phases (what a
+phase writes, pytest captures as the test's output, so no line is written then).
 """
 
 from __future__ import annotations
@@ -34,18 +37,20 @@ class Progress:
         self.spent: float | None = None  # USD so far, where prices apply
         self.running = False  # between the first test's start and the session's end
         self.show = False  # only sessions with eval cases print status lines
-        self._warm: tuple[int, float] | None = None  # (tests done, time) when the first windows had ended
+        self._first_start: float | None = None  # when the first test started
         self._last_end = self.start
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.in_phase = False  # a test's setup, call or teardown runs here, where pytest captures the output
+        self._captures = config.getoption("capture", "fd") != "no"
 
     # --- events ---------------------------------------------------------------------------------------
     def started(self) -> None:
         if self.running or self._stop.is_set():
             return
         self.running = True
-        self._last_end = self.clock()
+        self._first_start = self._last_end = self.clock()
         if self._reporter() is not None:
             self._thread = threading.Thread(target=self._watch, name="evals-progress", daemon=True)
             self._thread.start()
@@ -54,10 +59,8 @@ class Progress:
         """A test ended (its teardown report); ``show``: the session has eval cases."""
         with self._lock:
             self.done += 1
-            now = self._last_end = self.clock()
+            self._last_end = self.clock()
             self.show = self.show or show
-            if self._warm is None and self.done >= self.warmup:
-                self._warm = (self.done, now)
 
     def due(self) -> None:
         """After pytest wrote a test's result: a status line if one is due."""
@@ -67,13 +70,21 @@ class Progress:
         self.next = now + self.EVERY_S
         self._write(self.line(now))
 
+    def phase(self):
+        """Wraps a test phase (a hook wrapper's body): a line written now would be captured as the test's."""
+        self.in_phase = True
+        try:
+            return (yield)
+        finally:
+            self.in_phase = False
+
     def stop(self) -> None:
         self._stop.set()
         self.running = False
 
     # --- text -----------------------------------------------------------------------------------------
     def line(self, now: float) -> str:
-        elapsed = max(now - self.start, 1e-9)
+        elapsed = max(now - (self._first_start if self._first_start is not None else self.start), 1e-9)
         line = f"evals: {self.done} of {self.total} tests done, {self.done / elapsed:.1f}/s"
         left = self.left(now)
         line += (f", about {_minutes(left)} left" if left is not None
@@ -83,14 +94,11 @@ class Progress:
         return line
 
     def left(self, now: float) -> float | None:
-        """Seconds left, from the rate of the tests that ended after the first windows; None before."""
-        if self._warm is None:
+        """Seconds left at the average time per test so far; None until the first windows have ended."""
+        origin = self._first_start if self._first_start is not None else self.start
+        if self.done < self.warmup or not self.done or now <= origin:
             return None
-        done, since = self._warm
-        if self.done <= done or now <= since:
-            return None
-        rate = (self.done - done) / (now - since)
-        return max(self.total - self.done, 0) / rate
+        return max(self.total - self.done, 0) * (now - origin) / self.done
 
     def quiet_line(self, now: float) -> str:
         return (f"evals: {self.done} of {self.total} tests done; no test has ended for {_minutes(now - self._last_end)} "
@@ -103,6 +111,8 @@ class Progress:
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
             now = self.clock()
+            if self.in_phase and self._captures:
+                continue  # pytest would capture the line as the test's output
             if self.show and self.total and now - self._last_end >= self.QUIET_S and now >= self.next:
                 self.next = now + self.QUIET_S
                 self._write(self.quiet_line(now))

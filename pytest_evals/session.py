@@ -232,6 +232,18 @@ class SessionPlugin:
     def pytest_runtest_logstart(self) -> None:
         self.progress.started()
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self):
+        return (yield from self.progress.phase())
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self):
+        return (yield from self.progress.phase())
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self):
+        return (yield from self.progress.phase())
+
     @pytest.hookimpl(trylast=True)  # after pytest wrote the test's result
     def pytest_runtest_logfinish(self) -> None:
         self.progress.due()

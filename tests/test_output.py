@@ -5,6 +5,8 @@ inside a line of dots; the Markdown summary for CI pages."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -138,18 +140,19 @@ def test_time_left_waits_for_the_first_windows_and_counts_from_them(pytestconfig
     clock = Clock()
     progress = Progress(pytestconfig, clock=clock)
     progress.total, progress.warmup = 100, 10
+    progress.started()
     clock.now += 60  # the first window of 10 cases is one batch: they all end after a minute
     progress.finished()
     assert progress.left(clock.now) is None
-    assert "time left not known yet" in progress.line(clock.now)  # not "100 x 60 s"
+    assert "time left not known yet" in progress.line(clock.now)  # not "99 x 60 s"
     for _ in range(9):
         progress.finished()
-    assert progress.left(clock.now) is None  # nothing has ended since the first windows
-    clock.now += 30
-    for _ in range(10):  # the next window: 10 cases in 30 s
+    assert progress.left(clock.now) == pytest.approx(90 * 6.0)
+    clock.now += 1
+    for _ in range(10):  # the next window's cases end in a burst: no "done in seconds"
         progress.finished()
-    assert progress.left(clock.now) == pytest.approx(80 * 3.0)
-    assert progress.line(clock.now).startswith("evals: 20 of 100 tests done, 0.2/s, about 4m00s left")
+    assert progress.left(clock.now) == pytest.approx(80 * 61 / 20)
+    assert progress.line(clock.now).startswith("evals: 20 of 100 tests done, 0.3/s, about 4m04s left")
 
 
 def test_a_quiet_stretch_gets_a_line(pytestconfig) -> None:
@@ -193,3 +196,36 @@ def test_status_lines_never_land_inside_a_line_of_results(fake_project: pytest.P
             assert re.match(r"test_[ab]\.py::test_slow\[\d+-fake:a\] PASSED", following), following
         else:
             assert re.fullmatch(r"\.+( +\[ *\d+%\])?", following) or "tests done" in following, following
+
+
+def test_a_line_while_no_test_ends(fake_project: pytest.Pytester) -> None:
+    fake_project.makeconftest(fake_project.path.joinpath("conftest.py").read_text()
+                              + "\nfrom pytest_evals.progress import Progress\n"
+                                "Progress.FIRST_AFTER_S = 0.0\nProgress.EVERY_S = 0.5\nProgress.QUIET_S = 0.5\n")
+    fake_project.makepyfile(test_quiet="""
+        import pathlib
+        import time
+        import pytest
+
+        @pytest.mark.parametrize("i", range(2))
+        def test_waits(model, i):
+            model.generate(f"q{i}")
+            if i == 1:  # waits until the status line about the silence is out (the runner ends it)
+                marker, deadline = pathlib.Path("said.txt"), time.monotonic() + 60
+                while not marker.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        """)
+    # under xdist the controller writes it while the case runs (without xdist, pytest would capture a
+    # line written during a test's call as the test's output)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:a",
+                             "--evals-batch-size=1", "-n", "1"], cwd=fake_project.path, stdout=subprocess.PIPE,
+                            text=True)
+    seen = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if "no test has ended for" in line:
+            (fake_project.path / "said.txt").write_text("")
+    assert proc.wait(timeout=120) == 0
+    quiet = [line for line in seen if "no test has ended for" in line]
+    assert quiet and quiet[0].startswith("evals: 1 of 2 tests done; no test has ended for 0m0"), "".join(seen)
+    assert not any("no test has ended" in line and not line.startswith("evals: ") for line in seen)

@@ -110,7 +110,8 @@ def model(request: pytest.FixtureRequest) -> Model:
     try:
         return build_model(request.node)
     except BackendError as exc:  # one line per case, no traceback: the message names the fix
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)  # outside the except: pytest would print the reason twice, chained
 
 
 @pytest.fixture
@@ -123,7 +124,8 @@ def judge(request: pytest.FixtureRequest) -> Model:
     try:
         return build_model(request.node, role="judge")
     except BackendError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture

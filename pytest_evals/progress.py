@@ -38,7 +38,7 @@ class Progress:
         self.running = False  # between the first test's start and the session's end
         self.show = False  # only sessions with eval cases print status lines
         self._first_start: float | None = None  # when the first test started
-        self._last_end = self.start
+        self._last_end = self._last_start = self.start
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -47,6 +47,8 @@ class Progress:
 
     # --- events ---------------------------------------------------------------------------------------
     def started(self) -> None:
+        with self._lock:
+            self._last_start = self.clock()
         if self.running or self._stop.is_set():
             return
         self.running = True
@@ -105,6 +107,10 @@ class Progress:
                 "(a batch across cases, a model load or a slow case is running)")
 
     # --- output ---------------------------------------------------------------------------------------
+    def _quiet_since(self) -> float:
+        """When pytest last had something to write: a test's start or end."""
+        return max(self._last_end, self._last_start)
+
     def _reporter(self) -> Any:
         return self.config.pluginmanager.get_plugin("terminalreporter")
 
@@ -113,15 +119,17 @@ class Progress:
             now = self.clock()
             if self.in_phase and self._captures:
                 continue  # pytest would capture the line as the test's output
-            if self.show and self.total and now - self._last_end >= self.QUIET_S and now >= self.next:
+            if self.show and self.total and now - self._quiet_since() >= self.QUIET_S and now >= self.next:
                 self.next = now + self.QUIET_S
-                self._write(self.quiet_line(now))
+                self._write(self.quiet_line(now), quiet=True)
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: str, quiet: bool = False) -> None:
         reporter = self._reporter()
         if reporter is None:
             return
         with self._lock:
+            if quiet and (self.clock() - self._quiet_since() < self.QUIET_S or self.in_phase and self._captures):
+                return  # a test ended (or a phase began) meanwhile: pytest is writing now
             tw = reporter._tw
             if tw.width_of_current_line:
                 tw.line()  # a line of progress dots ends here, before the status line

@@ -119,6 +119,7 @@ class SessionPlugin:
             workers if isinstance(workers, int) and workers > 0 else 1)
         self.session: pytest.Session | None = None
         self.write_error: str | None = None
+        self.cases_stored = False  # the failed write came after every case was committed
         self.batched_calls = 0  # model calls served from a batch across cases
         self.model_calls = 0
         self.completion = Completion()  # which collected tests reported their end
@@ -375,6 +376,13 @@ class SessionPlugin:
 
     def _decide(self, session: pytest.Session, incomplete: set[str]) -> None:
         self.verdicts = self.gates.verdicts(self.baseline, incomplete)
+        # stored before the exit status is decided: a write that fails here fails the run too
+        if self.store is not None and self.run_id is not None and not self.write_error:
+            try:
+                self.store.record_benchmarks(self.run_id, benchmark_rows(self.verdicts), repeated_rows(self.gates))
+            except sqlite3.Error as exc:
+                self.write_error = str(self.store.error(exc))
+                self.cases_stored = True  # every case was committed; only the run's scores were not
         # A run cut short by -x/--maxfail keeps pytest's status: its gates saw only part of the cases.
         if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not session.shouldfail:
             if any(v.usage_errors for v in self.verdicts):
@@ -384,11 +392,6 @@ class SessionPlugin:
             else:
                 session.exitstatus = pytest.ExitCode.OK
         self._junit_properties()
-        if self.store is not None and self.run_id is not None and not self.write_error:
-            try:
-                self.store.record_benchmarks(self.run_id, benchmark_rows(self.verdicts), repeated_rows(self.gates))
-            except sqlite3.Error as exc:
-                self.write_error = str(self.store.error(exc))
 
     def _junit_properties(self) -> None:
         from _pytest.junitxml import xml_key  # the stash key junitxml itself uses
@@ -548,7 +551,9 @@ class SessionPlugin:
                     f"count{'s' * (wrong == 1)} in the scores, not as test failures" if wrong else "")
             tr.write_line(f"evals: all {len(self.verdicts)} gates hold{note}", green=True)
         if self.write_error:
-            tr.write_line(f"evals: the cases after the first failed write are not stored: {self.write_error}", red=True)
+            what = ("every case is stored, the run's scores and verdicts are not" if self.cases_stored
+                    else "the cases after the first failed write are not stored")
+            tr.write_line(f"evals: {what}: {self.write_error}", red=True)
         for note in self.markdown_notes:
             tr.write_line(note, yellow="cannot" in note)
         if self.run_id is not None:

@@ -148,13 +148,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs a CUDA GPU")
 
 
-def _required(module: str, install: str) -> None:
-    """Skip when a real part is missing locally; in CI (CI=true) a missing part is a failure."""
-    if importlib.util.find_spec(module) is None:
+def _required(module: str, install: str, module_level: bool = False) -> None:
+    """Skip when a real part is missing locally; in CI (CI=true) a missing part is a failure: a proof
+    that cannot run must not pass as a skip there."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        found = False
+    if not found:
         message = f"{module} is not installed ({install})"
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=module_level)
+
+
+def require(module: str, install: str, module_level: bool = False):
+    """``module``, imported; where it is missing the test skips, except under CI=true, where it fails."""
+    _required(module, install, module_level)
+    return importlib.import_module(module)
 
 
 def embedded_gguf_path() -> Path:

@@ -1,9 +1,13 @@
 """A small OpenAI-compatible server for concurrency tests (starlette + uvicorn, from llama-cpp-python's
 server extra): every completion answers ``echo:<prompt>`` after a fixed latency, streamed as the real
 servers do. It counts requests in flight (``GET /stats``), answers 429 with ``Retry-After: 0`` to
-every Nth request when asked to, and 500 to every prompt that starts with ``fail``.
+every Nth request when asked to, 500 to every prompt that starts with ``fail``, and to every prompt that
+starts with ``garble`` a stream whose second event is a malformed JSON line.
 
-    python stubserver.py PORT LATENCY_S RATE_LIMIT_EVERY [MODELS_DELAY_S]   (0: never)
+    python stubserver.py PORT LATENCY_S RATE_LIMIT_EVERY [MODELS_DELAY_S] [--api-key=KEY]   (0: never)
+
+With ``--api-key=KEY`` every ``/v1`` request must carry ``Authorization: Bearer KEY``: one without a key
+is answered 401, one with another key 403 (``/stats`` stays open, for readiness probes).
 
 The first model list (the readiness probe) comes at once; later ones after MODELS_DELAY_S, as from a
 busy server.
@@ -21,13 +25,32 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-LATENCY = float(sys.argv[2])
-EVERY = int(sys.argv[3])
-MODELS_DELAY = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "rate_limited": 0}
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+FLAGS = dict(a[2:].partition("=")[::2] for a in sys.argv[1:] if a.startswith("--"))
+LATENCY = float(ARGS[1])
+EVERY = int(ARGS[2])
+MODELS_DELAY = float(ARGS[3]) if len(ARGS) > 3 else 0.0
+API_KEY = FLAGS.get("api-key")
+stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "rate_limited": 0, "refused": 0, "garbled": 0}
+
+
+def refusal(request: Request) -> Response | None:
+    """401 without a key, 403 with the wrong one, where the server was started with --api-key."""
+    if API_KEY is None:
+        return None
+    given = request.headers.get("authorization")
+    if given == f"Bearer {API_KEY}":
+        return None
+    stats["refused"] += 1
+    if given is None:
+        return JSONResponse({"error": {"message": "missing API key"}}, status_code=401)
+    return JSONResponse({"error": {"message": "invalid API key"}}, status_code=403)
 
 
 async def models(request: Request) -> Response:
+    refused = refusal(request)
+    if refused is not None:
+        return refused
     stats["models_asked"] = stats.get("models_asked", 0) + 1
     if stats["models_asked"] > 1:  # the first answer is the fixture's readiness probe
         await asyncio.sleep(MODELS_DELAY)
@@ -39,6 +62,9 @@ async def get_stats(request: Request) -> Response:
 
 
 async def completions(request: Request) -> Response:
+    refused = refusal(request)
+    if refused is not None:
+        return refused
     body = await request.json()
     stats["requests"] += 1
     if EVERY and stats["requests"] % EVERY == 0:
@@ -53,9 +79,13 @@ async def completions(request: Request) -> Response:
     finally:
         stats["in_flight"] -= 1
     text = "echo:" + body["prompt"]
+    garbled = body["prompt"].startswith("garble")
+    stats["garbled"] += garbled
 
     async def events():
         yield "data: " + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]}) + "\n\n"
+        if garbled:  # a JSON object cut short, as from a server (or proxy) that writes a broken event
+            yield 'data: {"choices": [{"index": 0, "text": "more\n\n'
         yield "data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}],
                                      "usage": {"prompt_tokens": 5, "completion_tokens": 3}}) + "\n\n"
         yield "data: [DONE]\n\n"

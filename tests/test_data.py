@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_BACKEND
+from conftest import FAKE_BACKEND, require
 
 from pytest_evals import Row, few_shot, load_dataset, metrics
 
@@ -79,7 +79,7 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_hugging_face_datasets_from_disk_only(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets", "pip install datasets")
     saved = tmp_path / "saved"
     datasets.DatasetDict({"test": datasets.Dataset.from_list(ROWS),
                           "train": datasets.Dataset.from_list(ROWS[:1])}).save_to_disk(str(saved))
@@ -186,8 +186,8 @@ def test_exact_match_and_f1_are_squads() -> None:
 
 
 def test_rouge_l_and_bleu_are_their_packages() -> None:
-    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
-    sacrebleu = pytest.importorskip("sacrebleu")
+    rouge_scorer = require("rouge_score.rouge_scorer", "pip install rouge-score")
+    sacrebleu = require("sacrebleu", "pip install sacrebleu")
     # the LCS "the cat was under the bed": precision 6/7, recall 6/6
     assert metrics.rouge_l("the cat was found under the bed", "the cat was under the bed") == pytest.approx(12 / 13)
     pairs = [("the quick brown fox jumps", "a quick brown dog jumps over"), ("hello world", "world hello"),

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, LoglikelihoodRequest
 from pytest_evals.backends.gguf_cache import COMPLETE_MARK, copy_dir_for, dequantized_copy
@@ -111,7 +112,7 @@ def test_loglikelihood_batched_matches_single(smollm2) -> None:
 
 def test_loglikelihood_agrees_with_lm_evaluation_harness(smollm2) -> None:
     """The reference: lm-evaluation-harness's hf backend on the same model files and strings."""
-    pytest.importorskip("lm_eval", reason="pip install lm-eval")
+    require("lm_eval", "pip install lm-eval")
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -244,3 +245,158 @@ def test_a_batch_out_of_memory_is_run_in_halves(smollm2, monkeypatch: pytest.Mon
     monkeypatch.setattr(smollm2, "_generate_batch", small_memory)
     assert [r.text for r in smollm2.generate(requests)] == expected
     assert sizes == [5, 2, 3, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
+
+
+# --- the generation deadline, sampling, hf: options, the weights in the case key -----------------------
+
+def test_the_generation_deadline_stops_generating_and_is_a_timeout(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--evals-timeout is transformers' max_time: generation stops at the deadline (not at its token limit
+    or an end token), and the call is a transient `timeout` fault."""
+    from dataclasses import replace
+
+    from pytest_evals.backends.base import TransientError
+
+    seen = []
+    real = smollm2.model.generate
+
+    def generate(**kwargs):
+        output = real(**kwargs)
+        seen.append((kwargs, output[0, kwargs["input_ids"].shape[1]:].tolist()))
+        return output
+
+    monkeypatch.setattr(smollm2.model, "generate", generate)
+    monkeypatch.setattr(smollm2, "settings", replace(smollm2.settings, timeout_s=0.05))
+    with pytest.raises(TransientError, match="generation passed the 0.05 s deadline") as caught:
+        smollm2.generate([GenerateRequest("1, 2, 3, 4,", max_tokens=200)])
+    assert caught.value.kind == "timeout"
+    ((kwargs, new),) = seen
+    assert kwargs["max_time"] == 0.05
+    assert 1 <= len(new) < 200 and new[-1] != smollm2.tokenizer.eos_token_id
+
+
+def test_a_call_past_the_evals_timeout_ends_its_case_as_error(pytester: pytest.Pytester, smollm2) -> None:
+    pytester.makepyfile(test_slow="""
+        def test_long_story(model):
+            assert model.generate("1, 2, 3, 4,", max_tokens=200).text
+        """)
+    result = pytester.runpytest_subprocess(f"--model=hf:{smollm2.source}", "--evals-timeout=0.05",
+                                           "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+    con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+    cases = con.execute("SELECT outcome, error FROM cases").fetchall()
+    calls = con.execute("SELECT error FROM calls").fetchall()
+    con.close()
+    assert [c[0] for c in cases] == ["error"] and "generation passed the 0.05 s deadline" in cases[0][1]
+    assert len(calls) == 1 and "deadline" in calls[0][0]  # tried once: timeouts are retried only when asked
+
+
+def test_sampling_uses_each_requests_temperature_and_torchs_generator(smollm2) -> None:
+    """Greedy and sampled requests in one call keep their own temperature; samples are drawn from torch's
+    global generator (hf.py sets no seed): two calls draw different samples, the same torch seed the same."""
+    import torch
+
+    prompt = "Once upon a time"
+    (greedy,) = [r.text for r in smollm2.generate([GenerateRequest(prompt, max_tokens=12)])]
+    requests = [GenerateRequest(prompt, max_tokens=12), GenerateRequest(prompt, max_tokens=12, temperature=1e-3),
+                *[GenerateRequest(prompt, max_tokens=12, temperature=1.5)] * 4]
+    first, second = ([r.text for r in smollm2.generate(requests)] for _ in range(2))
+    assert first[0] == second[0] == greedy  # temperature 0 is greedy, in a call with sampled requests
+    assert first[1] == second[1] == greedy  # a temperature near 0 samples (almost surely) the greedy answer
+    hot = first[2:] + second[2:]
+    assert len(set(hot)) > 1 and first[2:] != second[2:]
+    assert any(text != greedy for text in hot)
+    torch.manual_seed(1234)
+    seeded = [r.text for r in smollm2.generate(requests[2:])]
+    torch.manual_seed(1234)
+    assert [r.text for r in smollm2.generate(requests[2:])] == seeded
+
+
+@pytest.mark.parametrize("options, message", [
+    ("?bogus=1", "unknown option bogus; hf: specs take dtype, device, batch_size"),
+    ("?dtype=float13", "dtype=float13 is not one of auto, float32, float16, bfloat16"),
+    ("?batch_size=0", "batch_size=0 must be a whole number >= 1"),
+])
+def test_hf_options_are_checked_at_start_up(pytester: pytest.Pytester, tmp_path: Path, options: str,
+                                             message: str) -> None:
+    from conftest import _required
+
+    from pytest_evals.backends.hf import HF_PACKAGES
+
+    for package in HF_PACKAGES:
+        _required(package, "pip install -e '.[hf]'")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")  # never loaded: the spec is refused first
+    pytester.makepyfile(test_suite="""
+        def test_x(model):
+            assert model.generate("x").text
+        """)
+    result = pytester.runpytest(f"--model=hf:{folder}{options}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --model hf:{folder}{options}: {message}"])
+    assert len([line for line in result.stderr.lines if line.strip()]) == 1
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def _weights_folder(root: Path, config: Path) -> Path:
+    folder = root / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_bytes(config.read_bytes())
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * (3 << 12))  # 3 MiB
+    return folder
+
+
+def _flip_first_byte(weights: Path) -> None:
+    with open(weights, "r+b") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 0xFF]))
+
+
+def test_the_weights_of_an_hf_folder_enter_the_case_key(pytester: pytest.Pytester, smollm2) -> None:
+    """Other bytes in the weights file (same name, same size): another case key; the same bytes again: the
+    first key. The folder's weights are not a model, so each case ends as an error, which keeps its key."""
+    folder = _weights_folder(pytester.path, Path(smollm2.source) / "config.json")
+    pytester.makepyfile(test_keyed="""
+        def test_keyed(model):
+            pass
+        """)
+
+    def key() -> str:
+        result = pytester.runpytest_subprocess(f"--model=hf:{folder}", "-p", "no:cacheprovider")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-2000:]
+        con = sqlite3.connect(pytester.path / ".evals" / "evals.sqlite")
+        (found,) = con.execute("SELECT case_key FROM cases WHERE run_id = (SELECT max(id) FROM runs)").fetchall()
+        con.close()
+        return found[0]
+
+    first = key()
+    _flip_first_byte(folder / "model.safetensors")
+    changed = key()
+    _flip_first_byte(folder / "model.safetensors")
+    assert first.startswith("v1:") and changed != first
+    assert key() == first
+
+
+def test_the_weights_of_a_vllm_folder_enter_the_model_identity(tmp_path: Path, smollm2) -> None:
+    """vllm:/dir has the same fingerprint as hf:/dir (its transport options stay out of the key); a hub id
+    vLLM fetches itself has none, and its spec alone identifies it."""
+    from pytest_evals.backends.registry import BackendRegistry
+    from pytest_evals.backends.vllm import VLLMBackend
+    from pytest_evals.pool import BackendPool
+    from pytest_evals.specs import parse_spec
+
+    folder = _weights_folder(tmp_path, Path(smollm2.source) / "config.json")
+    spec = parse_spec(f"vllm:{folder}?tensor_parallel_size=2")
+
+    def identity(raw: str = spec.raw) -> str:  # a new pool each time: a pool asks once per spec
+        return BackendPool(BackendRegistry(), smollm2.settings).identity(parse_spec(raw))
+
+    first = identity()
+    assert identity(f"vllm:{folder}?tensor_parallel_size=4") == first
+    assert VLLMBackend.fingerprint(spec) is not None
+    _flip_first_byte(folder / "model.safetensors")
+    assert identity() != first
+    _flip_first_byte(folder / "model.safetensors")
+    assert identity() == first
+    assert VLLMBackend.fingerprint(parse_spec("vllm:Example/NotInAnyCache")) is None

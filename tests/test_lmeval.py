@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import embedded_gguf_path
+from conftest import embedded_gguf_path, require
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_local_task_gives_one_case_per_document_with_its_requests(tasks: Path) -> None:
-    pytest.importorskip("lm_eval")
+    require("lm_eval", "pip install lm-eval")
     from pytest_evals.lmeval import load_task
 
     mc = load_task("evals_local_mc", include_path=tasks)
@@ -137,7 +137,7 @@ def test_accuracy_and_choices_equal_lm_evaluation_harness_own_run(model_folder: 
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # no pytester here: its fixture drops at teardown the modules imported meanwhile, and lm-eval's run
     # below imports parts of torch that cannot be imported twice in one process
-    lm_eval = pytest.importorskip("lm_eval")
+    lm_eval = require("lm_eval", "pip install lm-eval")
     from lm_eval.tasks import TaskManager
 
     folder = model_folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import require
 
 from pytest_evals.scoring import (
     BenchmarkScores,
@@ -15,8 +16,8 @@ from pytest_evals.scoring import (
     wilson,
 )
 
-statsmodels_proportion = pytest.importorskip("statsmodels.stats.proportion", reason="pip install statsmodels")
-scipy_stats = pytest.importorskip("scipy.stats", reason="pip install scipy")
+statsmodels_proportion = require("statsmodels.stats.proportion", "pip install statsmodels", module_level=True)
+scipy_stats = require("scipy.stats", "pip install scipy", module_level=True)
 
 
 @pytest.mark.parametrize("successes, n", [(0, 10), (1, 10), (37, 60), (60, 60), (5, 7), (480, 1000), (1, 1)])

@@ -222,17 +222,17 @@ class HFBackend(TemplateChat, Backend):
 
     def _complete(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
         replies: list[Reply | None] = [None] * len(items)
-        # Greedy and sampled requests cannot share a generate() call; long prompts batch with long ones.
+        # One generate() call samples at one temperature: requests batch with those of their own temperature
+        # only (greedy with greedy), long prompts with long ones.
         order = sorted(range(len(items)), key=lambda i: (items[i][1].temperature, -len(items[i][0])))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            temperature = items[chunk[0]][1].temperature
-            same = [i for i in chunk if items[i][1].temperature == temperature]
-            rest = [i for i in chunk if i not in same]
-            for group in (same, rest):
-                if group:
-                    for i, reply in zip(group, self._generate_halving([items[i] for i in group])):
-                        replies[i] = reply
+        by_temperature: dict[float, list[int]] = {}
+        for i in order:
+            by_temperature.setdefault(items[i][1].temperature, []).append(i)
+        for group in by_temperature.values():
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start:start + self.batch_size]
+                for i, reply in zip(chunk, self._generate_halving([items[i] for i in chunk])):
+                    replies[i] = reply
         return [r for r in replies if r is not None]
 
     def _generate_halving(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:

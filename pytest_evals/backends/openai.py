@@ -158,8 +158,10 @@ class OpenAIBackend(Backend):
                     try:
                         yield json.loads(data)
                     except json.JSONDecodeError:
+                        # the server wrote a broken event (as an unreadable unstreamed answer): a server
+                        # fault, not a cut stream, which would be sent again and again
                         raise TransientError(f"{self.spec.label}: malformed stream chunk from {path}: {data[:200]}",
-                                             "connection") from None
+                                             "server") from None
         except httpx.HTTPError as exc:
             raise self._transport_error(path, exc) from exc
 

@@ -5,6 +5,7 @@ read or export one run's cases.
     pytest-evals show RUN
     pytest-evals compare RUN_A RUN_B [--alpha 0.05] [--margin 0]
     pytest-evals report RUN --html FILE
+    pytest-evals report BASE CAND --html FILE [--alpha 0.05] [--margin 0]
     pytest-evals cache stats|prune|clear [--path .evals/cache.sqlite] [--older-than DAYS]
     pytest-evals cache list | clear --copies
     pytest-evals cases RUN [--outcome failed,error] [-k EXPR] [--model SPEC] [--benchmark NAME]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 STUB_SERVER = Path(__file__).resolve().parents[1] / "tests" / "stubserver.py"  # echo:PROMPT after a latency
 
@@ -46,6 +48,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def stub_server(work: Path, latency: float) -> Iterator[str]:
+    """tests/stubserver.py on a free port, ready: its base URL."""
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(STUB_SERVER), str(port), str(latency), "0"], cwd=work)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def plugin_time(work: Path, url: str, concurrency: int, *extra: str) -> float:
+    """A whole `pytest` process over the suite in ``work`` against ``url``: its wall time."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          f"--model=openai:stub@{url}", f"--evals-concurrency={concurrency}",
+                          f"--evals-db={work / 'runs.sqlite'}", *extra], cwd=work, env=env,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"pytest failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return time.perf_counter() - start
 
 
 async def raw(url: str, n: int, concurrency: int) -> None:
@@ -81,28 +117,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "test_requests.py").write_text(SUITE.format(n=args.requests))
-        port = free_port()
-        server = subprocess.Popen([sys.executable, str(STUB_SERVER), str(port), str(args.latency), "0"], cwd=work)
-        url = f"http://127.0.0.1:{port}/v1"
-        try:
-            import httpx
-
-            for _ in range(100):
-                try:
-                    if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-
+        with stub_server(work, args.latency) as url:
             def plugin(*extra: str) -> float:
-                start = time.perf_counter()
-                out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                      f"--model=openai:stub@{url}", f"--evals-concurrency={args.concurrency}",
-                                      f"--evals-db={work / 'runs.sqlite'}", *extra], cwd=work, env=env,
-                                     capture_output=True, text=True)
-                if out.returncode != 0:
-                    raise SystemExit(f"pytest failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-                return time.perf_counter() - start
+                return plugin_time(work, url, args.concurrency, *extra)
 
             def raw_process() -> float:
                 start = time.perf_counter()
@@ -118,9 +135,6 @@ def main() -> None:
                 asyncio.run(raw(url, args.requests, args.concurrency))
                 times["raw asyncio, in-process"].append(time.perf_counter() - start)
             times["pytest-evals, one at a time"] = [plugin("--evals-batch-size=1", "--evals-concurrency=1")]
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
     med = {m: statistics.median(v) for m, v in times.items()}
     print(f"{args.requests} streamed completions, server latency {args.latency * 1000:.0f} ms, concurrency "
           f"{args.concurrency}; median, min-max over runs")

@@ -13,7 +13,6 @@ median and spread of each, their ratio, and the accuracy each reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sqlite3
@@ -68,7 +67,6 @@ def main() -> None:
         lm_eval = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                    f"pretrained={folder},dtype=float32", "--tasks", "pytest_evals_mc", "--include_path", str(work),
                    "--batch_size", str(args.batch_size), "--device", "cpu"]
-        modes = {"lm-evaluation-harness": lm_eval}
         times: dict[str, list[float]] = {"lm-evaluation-harness": [], "pytest-evals": []}
         accuracy: dict[str, float] = {}
         for repeat in range(args.repeats):

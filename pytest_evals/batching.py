@@ -1,105 +1,152 @@
-"""Batching across cases: each case stays an ordinary pytest item, but its first model call is served
-from a batched backend call made for a window of cases before they run.
+"""Batching across cases: each case stays an ordinary pytest item with its own reports, while every
+model call it makes is batched with the same call of the other cases in its window.
 
-Before a case runs, the plugin takes the window of up to W cases that are about to run in this
-process (the next items of the same module or class; under xdist, this worker's queue) and *traces*
-them: it runs each through pytest's own protocol, unlogged, with a model that records the case's first
-request and stops the case there. The recorded requests are deduplicated and sent to each backend as
-one batched call (the backend sorts by length and pads; an HTTP backend sends them concurrently). Then
-each case runs normally: a call whose requests are in the window's results is answered from them; any
-other call (a second turn, a request the trace did not reach, a batch that failed) goes to the backend
-alone, as without batching, with its retries. A traced case that never runs (``-x``, Ctrl-C, the
-budget) records nothing.
+When pytest reaches an eval case, the plugin takes the window of up to W cases that run next in this
+process (the following items of the same module or class; under xdist, this worker's queue) and runs
+them together, through pytest's own hooks: each case is set up, its body starts in a greenlet and runs
+until it calls the model, and its setup is parked (``parking.py``) so the next case can be set up. The
+planner batches the waiting calls (rounds for a local model, each request at once for an HTTP
+server) and resumes each body, set up again, with its answer until it calls again or ends: second
+turns, tool rounds and judge calls are batched as first calls are. A body that ends is torn down at
+once, and reported as soon as every case before it was, in pytest's order; the window's last case is
+torn down last (with the item after it), at its own turn where that item is not yet known (xdist).
 
-The cost: code in a test body before its first model call runs twice (once traced). A function whose
-traced case ends without calling the model (a body that never or only sometimes calls it, or fails
-first) is not traced again, so its bodies run once from then on; ``@pytest.mark.evals_batch(False)``
-(or ini ``evals_batch = false`` for every test) opts out, and a batch size of 1
-(``--evals-batch-size 1``) turns batching off.
-
-The requests and results of a window live in the process's ``planner.Planner``; this module holds the
-plugin that traces windows, registered only where a backend of the run batches across cases.
+Each body runs once; a tool runs once per call the model makes. ``-x``, a spent budget or a failed
+database stop the window at its next round: no more cases start, and a body still waiting is skipped
+there. ``@pytest.mark.evals_batch(False)`` (or ini ``evals_batch = false``) runs a test one case at a
+time, as do ``--evals-batch-size 1``, ``--dist worksteal``, async tests and tests that use
+``request``, ``capsys``, ``capfd``, ``caplog`` or ``monkeypatch`` (see ``ONE_AT_A_TIME``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import greenlet
 import pytest
 
 from .context import RunContext, batch_key, case_key_of, served_spec, spec_of
-from .planner import Planner, TraceStop
+from .parking import Parked, parkable
+from .planner import Answer, Body, Planner
 
-traced_key = pytest.StashKey[bool]()
-head_key = pytest.StashKey[bool]()  # the first case of a window
+# fixtures that reach state of one item at a time (pytest's request, output and log capture) or change
+# the process for the test's duration (monkeypatch: two bodies of a window would undo each other's changes)
+ONE_AT_A_TIME = frozenset({"request", "capsys", "capfd", "capsysbinary", "capfdbinary", "caplog", "monkeypatch"})
+
+
+@dataclass
+class Ran:
+    """A case the window ran: its phases' results, in pytest's order, until they are reported."""
+
+    calls: list[pytest.CallInfo[Any]] = field(default_factory=list)
+    reported: bool = False
+    teardown_left: bool = False  # its teardown waits for its own turn (the item after it was not known)
+
+
+ran_key = pytest.StashKey[Ran]()
 
 
 class BatchPlugin:
-    """Traces the window ahead of each untraced eval case and runs its requests as batches."""
+    """Runs a window of eval cases together and batches every model call they make."""
 
     def __init__(self, config: pytest.Config, run: RunContext, planner: Planner) -> None:
         self.config = config
         self.run = run
         self.planner = planner
-        self._no_call: set[object] = set()  # test functions whose traced body ended before any model call
+        self.capture = config.pluginmanager.getplugin("capturemanager")
+        self._index: dict[int, int] | None = None  # id(item) -> its index in session.items (xdist)
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
-        if self.planner.tracing or not self._plannable(item):
-            return
-        if not item.stash.get(traced_key, False):
-            self._trace_window(item, item)
-            self.planner.run_traced(background=True)  # HTTP: in flight while the next window is traced
-            item.stash[head_key] = True
-        if item.stash.get(head_key, False) and self.planner.can_prefetch:
-            # HTTP: trace the next window now and send its requests while this one's cases run
-            following = next((o for o in self._upcoming(item) if o.parent is item.parent
-                              and not o.stash.get(traced_key, False) and self._plannable(o)), None)
-            if following is not None:
-                self._trace_window(following, item)
-                following.stash[head_key] = True
-                self.planner.run_traced(background=True)
-
-    def _trace_window(self, first: pytest.Item, current: pytest.Item) -> None:
-        """Trace ``first`` and the untraced cases that follow it in this process, up to the window size."""
-        window = [first]
-        for other in self._upcoming(first):
-            if len(window) >= self.planner.window:
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        ran = item.stash.get(ran_key, None)
+        if ran is not None:  # its window ran it
+            if not ran.reported:
+                self._report(item, ran)
+            if ran.teardown_left:
+                self._teardown_and_report(item, ran, nextitem)
+            return True
+        if not self._plannable(item):
+            return None
+        window = [item]
+        upcoming = self._upcoming(item)
+        for other in upcoming:
+            if len(window) >= self.planner.window or not parkable(other, item) or not self._plannable(other):
                 break
-            if (other is not first and other.parent is first.parent and not other.stash.get(traced_key, False)
-                    and self._plannable(other)):
-                window.append(other)
-        for case in window:
-            if _function_of(case) in self._no_call:
-                continue  # an earlier case of its function showed its body does not reach the model
-            case.stash[traced_key] = True
-            self._trace(case, current)
-        self.planner.can_prefetch = self.planner.can_prefetch or any(
-            backend.background_batches for backend, _, _, _ in self.planner.traced)
+            window.append(other)
+        if len(window) < 2:
+            return None  # nothing to batch with: pytest's own protocol
+        after = upcoming[len(window) - 1:]
+        last_next = after[0] if after else None
+        # None is the session's end, except under xdist, where more may come to this worker's queue
+        self._run_window(window, last_next, known=bool(after) or self._interactor() is None)
+        return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """A run stopped (-x, the budget) before the turn of a case whose teardown waited for it: the
+        case ran and was reported, so its teardown runs and is reported too, before the session's."""
+        for item in session.items:
+            ran = item.stash.get(ran_key, None)
+            if ran is not None and ran.teardown_left:
+                self._teardown_and_report(item, ran, None)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self) -> None:
-        """Ctrl-C: the batches in flight are for cases that will not run; stop them now, before pytest
-        formats the interrupt and the session finishes."""
+        """Ctrl-C: the batch in flight is for bodies that will not go on; stop it now."""
         self.planner.close()
 
-    def pytest_sessionfinish(self) -> None:
-        self.planner.close()
-
+    # --- which cases ----------------------------------------------------------------------------
     def _plannable(self, item: pytest.Item) -> bool:
         spec = spec_of(item)
         if spec is None or any(item.get_closest_marker(m) is not None for m in ("skip", "skipif", "xfail")):
-            return False  # a body pytest would skip is never run, traced or not
-        if not item.stash.get(batch_key, self.run.batch) or _function_of(item) in self._no_call:
-            return False  # opted out (evals_batch(False)), or its bodies do not reach the model: run once
+            return False
+        if not item.stash.get(batch_key, self.run.batch) or ran_key in item.stash:
+            return False  # opted out (evals_batch(False)), or already run
+        info = getattr(item, "_fixtureinfo", None)
+        own = set(getattr(info, "argnames", ()))  # the test's own arguments (fixtures may take request)
+        if "request" in own or (ONE_AT_A_TIME - {"request"}) & set(getattr(item, "fixturenames", ())):
+            return False
+        option = self.config.option
+        if getattr(option, "setuponly", False) or getattr(option, "setupplan", False):
+            return False
+        if getattr(option, "dist", "no") == "worksteal":
+            return False  # another worker may take a queued case: a window must own its cases
+        if inspect.iscoroutinefunction(getattr(item, "obj", None)):
+            return False  # an async test runs its own event loop
         if not self.run.pool.batches_across_cases(served_spec(item, spec)):
-            return False  # its backend gains nothing from batches: no trace to pay for
+            return False  # its backend gains nothing from batches
         state = self.run.resume_state
         return state is None or case_key_of(item, spec) not in state.finished  # a replayed case makes no call
+
+    def _interactor(self) -> Any:
+        """xdist's worker loop, where this process is a worker (it holds the queue and the item running)."""
+        return next((p for p in self.config.pluginmanager.get_plugins()
+                     if hasattr(p, "torun") and hasattr(p, "nextitem_index")), None)
+
+    @contextlib.contextmanager
+    def _as_running(self, item: pytest.Item) -> Iterator[None]:
+        """Under xdist a worker sends each report with the index of the item it runs: a window's case is
+        reported under its own index (the controller and the worker's own check read it)."""
+        interactor = self._interactor()
+        if interactor is None:
+            yield
+            return
+        if self._index is None:
+            self._index = {id(i): n for n, i in enumerate(item.session.items)}
+        saved = interactor.item_index
+        interactor.item_index = self._index[id(item)]
+        try:
+            yield
+        finally:
+            interactor.item_index = saved
 
     def _upcoming(self, item: pytest.Item) -> list[pytest.Item]:
         """The items this process runs after ``item``, in order (under xdist: this worker's queue)."""
         items = item.session.items
-        interactor = next((p for p in self.config.pluginmanager.get_plugins()
-                           if hasattr(p, "torun") and hasattr(p, "nextitem_index")), None)
+        interactor = self._interactor()
         if interactor is None:
             try:
                 return items[items.index(item) + 1:]
@@ -111,48 +158,188 @@ class BatchPlugin:
         indices = ([following] if isinstance(following, int) else []) + pending
         return [items[i] for i in indices]
 
-    def _trace(self, case: pytest.Item, current: pytest.Item) -> None:
-        """Run ``case`` up to its first model call: its fixtures set up, its body called, its fixtures
-        torn down, without pytest's run-test hooks or reports (nothing is logged, recorded or formatted;
-        a failure here is the case's own to meet when it runs). The teardown stops at the parent it
-        shares with ``current``, so module and class fixtures stay up."""
-        setup_state = case.session._setupstate  # the same bookkeeping pytest's own protocol uses
-        self.planner.tracing = True
-        has_request = hasattr(case, "_request")
+    # --- running a window -------------------------------------------------------------------------
+    def _run_window(self, window: list[pytest.Item], last_next: pytest.Item | None, known: bool) -> None:
+        """Set up each case and start its body; batch the parked calls round by round; tear each case
+        down as its body ends (the last one with ``last_next``, or at its own turn where that is not
+        ``known``)."""
+        last = window[-1]
+        following = {case: (window[i + 1] if i + 1 < len(window) else last_next) for i, case in enumerate(window)}
+        parked: dict[pytest.Item, Parked] = {}
+        waiting: list[tuple[Body, Any]] = []
+        bodies: list[Body] = []
+        ended: set[pytest.Item] = set()
+        unreported = iter(window[:-1])
+        due: list[pytest.Item | None] = [next(unreported, None)]  # the next case to report, in pytest's order
+
+        def finish(case: pytest.Item) -> None:
+            if case is last:  # its teardown may reach above the window's parent: after every other case's
+                parked[case] = Parked(case)
+                return
+            case.stash[ran_key].calls.append(_phase(case, "teardown", nextitem=following[case]))
+            ended.add(case)
+            # reported as soon as it and every case before it have ended: recorded early (a kill later
+            # loses none of it), in the order pytest would have run them
+            while due[0] is not None and due[0] in ended:
+                self._report(due[0], due[0].stash[ran_key])
+                due[0] = next(unreported, None)
+
         try:
-            if has_request and not case._request:  # type: ignore[attr-defined]
-                case._initrequest()  # type: ignore[attr-defined]
-            try:
-                setup_state.setup(case)
-            except (pytest.exit.Exception, KeyboardInterrupt):
-                raise
-            except BaseException:  # noqa: BLE001 - a fixture that fails, fails when the case runs
-                pass
-            else:
+            for case in window:
+                if _stopping(case.session) is not None:
+                    break  # -x, the budget: no more cases start (the window's last never does)
+                ran = case.stash[ran_key] = Ran()
+                if hasattr(case, "_request") and not case._request:  # type: ignore[attr-defined]
+                    case._initrequest()  # type: ignore[attr-defined]
+                setup = _phase(case, "setup")
+                ran.calls.append(setup)
+                if setup.excinfo is not None:
+                    finish(case)
+                    continue
+                body, value = self.planner.start(lambda case=case: _phase(case, "call"), case)
+                bodies.append(body)
+                if body.dead:
+                    ran.calls.append(value)
+                    finish(case)
+                else:
+                    self._take_output(case)
+                    parked[case] = Parked(case)
+                    waiting.append((body, value))
+            def resume(body: Body, answer: Answer) -> Any:
+                """A body goes on set up, as pytest's own protocol runs it; parked again if it waits."""
+                case = body.case
+                parked.pop(case).unpark()
+                if self.capture is not None:
+                    self.capture.resume_global_capture()
+                value = body.switch(answer)
+                if not body.dead:
+                    self._take_output(case)
+                    parked[case] = Parked(case)
+                return value
+
+            for body, value in self.planner.rounds(waiting, resume, lambda: _stopping(last.session)):
+                body.case.stash[ran_key].calls.append(value)
+                finish(body.case)  # (set up again by resume)
+        except BaseException:
+            self._abandon(bodies, parked)
+            raise
+        if last not in parked:
+            return  # it never started
+        parked.pop(last).unpark()
+        if known:
+            last.stash[ran_key].calls.append(_phase(last, "teardown", nextitem=last_next))
+        else:
+            last.stash[ran_key].teardown_left = True  # at its own turn, when the item after it is known
+        self._report(last, last.stash[ran_key])
+
+    def _take_output(self, case: pytest.Item) -> None:
+        """What a parked body printed so far is its own (the capture of its call phase is still open)."""
+        if self.capture is None:
+            return
+        self.capture.suspend_global_capture(in_=False)
+        out, err = self.capture.read_global_capture()
+        if out:
+            case.add_report_section("call", "stdout", out)
+        if err:
+            case.add_report_section("call", "stderr", err)
+
+    def _abandon(self, bodies: list[Body], parked: dict[pytest.Item, Parked]) -> None:
+        """Ctrl-C or pytest.exit while a window runs: end the bodies still waiting and tear down what
+        they set up (pytest tears down the rest at the session's end)."""
+        for body in bodies:
+            if not body.dead:
                 try:
-                    case.runtest()
-                except (pytest.exit.Exception, KeyboardInterrupt):
-                    raise
-                except TraceStop:
-                    pass  # stopped at its first model call, as it should
-                except BaseException:  # noqa: BLE001 - the case's own failure, met again when it runs
-                    self._no_call.add(_function_of(case))
-                else:  # its body ran to the end without calling the model: never trace its function again
-                    self._no_call.add(_function_of(case))
+                    body.throw(greenlet.GreenletExit)
+                except BaseException:  # noqa: BLE001 - already on the way out
+                    pass
+        if not parked:
+            return
+        state = next(iter(parked)).session._setupstate
+
+        def tear(node: Any) -> None:
+            finalizers, _ = state.stack.pop(node)
+            while finalizers:
+                try:
+                    finalizers.pop()()
+                except BaseException:  # noqa: BLE001 - best effort on the way out
+                    pass
+
+        while state.stack and isinstance(next(reversed(state.stack)), pytest.Item):
+            tear(next(reversed(state.stack)))  # the case that was running: set up, not parked
+        for case, parking in list(parked.items()):
+            case.stash[ran_key].reported = True  # nothing more of it is reported
             try:
-                setup_state.teardown_exact(current.parent)  # type: ignore[arg-type]
-            except (pytest.exit.Exception, KeyboardInterrupt):
-                raise
-            except BaseException:  # noqa: BLE001 - a failing teardown fails when the case runs
+                parking.unpark()
+                if case in state.stack:
+                    tear(case)
+            except BaseException:  # noqa: BLE001 - best effort on the way out
                 pass
-        finally:
-            self.planner.tracing = False
-            if has_request:  # as pytest's protocol leaves an item: the real run builds its request anew
-                case._request = False  # type: ignore[attr-defined]
-                case.funcargs = None  # type: ignore[attr-defined]
+
+    # --- reports ------------------------------------------------------------------------------------
+    def _report(self, item: pytest.Item, ran: Ran) -> None:
+        with self._as_running(item):
+            self._send(item, ran)
+
+    def _send(self, item: pytest.Item, ran: Ran) -> None:
+        ran.reported = True
+        _join_sections(item)
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        for call in ran.calls:
+            _log(item, call)
+        if not ran.teardown_left:
+            _forget_request(item)  # after its reports, which may read its fixtures' values
+            ran.calls.clear()  # a long run keeps no results or tracebacks of reported cases
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+    def _teardown_and_report(self, item: pytest.Item, ran: Ran, nextitem: pytest.Item | None) -> None:
+        ran.teardown_left = False
+        call = _phase(item, "teardown", nextitem=nextitem)
+        ran.calls.append(call)
+        with self._as_running(item):
+            _log(item, call)
+            _forget_request(item)
+            ran.calls.clear()
+            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
-def _function_of(item: pytest.Item) -> object:
-    """What a test's cases share: its function's code (the nodeid without parameters where there is none)."""
-    function = getattr(item, "function", None)
-    return getattr(function, "__code__", None) or item.nodeid.split("[")[0]
+def _stopping(session: pytest.Session) -> BaseException | None:
+    """-x, a spent budget or a database that failed stop the run: a body of the window still waiting for
+    an answer is skipped there, its calls so far recorded (a later run with --evals-resume runs it again)."""
+    reason = session.shouldstop or session.shouldfail
+    if not reason:
+        return None
+    return pytest.skip.Exception(f"not run to its end: the run is stopping ({reason})")
+
+
+def _phase(item: pytest.Item, when: str, **kwargs: Any) -> pytest.CallInfo[Any]:
+    """One phase through pytest's hooks, as its runner calls it."""
+    hook: Callable[..., Any] = getattr(item.ihook, f"pytest_runtest_{when}")
+    reraise: tuple[type[BaseException], ...] = (pytest.exit.Exception,)
+    if not item.config.getoption("usepdb", False):
+        reraise += (KeyboardInterrupt,)
+    return pytest.CallInfo.from_call(lambda: hook(item=item, **kwargs), when=when, reraise=reraise)  # type: ignore[arg-type]
+
+
+def _log(item: pytest.Item, call: pytest.CallInfo[Any]) -> None:
+    report = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    item.ihook.pytest_runtest_logreport(report=report)
+    excinfo = call.excinfo
+    if (excinfo is not None and not hasattr(report, "wasxfail")
+            and not isinstance(excinfo.value, pytest.skip.Exception) and item.config.getoption("usepdb", False)):
+        item.ihook.pytest_exception_interact(node=item, call=call, report=report)
+
+
+def _join_sections(item: pytest.Item) -> None:
+    """A body's output, taken each time it parked, as one section per phase and stream (as pytest shows it)."""
+    joined: dict[tuple[str, str], list[str]] = {}
+    for when, key, content in item._report_sections:
+        joined.setdefault((when, key), []).append(content)
+    item._report_sections = [(when, key, "".join(parts)) for (when, key), parts in joined.items()]
+
+
+def _forget_request(item: pytest.Item) -> None:
+    """As pytest's protocol leaves an item: no fixture values kept past its teardown."""
+    if hasattr(item, "_request"):
+        item._request = False  # type: ignore[attr-defined]
+        item.funcargs = None  # type: ignore[attr-defined]

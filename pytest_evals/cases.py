@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from .backends.base import BackendError
-from .context import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, WRONG, WRONG_ATTR, RunContext, batch_key, case_key_key,
+from .context import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, WRONG, WRONG_ATTR, RunContext, batch_key,
                       case_key_of, case_log_key, judge_key, marker_problem_key, model_name, retry_key, served_key,
                       limit_key, sample_of, spec_of, task_key, threshold_key)
 from .errors import ConfigError
@@ -185,7 +185,7 @@ class CasePlugin:
             item.stash[case_log_key] = CaseLog(
                 model=model_name(item, spec),
                 threshold=item.stash.get(threshold_key, None),
-                case_key=item.stash.get(case_key_key, None),
+                case_key=case_key_of(item, spec),  # (a window sets up cases before their own protocol)
                 gpus=self.run.gpus,
                 limited=item.stash.get(limit_key, None),
                 **_sample(item),

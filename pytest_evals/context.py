@@ -158,11 +158,11 @@ def build_model(item: pytest.Item, role: str = "model") -> Model:
             raise LookupError("not an eval case")
         spec = served_spec(item, own)
         name = model_name(item, own) if spec == own else spec.label
-    # a case traced for batching runs without pytest's setup hooks: its log is a throwaway
+    # outside a case's setup hooks (a fixture built by hand): its log is a throwaway
     log = item.stash.get(case_log_key, None) or CaseLog(model=name)
     policy = item.stash.get(retry_key, None) or run.retry
     sample = sample_of(item) if role == "model" else None  # a judge grades each sample as it is
-    return _model(run, spec, name, log, policy, role, run.planner if role == "model" else None, sample)
+    return _model(run, spec, name, log, policy, role, run.planner, sample)
 
 
 def _model(run: RunContext, spec: ModelSpec, name: str, log: CaseLog, policy: RetryPolicy, role: str,

@@ -215,15 +215,21 @@ class Model:
                 if isinstance(exc, BackendError):
                     raise
                 raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
+            except BaseException as exc:  # the run stops (Ctrl-C, a window's case skipped): never answered
+                row.latency_s = watch.elapsed()
+                row.error = f"not answered: {type(exc).__name__}: {exc}"
+                raise
             row.latency_s = watch.elapsed()
             if _cached(result):  # nothing was called: this run's time is the lookup's, and it cost nothing
                 return _fill_cached(row, result, self._price)
             own = _fill(row, result)
-            if self._planner is not None and self._planner.last_hit is not None:
-                row.batched = 1  # served from a batched call: the batch's time is kept beside the call's own
-                row.batch_s = self._planner.last_hit
-                if not own:  # the backend did not time this request on its own: the batch's time is all
-                    row.latency_s = self._planner.last_hit
+            planner = self._planner
+            if planner is not None and planner.last_elapsed is not None:
+                if planner.last_hit is not None:
+                    row.batched = 1  # served from a batched call: the batch's time is kept beside the call's own
+                    row.batch_s = planner.last_hit
+                if not own:  # the backend did not time this request on its own: its call's time is all
+                    row.latency_s = planner.last_elapsed  # (the case's wait for the others is not its latency)
             row.gpu_peak_mib = self._backend.last_gpu_peak_mib
             if self._price is not None:
                 row.cost_usd = self._price.cost(row.input_tokens, row.output_tokens, row.latency_s)

@@ -322,7 +322,9 @@ def _read(config: pytest.Config) -> RunContext:
     )
     # no backend of the run gains from batches: no planner, whose plugin would cost every case for nothing
     if batch_size > 1 and any(pool.batches_across_cases(s) for s in [*specs, *routes.table.values()]):
-        run.planner = Planner(window=WINDOW_PER_BATCH * max(batch_size, concurrency))  # whole rounds for HTTP too
+        # whole rounds for HTTP too; under a budget one batch's worth, so a spent budget stops within a batch
+        per_batch = max(batch_size, concurrency)
+        run.planner = Planner(window=per_batch if budget is not None else WINDOW_PER_BATCH * per_batch)
     if run.is_worker:
         workerinput = config.workerinput  # type: ignore[attr-defined]
         run.gpus = workerinput.get(WORKER_KEY) or None

@@ -1,123 +1,242 @@
-"""The batch planner: the requests traced for a window of cases, and the results of their batches.
+"""The batch planner: every model call of a window of cases, gathered into rounds of batched backend calls.
 
-One ``Planner`` per process (``batching.py`` holds the plugin that traces windows). A case's model
-call asks :meth:`Planner.answer`: while a window is traced it records the request and stops the case
-(:class:`TraceStop`); afterwards it answers from the window's batched results, or calls the backend
-alone where the batch has no result for it. Nothing here knows pytest.
+One ``Planner`` per process (``batching.py`` holds the plugin that runs windows of cases). Each case's
+body runs in a greenlet of its own, on the main thread; a model call asks :meth:`Planner.answer`, which
+parks the body and hands its requests to the window. When every body of the window is parked (or done),
+the window makes one backend call per backend and method for all the requests (equal requests once),
+then resumes each body with its answers, in order, until it asks again or ends: a conversation's second
+turn, a tool loop's next round and a judge's grade are batched exactly like a first call. An HTTP
+backend (one that can ``submit`` requests on their own) gets each request as its body parks, and the
+body goes on as soon as its answer is in, so up to ``--evals-concurrency`` requests stay in flight at
+every turn. A call whose batch failed is made again alone, with the case's own retries. Nothing here
+knows pytest.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Hashable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterator
+
+import greenlet
 
 from .backends.base import Backend, ChatRequest, PartialBatch
 
 WINDOW_PER_BATCH = 8  # a window holds this many batches' worth of cases
 
 
-class TraceStop(BaseException):
-    """Stops a traced case at its first model call (a BaseException, so ``except Exception`` in a test
-    body does not swallow it)."""
-
-
 def request_key(method: str, request: Any, sample: int = 0) -> Hashable:
-    """Equal requests of one window share one answer; the samples of a repeated case do not."""
+    """Equal requests of one round share one answer; the samples of a repeated case do not (nor do
+    sampled requests of different cases: see ``_key``)."""
     if isinstance(request, ChatRequest):
         return method, json.dumps([request.messages, request.max_tokens, request.temperature, request.tools,
                                    request.tool_choice], sort_keys=True, default=str), sample
     return method, request, sample  # the other requests are frozen dataclasses of hashable fields
 
 
+@dataclass
+class Ask:
+    """A parked body's model call."""
+
+    backend: Backend
+    method: str
+    requests: list[Any]
+    sample: int
+
+
+@dataclass
+class Answer:
+    """What a round gives a parked call: its results and the backend call's time (``batched``: the call
+    held other cases' requests too). ``results`` None: the batch failed for it; it calls alone."""
+
+    results: list[Any] | None
+    elapsed: float | None = None
+    batched: bool = False
+    stop: BaseException | None = None  # the run is stopping: raised in the body instead of an answer
+
+
+@dataclass
+class _Flight:
+    """A parked body whose requests are in flight on a backend that started them (``submit``)."""
+
+    body: "Body"
+    ask: Ask
+    futures: list[Future[Any]]
+    started: float
+    beside: bool  # other requests were in flight beside these: served concurrently, as a batch
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def answer(self) -> Answer:
+        """Its results, or None for all where one failed (the case calls alone and meets its fault)."""
+        elapsed = time.perf_counter() - self.started
+        if any(f.cancelled() or f.exception() is not None for f in self.futures):
+            return Answer(None)
+        return Answer([f.result() for f in self.futures], elapsed, self.beside)
+
+
+class Body(greenlet.greenlet):
+    """One case's body, run until it asks the model (parked) or ends."""
+
+    def __init__(self, run: Callable[[], Any], case: object, planner: "Planner") -> None:
+        super().__init__(run)
+        self.case = case
+        self.planner = planner
+        self.gr_context = contextvars.copy_context()  # the body sees the context variables the window saw
+
+
 class Planner:
-    """One per process: the traced requests of the current window, and the results of their batches."""
+    """One per process: runs the bodies of a window and batches their calls round by round."""
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self.tracing = False
-        self.traced: list[tuple[Backend, str, list[Any], int]] = []
-        self.results: dict[tuple[int, Hashable], list[Any]] = {}  # key -> [result, batch seconds, cases left]
-        self.last_hit: float | None = None  # the batch time of the call just served, None if not served
-        self.pending: dict[tuple[int, Hashable], Future[None]] = {}  # keys whose batch runs in the background
-        self._background: ThreadPoolExecutor | None = None
-        self.lock = threading.Lock()
-        self.can_prefetch = False  # a backend of this run allows its batches in the background
-        self._prefetching: dict[int, Backend] = {}  # the backends with batches sent in the background
+        self.last_hit: float | None = None  # the batch time of the call just answered, None if not batched
+        self.last_elapsed: float | None = None  # the backend call's time of the call just answered by a round
+        self.batch_calls = 0  # backend calls made for rounds
+        self._in_flight: Backend | None = None  # the backend of the round being called
+        self._started: dict[int, Backend] = {}  # the backends that started requests on their own
 
     def close(self) -> None:
-        """At the session's end every case that runs has run: a batch still in flight is for cases
-        that never will (-x, Ctrl-C, the budget), so it is stopped, not waited for."""
-        if self._background is not None:
-            self._background.shutdown(wait=False, cancel_futures=True)  # batches not started: dropped
-            for backend in self._prefetching.values():
+        """Ctrl-C: the requests in flight are for bodies that will not go on; stop them now."""
+        for backend in [self._in_flight, *self._started.values()]:
+            if backend is not None:
                 backend.cancel()
-            self._background.shutdown(wait=True)
 
+    # --- a body's side ---------------------------------------------------------------------------
     def answer(self, backend: Backend, method: str, requests: list[Any], sample: int = 0) -> list[Any]:
-        """The results of ``requests``: from the window's batches where they hold them, else from the backend.
-        ``sample``: which sample of a repeated case asks (each sample gets its own answer)."""
-        self.last_hit = None
-        if self.tracing:
-            self.traced.append((backend, method, list(requests), sample))
-            raise TraceStop
-        keys = [(id(backend), request_key(method, r, sample)) for r in requests]
-        for key in keys:
-            future = self.pending.pop(key, None)
-            if future is not None:
-                future.result()  # its batch is still in flight: wait for it (it never raises)
-        with self.lock:
-            entries = [self.results.get(k) for k in keys]
-            hit = bool(keys) and all(e is not None for e in entries)
-            if hit:
-                for key, entry in zip(keys, entries):
-                    entry[2] -= 1
-                    if entry[2] <= 0:
-                        del self.results[key]
-        if hit:
-            self.last_hit = max(entry[1] for entry in entries)
-            return [entry[0] for entry in entries]
-        return getattr(backend, method)(requests)
+        """The results of ``requests``: from the window's next round where a window runs this body, else
+        from the backend alone. ``sample``: which sample of a repeated case asks (each gets its own answer)."""
+        self.last_hit = self.last_elapsed = None
+        body = greenlet.getcurrent()
+        if not isinstance(body, Body) or body.planner is not self:
+            return getattr(backend, method)(requests)
+        answer: Answer = body.parent.switch(Ask(backend, method, list(requests), sample))
+        if answer.stop is not None:
+            raise answer.stop
+        if answer.results is None:
+            return getattr(backend, method)(requests)
+        self.last_elapsed = answer.elapsed
+        self.last_hit = answer.elapsed if answer.batched else None
+        return answer.results
 
-    def run_traced(self, background: bool = False) -> None:
-        """One batched call per backend and method for the window's requests. A call that fails leaves
-        its requests to the cases, which then make them alone, with their retry policies. With
-        ``background``, the calls of backends that allow it (HTTP) run in a thread while the cases of
-        the window before run and the next window is traced; two windows' requests share the backend's
-        concurrency limit, so it stays full across a window's end. A case whose request is still in
-        flight waits for it."""
-        groups: dict[tuple[int, str], tuple[Backend, dict[Hashable, Any], dict[Hashable, int]]] = {}
-        for backend, method, requests, sample in self.traced:
-            _, unique, refs = groups.setdefault((id(backend), method), (backend, {}, {}))
-            for request in requests:
-                key = request_key(method, request, sample)
-                unique.setdefault(key, request)
-                refs[key] = refs.get(key, 0) + 1
-        self.traced = []
-        for (backend_id, method), (backend, unique, refs) in groups.items():
-            if background and backend.background_batches:
-                if self._background is None:  # this window's batch and the next one's, side by side
-                    self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="evals-batch")
-                self._prefetching[backend_id] = backend
-                future = self._background.submit(self._run_batch, backend_id, backend, method, unique, refs)
-                for key in unique:
-                    self.pending[(backend_id, key)] = future
+    # --- the window's side -----------------------------------------------------------------------
+    def start(self, run: Callable[[], Any], case: object) -> tuple[Body, Any]:
+        """Start a body: (its greenlet, its first Ask, or its result where it ended without one)."""
+        body = Body(run, case, self)
+        return body, body.switch()
+
+    def rounds(self, parked: list[tuple[Body, Ask]], resume: Callable[[Body, Answer], Any],
+               stop: Callable[[], BaseException | None]) -> Iterator[tuple[Body, Any]]:
+        """Answer the parked bodies until every one has ended; yield each body and its result as it ends.
+
+        A backend that can start requests on their own (``submit``: HTTP) gets each request as soon as
+        its body parks, and the body is resumed as soon as its answers are in, while the others are in
+        flight; the other backends get rounds: one call for all the requests parked when no body can go
+        on. ``resume(body, answer)`` switches into the body and returns what it switched back; ``stop()``
+        gives what to raise in every parked body instead of an answer (the run is stopping)."""
+        local: list[tuple[Body, Ask]] = []
+        flying: list[_Flight] = []
+        in_flight: dict[tuple[int, Hashable], Future[Any]] = {}  # equal requests in flight at once: one
+
+        def place(body: Body, ask: Ask) -> None:
+            flight = self._submit(ask, in_flight)
+            if flight is None:
+                local.append((body, ask))
             else:
-                self._run_batch(backend_id, backend, method, unique, refs)
+                flying.append(_Flight(body, ask, *flight))
 
-    def _run_batch(self, backend_id: int, backend: Backend, method: str, unique: dict[Hashable, Any],
-                   refs: dict[Hashable, int]) -> None:
-        start = time.perf_counter()
-        try:
-            results = getattr(backend, method)(list(unique.values()))
-        except PartialBatch as partial:  # keep what succeeded; the rest call alone
-            results = partial.results
-        except Exception:  # noqa: BLE001 - each case meets the fault itself, where it is recorded
-            return
-        elapsed = time.perf_counter() - start
-        with self.lock:
+        for body, ask in parked:
+            place(body, ask)
+        while local or flying:
+            stopping = stop()
+            ready: list[tuple[Body, Answer]]
+            if stopping is not None:
+                for flight in flying:
+                    for future in flight.futures:
+                        future.cancel()
+                ready = [(b, Answer(None, stop=stopping)) for b, _ in local] + \
+                    [(f.body, Answer(None, stop=stopping)) for f in flying]
+                local, flying = [], []
+            elif any(f.done() for f in flying):
+                landed = [f for f in flying if f.done()]  # one look: a future may land between two
+                flying = [f for f in flying if f not in landed]
+                ready = [(f.body, f.answer()) for f in landed]
+            elif local:
+                answers = self._round([ask for _, ask in local])
+                ready = [(body, answer) for (body, _), answer in zip(local, answers)]
+                local = []
+            else:
+                wait([future for f in flying for future in f.futures if not future.done()], return_when=FIRST_COMPLETED)
+                continue
+            for body, answer in ready:
+                value = resume(body, answer)
+                if body.dead:
+                    yield body, value
+                else:
+                    place(body, value)
+
+    def _submit(self, ask: Ask, in_flight: dict[tuple[int, Hashable], Future[Any]]
+                ) -> tuple[list[Future[Any]], float, bool] | None:
+        """Start an ask's requests on a backend that can (sharing equal requests still in flight):
+        (their futures, when, whether others were in flight beside them); None where it cannot."""
+        keys = [(id(ask.backend), _key(ask, r, id(ask))) for r in ask.requests]
+        futures: list[Future[Any] | None] = [in_flight.get(k) for k in keys]
+        futures = [f if f is not None and not f.done() else None for f in futures]
+        beside = any(not f.done() for f in in_flight.values())
+        new = [r for r, f in zip(ask.requests, futures) if f is None]
+        if new:
+            started = ask.backend.submit(ask.method, new)
+            if started is None:
+                return None
+            self._started[id(ask.backend)] = ask.backend
+            fresh = iter(started)
+            futures = [f if f is not None else next(fresh) for f in futures]
+            self.batch_calls += 1
+        for key, future in zip(keys, futures):
+            in_flight[key] = future  # type: ignore[assignment]
+        return futures, time.perf_counter(), beside or len(ask.requests) > 1  # type: ignore[return-value]
+
+    def _round(self, asks: list[Ask]) -> list[Answer]:
+        """One backend call per backend and method for every parked request (equal requests once)."""
+        groups: dict[tuple[int, str], tuple[Backend, dict[Hashable, Any], set[int]]] = {}
+        for n, ask in enumerate(asks):
+            _, unique, askers = groups.setdefault((id(ask.backend), ask.method), (ask.backend, {}, set()))
+            askers.add(n)
+            for request in ask.requests:
+                unique.setdefault(_key(ask, request, n), request)
+        found: dict[tuple[int, Hashable], tuple[Any, float, bool]] = {}
+        for (backend_id, method), (backend, unique, askers) in groups.items():
+            start = time.perf_counter()
+            self._in_flight = backend
+            try:
+                results: list[Any] = getattr(backend, method)(list(unique.values()))
+            except PartialBatch as partial:  # keep what succeeded; the rest call alone
+                results = partial.results
+            except Exception:  # noqa: BLE001 - each case meets the fault itself, alone, where it is recorded
+                results = [None] * len(unique)
+            finally:
+                self._in_flight = None
+            self.batch_calls += 1
+            elapsed = time.perf_counter() - start
             for key, result in zip(unique, results):
-                if result is not None:
-                    self.results[(backend_id, key)] = [result, elapsed, refs[key]]
+                if result is not None:  # batched: the call served more than this one ask
+                    found[(backend_id, key)] = (result, elapsed, len(askers) > 1)
+        answers = []
+        for n, ask in enumerate(asks):
+            entries = [found.get((id(ask.backend), _key(ask, r, n))) for r in ask.requests]
+            if ask.requests and all(e is not None for e in entries):
+                answers.append(Answer([e[0] for e in entries], max(e[1] for e in entries),  # type: ignore[index]
+                                      any(e[2] for e in entries)))  # type: ignore[index]
+            else:
+                answers.append(Answer(None))
+        return answers
+
+
+def _key(ask: Ask, request: Any, asker: int) -> Hashable:
+    """Equal requests share one answer, except sampled ones (temperature above 0): each case draws its own."""
+    key = request_key(ask.method, request, ask.sample)
+    return (key, asker) if (getattr(request, "temperature", 0) or 0) > 0 else key

@@ -33,7 +33,7 @@ class BackendPool:
         return self._serves[spec]
 
     def batches_across_cases(self, spec: ModelSpec) -> bool:
-        """Whether the backend of ``spec`` gains from batches across cases (only then are cases traced)."""
+        """Whether the backend of ``spec`` gains from batches across cases (only then are its cases run in windows)."""
         if spec not in self._batching:
             if self.replay:  # answers come from the cache, one by one, at no cost
                 return False

@@ -1,6 +1,6 @@
 """A small OpenAI-compatible server for concurrency tests (starlette + uvicorn, from llama-cpp-python's
 server extra): every completion answers ``echo:<prompt>`` after a fixed latency, streamed as the real
-servers do. It counts requests in flight (``GET /stats``), answers 429 with ``Retry-After: 0`` to
+servers do, and every chat completion ``echo:<the last message's text>`` (``/v1/chat/completions``). It counts requests in flight (``GET /stats``), answers 429 with ``Retry-After: 0`` to
 every Nth request when asked to, 500 to every prompt that starts with ``fail``, and to every prompt that
 starts with ``garble`` a stream whose second event is a malformed JSON line.
 
@@ -61,6 +61,16 @@ async def get_stats(request: Request) -> Response:
     return JSONResponse(stats)
 
 
+async def in_flight() -> None:
+    """The server's latency, counted as a request in flight."""
+    stats["in_flight"] += 1
+    stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+    try:
+        await asyncio.sleep(LATENCY)
+    finally:
+        stats["in_flight"] -= 1
+
+
 async def completions(request: Request) -> Response:
     refused = refusal(request)
     if refused is not None:
@@ -72,12 +82,7 @@ async def completions(request: Request) -> Response:
         return JSONResponse({"error": "rate limited"}, status_code=429, headers={"Retry-After": "0"})
     if body["prompt"].startswith("fail"):
         return JSONResponse({"error": "boom"}, status_code=500)
-    stats["in_flight"] += 1
-    stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
-    try:
-        await asyncio.sleep(LATENCY)
-    finally:
-        stats["in_flight"] -= 1
+    await in_flight()
     text = "echo:" + body["prompt"]
     garbled = body["prompt"].startswith("garble")
     stats["garbled"] += garbled
@@ -93,8 +98,28 @@ async def completions(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def chat_completions(request: Request) -> Response:
+    refused = refusal(request)
+    if refused is not None:
+        return refused
+    body = await request.json()
+    stats["requests"] += 1
+    await in_flight()
+    text = "echo:" + (body["messages"][-1].get("content") or "")
+
+    async def events():
+        yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {"role": "assistant", "content": text},
+                                                  "finish_reason": None}]}) + "\n\n"
+        yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                                     "usage": {"prompt_tokens": 5, "completion_tokens": 3}}) + "\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 app = Starlette(routes=[Route("/v1/models", models), Route("/stats", get_stats),
-                        Route("/v1/completions", completions, methods=["POST"])])
+                        Route("/v1/completions", completions, methods=["POST"]),
+                        Route("/v1/chat/completions", chat_completions, methods=["POST"])])
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

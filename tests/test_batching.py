@@ -1,5 +1,6 @@
-"""Batching across cases: windows traced up to each case's first call, batched backend calls, and
-everything else (outcomes, records, -x, resume, xdist) as without batching. Plugin logic with a fake
+"""Batching across cases: a window of cases runs together, each model call it makes batched with the
+same call of the others (first calls, second turns, tool rounds), each body once, and everything else
+(outcomes, records, fixtures, captured output, resume, xdist) as without batching. Plugin logic with a fake
 backend that logs the size of every call it gets; the real backends' batches are compared in
 tests/test_hf.py and benchmarks/."""
 
@@ -92,16 +93,20 @@ def test_a_failed_batch_leaves_each_case_to_its_own_call(project: pytest.Pyteste
     assert "1 error" in result.stdout
 
 
-def test_x_records_nothing_for_the_traced_cases_that_did_not_run(project: pytest.Pytester) -> None:
-    result = run(project, "-x")
+def test_x_stops_after_the_window_in_flight_and_records_every_case_that_ran(project: pytest.Pytester) -> None:
+    result = run(project, "-x", "-rs")
     assert result.returncode == 1
-    assert [len(c) for c in backend_calls(project)] == [19]  # the whole window was batched
-    # ... but only the cases that ran are recorded: 0-4, the fifth failing
-    assert sorted(outcomes(project, 1)) == [f"test_suite.py::test_case[{i}-fake:m]" for i in range(5)]
+    assert [len(c) for c in backend_calls(project)] == [19]  # the whole window's first calls, as one batch ...
+    # ... so every case of it ran, and is reported and recorded: a case that cost a call is never dropped;
+    # case 9, waiting for its second answer when case 4 failed, was skipped there
+    got = outcomes(project, 1)
+    assert len(got) == 20 and got["test_suite.py::test_case[9-fake:m]"][0] == "skipped"
+    assert "not run to its end: the run is stopping (stopping after " in result.stdout
 
 
-def test_resumed_cases_are_not_traced(project: pytest.Pytester) -> None:
-    run(project, "-x")
+def test_resumed_cases_are_not_run_again(project: pytest.Pytester) -> None:
+    stopped = run(project, "-x", "--evals-batch-size", "1")  # one at a time: -x stops at the fifth case
+    assert stopped.returncode == 1 and len(outcomes(project, 1)) == 5
     resumed = run(project, "--evals-resume")
     assert resumed.returncode == 0, resumed.stdout[-2000:]
     first = backend_calls(project)[0]
@@ -126,13 +131,13 @@ def body(name):
 
 @pytest.mark.parametrize("i", range(12))
 def test_no_model_call(model, i):
-    body(f"never-{i}")  # never reaches the model: traced once, then its bodies run once
+    body(f"never-{i}")  # never reaches the model
 
 @pytest.mark.parametrize("i", range(12))
 def test_sometimes(model, i):
     body(f"sometimes-{i}")
     if i % 3 == 0:
-        return  # the first case ends without a call: its function is not traced again
+        return  # some cases end without a call
     assert model.generate(f"s{i}").text
 
 @pytest.mark.evals_batch(False)
@@ -156,20 +161,21 @@ def _bodies(project: pytest.Pytester) -> dict[str, int]:
     return runs
 
 
-def test_bodies_run_twice_only_where_a_trace_reaches_a_model_call(project: pytest.Pytester) -> None:
+def batched_by_test(project: pytest.Pytester) -> dict[str, float]:
+    return dict(rows(project, "SELECT substr(nodeid, 1, instr(nodeid, '[') - 1), total(batched) FROM cases "
+                              "JOIN calls ON calls.case_id = cases.id GROUP BY 1"))
+
+
+def test_every_body_runs_once(project: pytest.Pytester) -> None:
     project.makepyfile(test_bodies=BODIES)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:m"],
                           cwd=project.path, env=environment, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:]
-    # never: one traced body (its first case), then 12 real ones; sometimes: the same after its first case;
-    # opted out: once each; always: twice each (traced up to the model call, then run)
-    assert _bodies(project) == {"never": 13, "sometimes": 13, "out": 6, "always": 12}
-    # what was traced still came from batches; the opted-out and the untraced went one at a time
-    calls = dict(rows(project, "SELECT substr(nodeid, 1, instr(nodeid, '[') - 1), total(batched) FROM cases "
-                               "JOIN calls ON calls.case_id = cases.id GROUP BY 1"))
-    assert calls == {"test_bodies.py::test_sometimes": 0, "test_bodies.py::test_opted_out": 0,
-                     "test_bodies.py::test_always": 6}
+    assert _bodies(project) == {"never": 12, "sometimes": 12, "out": 6, "always": 6}
+    # the bodies that call the model were batched (whatever their siblings did); the opted-out went alone
+    assert batched_by_test(project) == {"test_bodies.py::test_sometimes": 8, "test_bodies.py::test_opted_out": 0,
+                                        "test_bodies.py::test_always": 6}
 
 
 def test_ini_evals_batch_false_opts_every_test_out_and_a_marker_brings_one_back(project: pytest.Pytester) -> None:
@@ -179,7 +185,9 @@ def test_ini_evals_batch_false_opts_every_test_out_and_a_marker_brings_one_back(
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:m"],
                           cwd=project.path, env=environment, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert _bodies(project) == {"never": 12, "sometimes": 12, "out": 12, "always": 6}
+    assert _bodies(project) == {"never": 12, "sometimes": 12, "out": 6, "always": 6}
+    assert batched_by_test(project) == {"test_bodies.py::test_sometimes": 0, "test_bodies.py::test_opted_out": 6,
+                                        "test_bodies.py::test_always": 0}
 
 
 def test_a_bad_evals_batch_marker_is_a_usage_error(project: pytest.Pytester) -> None:

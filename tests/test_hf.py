@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from conftest import require
@@ -400,3 +402,114 @@ def test_the_weights_of_a_vllm_folder_enter_the_model_identity(tmp_path: Path, s
     _flip_first_byte(folder / "model.safetensors")
     assert identity() == first
     assert VLLMBackend.fingerprint(parse_spec("vllm:Example/NotInAnyCache")) is None
+
+
+CHOICES = [("The capital of France is", [" Paris", " Rome", " Berlin"]),
+           ('What is 12 plus 30? {"a": 12, "op": "', ['+"', '-"', '*"', '/"']),
+           ("x", [" yes", " no"]),  # a short prefix beside long ones: left padding
+           ('Convert 5 km to m. {"from_unit": ', ['"km"', '"m"', '"cm"', '"mi"', '"kg"', '"g"', '"lb"'])]
+
+
+def test_choices_of_many_contexts_in_one_batch_score_as_loglikelihood_does(smollm2) -> None:
+    chunk = []
+    for n, (context, options) in enumerate(CHOICES):
+        pairs = [smollm2.encode_pair(context, o) for o in options]
+        chunk.append((n, pairs[0][0], [rest for _, rest in pairs]))
+    batched = smollm2._score_after_shared_prefixes(chunk)
+    for (context, options), scores in zip(CHOICES, batched):
+        alone = [r.logprob for r in smollm2.loglikelihood([LoglikelihoodRequest(context, o) for o in options])]
+        assert max(abs(a - b) for a, b in zip(alone, scores)) < 1e-4, (context, alone, scores)
+    assert smollm2._choose_many(CHOICES) == [smollm2._choose(c, o) for c, o in CHOICES]
+
+
+def test_forced_calls_of_a_batch_are_written_side_by_side_as_each_alone(smollm2, monkeypatch) -> None:
+    from pytest_evals.tools import tool
+
+    def calculate(a: float, op: Literal["+", "-", "*", "/"], b: float) -> float:
+        """Do one arithmetic operation.
+
+        Args:
+            a: The left operand.
+            op: The operation.
+            b: The right operand.
+        """
+        return 0.0
+
+    def capital_of(country: str) -> str:
+        """Look up the capital city of a country."""
+        return ""
+
+    schemas = (tool(calculate).schema, tool(capital_of).schema)
+    questions = ["What is 12 plus 30?", "What is 7 times 8?", "What is the capital of Peru?", "What is 9 minus 4?"]
+    requests = [ChatRequest(({"role": "user", "content": q},), 32, 0.0, schemas, "required") for q in questions]
+    sizes: list[tuple[str, int]] = []
+    complete, choose = smollm2._complete_texts, smollm2._choose_many
+    monkeypatch.setattr(smollm2, "_complete_texts", lambda items: sizes.append(("complete", len(items))) or complete(items))
+    monkeypatch.setattr(smollm2, "_choose_many", lambda items: sizes.append(("choose", len(items))) or choose(items))
+    together = smollm2.chat(requests)
+    assert sizes[0] == ("choose", 4)  # every call's tool chosen in one batch
+    assert max(n for _, n in sizes) == 4 and len(sizes) <= 6  # each later step of all calls in one batch
+    alone = [smollm2.chat([r])[0] for r in requests]
+    assert [(c.tool_calls[0].name, c.tool_calls[0].arguments) for c in together] == \
+        [(c.tool_calls[0].name, c.tool_calls[0].arguments) for c in alone]
+    assert all(r.latency_s and r.prompt_tokens and r.completion_tokens for r in together)
+
+
+TURNS_SUITE = '''
+import re
+from typing import Literal
+
+import pytest
+
+def calculate(a: float, op: Literal["+", "-", "*", "/"], b: float) -> float:
+    """Do one arithmetic operation.
+
+    Args:
+        a: The left operand.
+        op: The operation.
+        b: The right operand.
+    """
+    with open("tools.log", "a") as log:
+        log.write(f"{a} {op} {b}\\n")
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else float("nan")}[op]
+
+@pytest.mark.evals_threshold(0.0)
+@pytest.mark.parametrize("n", range(4))
+def test_dialogue(model, n):
+    chat = model.conversation(system="Answer in one short sentence.", max_tokens=12)
+    chat.say(f"My favourite number is {n + 3}. Remember it.")
+    chat.say("What is my favourite number?")
+
+@pytest.mark.evals_threshold(0.0)
+@pytest.mark.parametrize("q", ["What is 12 plus 30?", "What is 7 times 8?", "What is 100 minus 37?"])
+def test_tools(model, q):
+    chat = model.conversation(tools=[calculate], tool_choice="required", max_tokens=16, max_rounds=1)
+    chat.say(q)
+'''
+
+
+def test_batched_turns_and_tool_rounds_record_what_one_at_a_time_records(pytester: pytest.Pytester) -> None:
+    """Temperature 0 on the embedded default: every turn, tool round and forced call batched across the
+    cases gives the texts and outcomes of --evals-batch-size 1 (padding may only move near-ties)."""
+    pytester.makepyfile(test_turns=TURNS_SUITE)
+    runs = {}
+    for name, extra in (("batched", []), ("alone", ["--evals-batch-size", "1"])):
+        (pytester.path / "tools.log").unlink(missing_ok=True)
+        result = pytester.runpytest_subprocess("--model=smollm2", "-p", "no:cacheprovider",
+                                               "--evals-db", f"{name}.sqlite", *extra)
+        assert result.ret == 0, result.stdout.str()[-2000:]
+        con = sqlite3.connect(pytester.path / f"{name}.sqlite")
+        runs[name] = (
+            con.execute("SELECT cases.nodeid, cases.outcome, turns.position, turns.role, turns.content, "
+                        "turns.tool_calls FROM turns JOIN cases ON cases.id = turns.case_id "
+                        "ORDER BY cases.nodeid, turns.position").fetchall(),
+            con.execute("SELECT count(*), total(batched) FROM calls").fetchone(),
+            sorted((pytester.path / "tools.log").read_text().splitlines()),
+        )
+        con.close()
+    (batched_turns, (calls, batched_calls), batched_tools), (alone_turns, (alone_calls, alone_batched), alone_tools) = \
+        runs["batched"], runs["alone"]
+    strip_ids = lambda turns: [t[:5] + (json.loads(t[5])[0]["function"] if t[5] else None,) for t in turns]  # noqa: E731
+    assert strip_ids(batched_turns) == strip_ids(alone_turns)
+    assert batched_tools == alone_tools and len(batched_tools) == 3  # each tool ran once per call the model made
+    assert calls == alone_calls == 4 * 2 + 3 * 2 and batched_calls == calls and alone_batched == 0

@@ -258,7 +258,8 @@ def pytest_runtest_setup(item):
         HOLDER[0].execute("BEGIN EXCLUSIVE")
 """)
     fake_project.makepyfile(test_suite=SUITE)
-    result = fake_project.runpytest_subprocess("--model=fake:a")
+    # one case at a time: the lock is taken after the first case was recorded (a window would set c1 up first)
+    result = fake_project.runpytest_subprocess("--model=fake:a", "--evals-batch-size", "1")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*evals: cannot record cases: *evals.sqlite: database is locked by another*"])
     assert "c2" not in result.stdout.str()  # the session stopped

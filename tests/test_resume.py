@@ -21,7 +21,6 @@ import pytest
 @pytest.mark.evals_threshold(0.5)
 @pytest.mark.parametrize("i", range({CASES}), ids=lambda i: f"c{{i:02d}}")
 def test_bench(model, evals_score, i):
-    # (after the model call: batching across cases runs a body up to its first call once more, traced)
     reply = model.generate(f"q{{i}}")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     with open("executed.log", "a") as log:
@@ -151,7 +150,11 @@ def test_errors_and_skips_run_again(fake_project: pytest.Pytester) -> None:
     assert set(outcomes(fake_project, 2).values()) == {"passed"}
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+# Under xdist one case at a time (--evals-batch-size 1): a worker running a window reports each case as
+# its body ends, and every report the controller has not stored yet is in flight at a kill, up to a
+# window's worth; one at a time, the bound below (the last case each worker finished) is exact. Serially
+# windows run, and each case is stored as its body ends.
+@pytest.mark.parametrize("workers", [[], ["-n", "2", "--evals-batch-size", "1"]], ids=["serial", "xdist"])
 @pytest.mark.parametrize("kill", [{"EVALS_KILL_AFTER": "1"}, {"EVALS_KILL_AFTER": "5"},
                                   {"EVALS_KILL_AFTER": "11"}, {"EVALS_KILL_IN_CASE": "c07"}],
                          ids=["after-1", "after-5", "after-11", "inside-c07"])

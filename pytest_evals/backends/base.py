@@ -8,6 +8,7 @@ backends without touching them. Nothing here imports a heavy library.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,11 +211,8 @@ class Backend:
     # token comes from a stream.
     capabilities: ClassVar[frozenset[str]] = frozenset()
     # Whether one call with many requests costs less than as many calls with one (a model that batches,
-    # a server taken concurrently). Only then are cases traced and batched across (see batching.py).
+    # a server taken concurrently). Only then are cases run in windows and batched across (see batching.py).
     batches_across_cases: ClassVar[bool] = False
-    # Whether its batches may run in a background thread while cases run (I/O-bound: HTTP), so the next
-    # window's batch is in flight while this window's cases are answered.
-    background_batches: ClassVar[bool] = False
     # Whether a spec names a server: ``PREFIX:TARGET@http://HOST:PORT/v1`` (the URL lands in
     # ``spec.base_url``; without ``@URL``, ``default_url()``).
     takes_url: ClassVar[bool] = False
@@ -264,6 +262,13 @@ class Backend:
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         raise UnsupportedTask(f"{self.spec.label} cannot serve loglikelihood")
+
+    def submit(self, method: str, requests: Sequence[Any]) -> list[Future[Any]] | None:
+        """Start ``requests`` now and return a future for each (an I/O-bound backend: the batch planner
+        resumes each case as its own answer arrives, while the others are in flight). Each future holds
+        the result or the request's exception, as a request of a batched call would meet it. None (the
+        default): the backend cannot; the planner batches the requests in rounds instead."""
+        return None
 
     def context_window(self) -> int | None:
         """How many tokens (prompt plus reply) the model takes; None when unknown."""

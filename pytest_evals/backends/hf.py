@@ -184,38 +184,71 @@ class HFBackend(TemplateChat, Backend):
         return self._complete(items)
 
     def _choose(self, context: str, options: list[str]) -> int:
-        """The likeliest option after ``context`` (as ``loglikelihood`` would score it), with the shared
-        context run once and its cache reused for every option: a forced call's enum over a long tools
-        prompt costs one pass over the prompt, not one per option."""
+        return self._choose_many([(context, options)])[0]
+
+    def _choose_many(self, items: list[tuple[str, list[str]]]) -> list[int]:
+        """The likeliest option of each (context, options), as ``loglikelihood`` would score them: each
+        context runs once and its cache serves all its options (a forced call's enum over a long tools
+        prompt costs one pass over the prompt, not one per option), and the contexts of up to
+        ``batch_size`` items run as one left-padded batch."""
+        picks: list[int | None] = [None] * len(items)
+        shared: list[tuple[int, list[int], list[list[int]]]] = []
+        for n, (context, options) in enumerate(items):
+            pairs = [self.encode_pair(context, o) for o in options]
+            prefix = pairs[0][0]
+            if len(options) == 1:
+                picks[n] = 0
+            elif any(c != prefix for c, _ in pairs) or not all(x for _, x in pairs):
+                picks[n] = likeliest([r.logprob for r in self.loglikelihood(
+                    [LoglikelihoodRequest(context, o) for o in options])])
+            else:
+                shared.append((n, prefix, [x for _, x in pairs]))
+        for start in range(0, len(shared), self.batch_size):
+            chunk = shared[start:start + self.batch_size]
+            for (n, _, _), scores in zip(chunk, self._score_after_shared_prefixes(chunk)):
+                picks[n] = likeliest(scores)
+        return [p if p is not None else 0 for p in picks]
+
+    def _score_after_shared_prefixes(self, chunk: list[tuple[int, list[int], list[list[int]]]]) -> list[list[float]]:
         torch = self.torch
         import torch.nn.functional as F
 
-        pairs = [self.encode_pair(context, o) for o in options]
-        prefix = pairs[0][0]
-        if len(options) == 1 or any(c != prefix for c, _ in pairs) or not all(x for _, x in pairs):
-            return likeliest([r.logprob for r in self.loglikelihood([LoglikelihoodRequest(context, o) for o in options])])
-        rests = [x for _, x in pairs]
-        width = max(len(x) for x in rests)
-        batch = torch.full((len(rests), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rests), len(prefix) + width), dtype=torch.long)
-        mask[:, : len(prefix)] = 1
+        width = max(len(prefix) for _, prefix, _ in chunk)
+        ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (_, prefix, _) in enumerate(chunk):  # left-padded: every prefix ends at the last column
+            ids[row, width - len(prefix):] = torch.tensor(prefix, dtype=torch.long)
+            mask[row, width - len(prefix):] = 1
+        owner = [row for row, (_, _, rests) in enumerate(chunk) for _ in rests]
+        rests = [rest for _, _, options in chunk for rest in options]
+        span = max(len(rest) for rest in rests)
+        batch = torch.full((len(rests), span), self.tokenizer.pad_token_id, dtype=torch.long)
+        rest_mask = torch.zeros((len(rests), span), dtype=torch.long)
         for row, rest in enumerate(rests):
             batch[row, : len(rest)] = torch.tensor(rest, dtype=torch.long)
-            mask[row, len(prefix): len(prefix) + len(rest)] = 1
+            rest_mask[row, : len(rest)] = 1
+        index = torch.tensor(owner, dtype=torch.long)
+        lengths = mask.sum(dim=1)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        rest_positions = lengths[index][:, None] + torch.arange(span)[None, :]
         # transformers 5 names the cache argument and output `cache`; 4.x `past_key_values`
         name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        device = self.device
         with torch.inference_mode():
-            first = self.model(torch.tensor([prefix], device=self.device), use_cache=True)
+            first = self.model(ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                               use_cache=True, **keep)
             cache = getattr(first, name)
-            cache.batch_repeat_interleave(len(rests))
-            logits = self.model(batch.to(self.device), attention_mask=mask.to(self.device), **{name: cache}).logits
-            scores = []
+            cache.batch_select_indices(index.to(device))  # each option continues its own prefix's cache
+            logits = self.model(batch.to(device), attention_mask=torch.cat([mask[index], rest_mask], dim=1).to(device),
+                                position_ids=rest_positions.to(device), **{name: cache}).logits
+            scores: list[list[float]] = [[] for _ in chunk]
             for row, rest in enumerate(rests):
                 # token k of the option is predicted by the prefix's last position, then by the option's own
-                steps = torch.cat([first.logits[0, -1:], logits[row, : len(rest) - 1]]).float()
+                steps = torch.cat([first.logits[owner[row], -1:], logits[row, : len(rest) - 1]]).float()
                 target = torch.tensor(rest, device=steps.device)
-                scores.append(float(F.log_softmax(steps, dim=-1).gather(-1, target[:, None]).sum()))
-        return likeliest(scores)
+                scores[owner[row]].append(float(F.log_softmax(steps, dim=-1).gather(-1, target[:, None]).sum()))
+        return scores
 
     def context_window(self) -> int | None:
         return self.max_length

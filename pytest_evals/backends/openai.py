@@ -71,7 +71,6 @@ def _headers() -> dict[str, str]:
 class OpenAIBackend(Backend):
     capabilities = frozenset({"generate", "chat", "loglikelihood", "tools", "streaming"})
     batches_across_cases = True
-    background_batches = True  # I/O bound: the next window's batch may run while this one's cases do
     takes_url = True  # openai:MODEL@http://HOST:PORT/v1
     # every option but context_window is a request field, which may change the answer: all enter case keys
 
@@ -364,15 +363,10 @@ class OpenAIBackend(Backend):
         return None
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
-        return self._map(lambda r: self._complete(
-            "/completions",
-            {"prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": r.temperature,
-             **({"stop": list(r.stop)} if r.stop else {})},
-            r.stop,
-        ), requests)
+        return self._map(self._one_generate, requests)
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
-        return self._map(lambda r: self._complete("/chat/completions", chat_payload(r), ()), requests)
+        return self._map(self._one_chat, requests)
 
     def _map(self, one: Callable[[Any], Awaitable[Any]], requests: Sequence[Any]) -> list[Any]:
         """Each request on its own HTTP call, all of them on the event loop at once, up to the
@@ -382,41 +376,31 @@ class OpenAIBackend(Backend):
         again, lone or batched, up to CUT_TRIES times: such a server answers whole, only slower."""
         return self._loop.run(self._gather(one, requests), self._inflight)
 
+    def submit(self, method: str, requests: Sequence[Any]) -> list[Future[Any]] | None:
+        """Each request started on the event loop now, as a request of a batch (a 429 waits and tries
+        again, a cut stream is sent again), with a future of its own."""
+        one = {"generate": self._one_generate, "chat": self._one_chat}.get(method)
+        if one is None:
+            return None  # loglikelihood checks the server first: in rounds
+        futures = []
+        for request in requests:
+            future = asyncio.run_coroutine_threadsafe(self._one(one, request, True), self._loop.loop)
+            self._inflight.add(future)
+            future.add_done_callback(self._inflight.discard)
+            futures.append(future)
+        return futures
+
+    def _one_generate(self, r: GenerateRequest) -> Awaitable[Reply]:
+        return self._complete("/completions", {"prompt": r.prompt, "max_tokens": r.max_tokens,
+                                               "temperature": r.temperature, **({"stop": list(r.stop)} if r.stop else {})},
+                              r.stop)
+
+    def _one_chat(self, r: ChatRequest) -> Awaitable[Reply]:
+        return self._complete("/chat/completions", chat_payload(r), ())
+
     async def _gather(self, one: Callable[[Any], Awaitable[Any]], requests: Sequence[Any]) -> list[Any]:
         batch = len(requests) > 1
-        tries = RATE_LIMIT_TRIES if batch else 1
-
-        async def run(request: Any) -> Any:
-            attempt, cuts = 1, 0
-            while True:
-                async with self.limiter.slot(urgent=not batch):  # a case's own call goes first
-                    if batch and self._cancelled:
-                        raise BackendError(f"{self.spec.label}: not sent: the cases of this batch will not run")
-                    try:
-                        result = await one(request)
-                    except StreamInterrupted as exc:
-                        # the server cuts a stream when another request arrives: fewer at once, and again,
-                        # after a random pause so that two processes' requests stop meeting
-                        self.limiter.throttled()
-                        cuts += 1
-                        if cuts >= CUT_TRIES:
-                            raise StreamInterrupted(f"{exc}; cut {cuts} times, so given up: start the server "
-                                                    f"with {INTERRUPT_FLAG}") from None
-                        wait = random.uniform(0.0, min(MAX_CUT_WAIT_S, 0.1 * 2 ** cuts))
-                    except TransientError as exc:
-                        if exc.kind != "rate_limit":
-                            raise
-                        self.limiter.throttled()
-                        if attempt >= tries:
-                            raise
-                        attempt += 1
-                        wait = min(exc.retry_after if exc.retry_after is not None else 0.5, MAX_BATCH_WAIT_S)
-                    else:
-                        self.limiter.succeeded()
-                        return replace(result, stream_cuts=cuts) if cuts and isinstance(result, Reply) else result
-                await asyncio.sleep(wait)  # outside the limiter: the others go on meanwhile
-
-        outcomes = await asyncio.gather(*(run(r) for r in requests), return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._one(one, r, batch) for r in requests), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
                 raise outcome  # cancelled (Ctrl-C): not a fault of one request
@@ -426,6 +410,39 @@ class OpenAIBackend(Backend):
                 raise failed[0]
             raise PartialBatch([None if isinstance(o, Exception) else o for o in outcomes], failed[0])
         return list(outcomes)
+
+    async def _one(self, one: Callable[[Any], Awaitable[Any]], request: Any, batch: bool) -> Any:
+        """One request of a call: a lone one meets its 429 itself (the case's retry policy decides); one
+        of a batch waits and tries again. A cut stream is sent again either way."""
+        tries = RATE_LIMIT_TRIES if batch else 1
+        attempt, cuts = 1, 0
+        while True:
+            async with self.limiter.slot(urgent=not batch):  # a case's own call goes first
+                if batch and self._cancelled:
+                    raise BackendError(f"{self.spec.label}: not sent: the cases of this batch will not run")
+                try:
+                    result = await one(request)
+                except StreamInterrupted as exc:
+                    # the server cuts a stream when another request arrives: fewer at once, and again,
+                    # after a random pause so that two processes' requests stop meeting
+                    self.limiter.throttled()
+                    cuts += 1
+                    if cuts >= CUT_TRIES:
+                        raise StreamInterrupted(f"{exc}; cut {cuts} times, so given up: start the server "
+                                                f"with {INTERRUPT_FLAG}") from None
+                    wait = random.uniform(0.0, min(MAX_CUT_WAIT_S, 0.1 * 2 ** cuts))
+                except TransientError as exc:
+                    if exc.kind != "rate_limit":
+                        raise
+                    self.limiter.throttled()
+                    if attempt >= tries:
+                        raise
+                    attempt += 1
+                    wait = min(exc.retry_after if exc.retry_after is not None else 0.5, MAX_BATCH_WAIT_S)
+                else:
+                    self.limiter.succeeded()
+                    return replace(result, stream_cuts=cuts) if cuts and isinstance(result, Reply) else result
+            await asyncio.sleep(wait)  # outside the limiter: the others go on meanwhile
 
     def context_window(self) -> int | None:
         """From the spec (``?context_window=N``), the server's model list (vLLM's ``max_model_len``),

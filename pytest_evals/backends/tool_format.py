@@ -6,8 +6,8 @@
   bare JSON (one object, or a list of objects, with ``name`` and ``arguments`` or ``parameters``).
 - :func:`plain_messages` renders tools, tool calls and tool results as text for chat templates that
   know nothing of tools, in the Hermes format the parser reads back.
-- :func:`forced_call` writes a call the model was told to make (``tool_choice`` = a name or
-  ``required``) one field at a time: the structure, names and quoting come from the schema, the model
+- :func:`forced_steps` (and :func:`forced_call`, which drives it for one call) writes a call the model
+  was told to make (``tool_choice`` = a name or ``required``) one field at a time: the structure, names and quoting come from the schema, the model
   only chooses the tool (by likelihood) and fills each value. The call is therefore always well-formed,
   even from a tiny model.
 
@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Sequence, Union
 
 from .base import Message, ToolCall
 
@@ -184,9 +185,46 @@ Choose = Callable[[str, list[str]], int]  # (context, options) -> index of the l
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
+@dataclass(frozen=True)
+class CompleteStep:
+    """A forced call needs the model's continuation of ``text`` up to a stop string."""
+
+    text: str
+    stop: tuple[str, ...]
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class ChooseStep:
+    """A forced call needs the index of the likeliest of ``options`` after ``context``."""
+
+    context: str
+    options: list[str]
+
+
+Step = Union[CompleteStep, ChooseStep]
+Steps = Generator[Step, Any, ToolCall]  # yields what it needs of the model; is sent the answer
+
+
 def forced_call(prompt: str, tools: Sequence[dict[str, Any]], name: str | None,
                 complete: Complete, choose: Choose) -> ToolCall:
-    """Write a call to ``name`` (or, with None, to the tool the model finds likeliest) after ``prompt``.
+    """Write a call to ``name`` (or, with None, to the tool the model finds likeliest) after ``prompt``,
+    asking ``complete`` and ``choose`` one step at a time (see :func:`forced_steps`)."""
+    steps = forced_steps(prompt, tools, name)
+    answer: Any = None
+    try:
+        while True:
+            step = steps.send(answer)
+            answer = (complete(step.text, step.stop, step.max_tokens) if isinstance(step, CompleteStep)
+                      else choose(step.context, step.options))
+    except StopIteration as done:
+        return done.value
+
+
+def forced_steps(prompt: str, tools: Sequence[dict[str, Any]], name: str | None) -> Steps:
+    """The steps of a forced call: a generator that yields each thing it needs of the model (a
+    :class:`ChooseStep` or a :class:`CompleteStep`), is sent the answer, and returns the call. A backend
+    drives the steps of many calls side by side, batching the same step of every call.
 
     Every required argument is filled in the schema's order: enums and booleans by likelihood, numbers
     and strings by generation up to the value's end. A value the model cannot produce (no number where
@@ -196,7 +234,7 @@ def forced_call(prompt: str, tools: Sequence[dict[str, Any]], name: str | None,
     text = prompt + CALL_OPEN + '{"name": "'
     if name is None:
         names = list(by_name)
-        name = names[choose(text, [n + '"' for n in names])] if len(names) > 1 else names[0]
+        name = names[(yield ChooseStep(text, [n + '"' for n in names]))] if len(names) > 1 else names[0]
     function = by_name[name]
     text += name + '", "arguments": {'
     parameters = function.get("parameters") or {}
@@ -206,7 +244,7 @@ def forced_call(prompt: str, tools: Sequence[dict[str, Any]], name: str | None,
     for k, key in enumerate(required):
         text += (", " if k else "") + json.dumps(key) + ": "
         try:
-            value = _fill_value(text, properties[key], complete, choose)
+            value = yield from _value_steps(text, properties[key])
         except ValueError as exc:
             return ToolCall(name, arguments, error=f"the model gave no valid value for {key}: {exc}", id=new_call_id())
         arguments[key] = value
@@ -214,24 +252,24 @@ def forced_call(prompt: str, tools: Sequence[dict[str, Any]], name: str | None,
     return ToolCall(name, arguments, id=new_call_id())
 
 
-def _fill_value(text: str, schema: dict[str, Any], complete: Complete, choose: Choose) -> Any:
+def _value_steps(text: str, schema: dict[str, Any]) -> Generator[Step, Any, Any]:
     kind = schema.get("type")
     if "enum" in schema:
         options = list(schema["enum"])
-        return options[choose(text, [json.dumps(o) for o in options])]
+        return options[(yield ChooseStep(text, [json.dumps(o) for o in options]))]
     if kind == "boolean":
-        return [True, False][choose(text, ["true", "false"])]
+        return [True, False][(yield ChooseStep(text, ["true", "false"]))]
     if kind in ("integer", "number"):
-        raw = complete(text, (",", "}", "\n"), 16)
+        raw = yield CompleteStep(text, (",", "}", "\n"), 16)
         match = NUMBER.search(raw)
         if match is None:
             raise ValueError(f"expected a number, got {raw.strip()[:40]!r}")
         number = float(match.group())
         return int(number) if kind == "integer" and number == int(number) else number
     if kind == "string":
-        raw = complete(text + '"', ('"', "\n"), 48)
+        raw = yield CompleteStep(text + '"', ('"', "\n"), 48)
         return raw.split('"')[0]
-    raw = complete(text, ("\n",), 64)  # arrays, objects, unions: the model writes the JSON
+    raw = yield CompleteStep(text, ("\n",), 64)  # arrays, objects, unions: the model writes the JSON
     try:
         return json.JSONDecoder().raw_decode(raw.strip())[0]
     except json.JSONDecodeError as exc:

@@ -108,13 +108,14 @@ class VLLMBackend(TemplateChat, Backend):
         return self._replies(outputs, [r.stop for r in requests], watch)
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
-        """``LLM.chat`` over the batch, one call per distinct tool list; forced tools field by field."""
+        """``LLM.chat`` over the batch, one call per distinct tool list; forced tools field by field, side by side."""
         replies: list[Reply | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
+        forced = [i for i, r in enumerate(requests) if r.tools and r.tool_choice not in ("auto", "none")]
+        for i, reply in zip(forced, self._forced_replies([(self.chat_prompt(requests[i]), requests[i]) for i in forced])):
+            replies[i] = reply
         for i, r in enumerate(requests):
-            if r.tools and r.tool_choice not in ("auto", "none"):
-                replies[i] = self._forced_reply(self.chat_prompt(r), r)
-            else:
+            if i not in forced:
                 tools = list(r.tools) if r.tool_choice != "none" else []
                 groups.setdefault(json.dumps(tools, sort_keys=True), []).append(i)
         knows_tools = template_knows_tools(getattr(self.tokenizer, "chat_template", None))
@@ -139,7 +140,17 @@ class VLLMBackend(TemplateChat, Backend):
         return self.generate([request for _, request in items])
 
     def _choose(self, context: str, options: list[str]) -> int:
-        return likeliest([r.logprob for r in self.loglikelihood([LoglikelihoodRequest(context, o) for o in options])])
+        return self._choose_many([(context, options)])[0]
+
+    def _choose_many(self, items: list[tuple[str, list[str]]]) -> list[int]:
+        """Every option of every item scored in one ``loglikelihood`` call (vLLM schedules the list)."""
+        scores = [r.logprob for r in self.loglikelihood(
+            [LoglikelihoodRequest(context, o) for context, options in items for o in options])]
+        picks, start = [], 0
+        for _, options in items:
+            picks.append(likeliest(scores[start:start + len(options)]))
+            start += len(options)
+        return picks
 
     def context_window(self) -> int | None:
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)

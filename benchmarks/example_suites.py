@@ -7,8 +7,8 @@ Each mode is a whole `pytest example_suites/test_<suite>.py ... --model smollm2`
 (interpreter, imports, model load, pytest's summary), timed side by side in one run:
 
 - this tree: every call of a case batched (turns, tool rounds, forced calls side by side);
-- base: the same suites through a git worktree of ``--base`` (default 8439e03, the main before every
-  turn was batched: first calls only), on ``PYTHONPATH``;
+- base: the same suites in a git worktree of ``--base`` (default 8439e03, the main before every turn
+  was batched: first calls only), run from that folder so that its package is the one imported;
 - for the multi-turn and tool-use suites, each alone with this tree and with ``--evals-batch-size 1``.
 
 The default suites are the four that made up ``example_suites/`` when the goal was set (168 cases); the
@@ -33,14 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ALL = ["arithmetic", "multiple_choice", "multi_turn", "tool_use", "humaneval", "judged"]
 
 
-def run(paths: list[str], db: Path, pythonpath: Path | None, *extra: str, profile: Path | None = None) -> float:
+def run(paths: list[str], db: Path, tree: Path | None, *extra: str, profile: Path | None = None) -> float:
+    """``tree``: run in that checkout (``python -m`` puts the working folder first on sys.path, so its
+    package is the one imported), else in this one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []), "-m", "pytest",
                "-q", "-p", "no:cacheprovider", "--model=smollm2", f"--evals-db={db}", *paths, *extra]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=tree or ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode not in (0, 1):
         raise SystemExit(f"pytest failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from .backends.base import BackendSettings
+from .backends.base import DEFAULT_BATCH_SIZE, BackendSettings
 from .backends.registry import BackendRegistry
 from .callcache import DEFAULT_CACHE, CallCache, parse_mode
 from .context import RunContext, worker_id
@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .gates import Gates
 from .gpus import WORKER_KEY, plan
 from .metering import Price, PriceTable, parse_price_line
-from .planner import WINDOW_PER_BATCH, Planner
+from .planner import Planner, window_size
 from .pool import BackendPool
 from .reliability import NO_RETRY, policy_from_ini
 from .repeats import repeat_from_option
@@ -57,8 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--evals-batch-size", dest="evals_batch_size", metavar="N", type=int, default=None,
-        help="most requests a local backend runs in one forward pass (default 8); cases are batched across "
-        "in windows of 8 batches; 1 runs every call alone. ini: evals_batch_size",
+        help=f"most requests a local backend runs in one forward pass (default {DEFAULT_BATCH_SIZE}); cases run "
+        "in windows of 2 batches (8 cases per --evals-concurrency request for HTTP); 1 runs every call alone. "
+        "ini: evals_batch_size",
     )
     group.addoption(
         "--evals-concurrency", dest="evals_concurrency", metavar="N", type=int, default=None,
@@ -263,7 +264,7 @@ def _read(config: pytest.Config) -> RunContext:
     db_path = _path(config, "evals_db", DEFAULT_DB)
     cache_mode = _setting(config, "evals_cache", str, "off")
     cache_mode = parse_mode(cache_mode, "--evals-cache" if config.getoption("evals_cache") else "ini evals_cache =")
-    batch_size = _setting(config, "evals_batch_size", int, 8)
+    batch_size = _setting(config, "evals_batch_size", int, DEFAULT_BATCH_SIZE)
     _require(batch_size >= 1, f"--evals-batch-size {batch_size}: must be at least 1")
     concurrency = _setting(config, "evals_concurrency", int, 8)
     _require(concurrency >= 1, f"--evals-concurrency {concurrency}: must be at least 1")
@@ -321,10 +322,12 @@ def _read(config: pytest.Config) -> RunContext:
         cache=None if cache_mode == "off" else CallCache(_path(config, "evals_cache_path", DEFAULT_CACHE), cache_mode),
     )
     # no backend of the run gains from batches: no planner, whose plugin would cost every case for nothing
-    if batch_size > 1 and any(pool.batches_across_cases(s) for s in [*specs, *routes.table.values()]):
-        # whole rounds for HTTP too; under a budget one batch's worth, so a spent budget stops within a batch
-        per_batch = max(batch_size, concurrency)
-        run.planner = Planner(window=per_batch if budget is not None else WINDOW_PER_BATCH * per_batch)
+    batching = [s for s in [*specs, *routes.table.values()] if pool.batches_across_cases(s)]
+    if batch_size > 1 and batching:
+        local = any(not pool.submits(s) for s in batching)
+        remote = any(pool.submits(s) for s in batching)
+        run.planner = Planner(window=window_size(batch_size if local else None, concurrency if remote else None,
+                                                 budget is not None))
     if run.is_worker:
         workerinput = config.workerinput  # type: ignore[attr-defined]
         run.gpus = workerinput.get(WORKER_KEY) or None

@@ -25,7 +25,18 @@ import greenlet
 
 from .backends.base import Backend, ChatRequest, PartialBatch
 
-WINDOW_PER_BATCH = 8  # a window holds this many batches' worth of cases
+WINDOW_PER_BATCH = 2  # a window holds this many batches' worth of cases (a local model's rounds)
+WINDOW_PER_REQUEST = 8  # and this many cases per request in flight (a backend that submits: HTTP)
+
+
+def window_size(batch_size: int | None, concurrency: int | None, budget: bool) -> int:
+    """How many cases run together: enough to fill every round's batches of the local models
+    (``batch_size``, None if the run has none) and to keep ``concurrency`` requests in flight on the
+    servers (None if none); under a budget one batch's worth, so a spent budget stops within a batch."""
+    per_batch = max(batch_size or 1, concurrency or 1)
+    if budget:
+        return per_batch
+    return max(WINDOW_PER_BATCH * (batch_size or 1), WINDOW_PER_REQUEST * (concurrency or 1))
 
 
 def request_key(method: str, request: Any, sample: int = 0) -> Hashable:
@@ -63,7 +74,6 @@ class _Flight:
     """A parked body whose requests are in flight on a backend that started them (``submit``)."""
 
     body: "Body"
-    ask: Ask
     futures: list[Future[Any]]
     started: float
     beside: bool  # other requests were in flight beside these: served concurrently, as a batch
@@ -96,7 +106,6 @@ class Planner:
         self.window = window
         self.last_hit: float | None = None  # the batch time of the call just answered, None if not batched
         self.last_elapsed: float | None = None  # the backend call's time of the call just answered by a round
-        self.batch_calls = 0  # backend calls made for rounds
         self._in_flight: Backend | None = None  # the backend of the round being called
         self._started: dict[int, Backend] = {}  # the backends that started requests on their own
 
@@ -137,7 +146,8 @@ class Planner:
         its body parks, and the body is resumed as soon as its answers are in, while the others are in
         flight; the other backends get rounds: one call for all the requests parked when no body can go
         on. ``resume(body, answer)`` switches into the body and returns what it switched back; ``stop()``
-        gives what to raise in every parked body instead of an answer (the run is stopping)."""
+        gives what to raise in a parked body instead of an answer (the run is stopping; asked once per
+        body, so each raises an exception of its own)."""
         local: list[tuple[Body, Ask]] = []
         flying: list[_Flight] = []
         in_flight: dict[tuple[int, Hashable], Future[Any]] = {}  # equal requests in flight at once: one
@@ -147,7 +157,7 @@ class Planner:
             if flight is None:
                 local.append((body, ask))
             else:
-                flying.append(_Flight(body, ask, *flight))
+                flying.append(_Flight(body, *flight))
 
         for body, ask in parked:
             place(body, ask)
@@ -158,8 +168,8 @@ class Planner:
                 for flight in flying:
                     for future in flight.futures:
                         future.cancel()
-                ready = [(b, Answer(None, stop=stopping)) for b, _ in local] + \
-                    [(f.body, Answer(None, stop=stopping)) for f in flying]
+                ready = [(b, Answer(None, stop=stop() or stopping)) for b in
+                         [b for b, _ in local] + [f.body for f in flying]]
                 local, flying = [], []
             elif any(f.done() for f in flying):
                 landed = [f for f in flying if f.done()]  # one look: a future may land between two
@@ -184,9 +194,10 @@ class Planner:
         """Start an ask's requests on a backend that can (sharing equal requests still in flight):
         (their futures, when, whether others were in flight beside them); None where it cannot."""
         keys = [(id(ask.backend), _key(ask, r, id(ask))) for r in ask.requests]
+        for done in [k for k, f in in_flight.items() if f.done()]:
+            del in_flight[done]  # only requests still waiting are shared (at most one per body of the window)
         futures: list[Future[Any] | None] = [in_flight.get(k) for k in keys]
-        futures = [f if f is not None and not f.done() else None for f in futures]
-        beside = any(not f.done() for f in in_flight.values())
+        beside = bool(in_flight)
         new = [r for r, f in zip(ask.requests, futures) if f is None]
         if new:
             started = ask.backend.submit(ask.method, new)
@@ -195,7 +206,6 @@ class Planner:
             self._started[id(ask.backend)] = ask.backend
             fresh = iter(started)
             futures = [f if f is not None else next(fresh) for f in futures]
-            self.batch_calls += 1
         for key, future in zip(keys, futures):
             in_flight[key] = future  # type: ignore[assignment]
         return futures, time.perf_counter(), beside or len(ask.requests) > 1  # type: ignore[return-value]
@@ -220,7 +230,6 @@ class Planner:
                 results = [None] * len(unique)
             finally:
                 self._in_flight = None
-            self.batch_calls += 1
             elapsed = time.perf_counter() - start
             for key, result in zip(unique, results):
                 if result is not None:  # batched: the call served more than this one ask

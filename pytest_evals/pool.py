@@ -43,6 +43,14 @@ class BackendPool:
                 self._batching[spec] = False
         return self._batching[spec]
 
+    def submits(self, spec: ModelSpec) -> bool:
+        """Whether the backend of ``spec`` starts each request on its own (``Backend.submit``: HTTP), rather
+        than answering batches in rounds."""
+        try:
+            return self.registry.resolve(spec.backend).submit is not Backend.submit
+        except SpecError:
+            return False
+
     def breaker(self, spec: ModelSpec, name: str) -> CircuitBreaker:
         """One circuit breaker per backend in this process, shared by every case."""
         breaker = self._breakers.get(spec)

@@ -233,10 +233,15 @@ def test_choices_that_share_an_input_share_a_pass_and_score_as_alone(smollm2) ->
         assert abs(alone.logprob - shared.logprob) < 1e-4 and alone.is_greedy == shared.is_greedy
 
 
-def test_a_batch_out_of_memory_is_run_in_halves(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("runner", ["_greedy_batch", "_generate_batch"])
+def test_a_batch_out_of_memory_is_run_in_halves(smollm2, monkeypatch: pytest.MonkeyPatch, runner: str) -> None:
+    """Greedy decoding over the shared prefix and transformers' generate (the plain path, for models the
+    prefix cache cannot serve) both halve a batch that runs out of memory."""
+    if runner == "_generate_batch":
+        monkeypatch.setattr(smollm2, "prefix", None)
     requests = [GenerateRequest(f"{n} + {n} =", max_tokens=4) for n in range(1, 6)]
     expected = [r.text for r in smollm2.generate(requests)]
-    real, sizes = smollm2._generate_batch, []
+    real, sizes = getattr(smollm2, runner), []
 
     def small_memory(items):
         sizes.append(len(items))
@@ -244,7 +249,7 @@ def test_a_batch_out_of_memory_is_run_in_halves(smollm2, monkeypatch: pytest.Mon
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(items)
 
-    monkeypatch.setattr(smollm2, "_generate_batch", small_memory)
+    monkeypatch.setattr(smollm2, runner, small_memory)
     assert [r.text for r in smollm2.generate(requests)] == expected
     assert sizes == [5, 2, 3, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
 
@@ -252,8 +257,8 @@ def test_a_batch_out_of_memory_is_run_in_halves(smollm2, monkeypatch: pytest.Mon
 # --- the generation deadline, sampling, hf: options, the weights in the case key -----------------------
 
 def test_the_generation_deadline_stops_generating_and_is_a_timeout(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--evals-timeout is transformers' max_time: generation stops at the deadline (not at its token limit
-    or an end token), and the call is a transient `timeout` fault."""
+    """--evals-timeout is transformers' max_time on the plain path: generation stops at the deadline (not
+    at its token limit or an end token), and the call is a transient `timeout` fault."""
     from dataclasses import replace
 
     from pytest_evals.backends.base import TransientError
@@ -266,6 +271,7 @@ def test_the_generation_deadline_stops_generating_and_is_a_timeout(smollm2, monk
         seen.append((kwargs, output[0, kwargs["input_ids"].shape[1]:].tolist()))
         return output
 
+    monkeypatch.setattr(smollm2, "prefix", None)  # transformers' generate (models the prefix cache cannot serve)
     monkeypatch.setattr(smollm2.model, "generate", generate)
     monkeypatch.setattr(smollm2, "settings", replace(smollm2.settings, timeout_s=0.05))
     with pytest.raises(TransientError, match="generation passed the 0.05 s deadline") as caught:
@@ -274,6 +280,25 @@ def test_the_generation_deadline_stops_generating_and_is_a_timeout(smollm2, monk
     ((kwargs, new),) = seen
     assert kwargs["max_time"] == 0.05
     assert 1 <= len(new) < 200 and new[-1] != smollm2.tokenizer.eos_token_id
+
+
+def test_greedy_decoding_stops_at_the_deadline_and_is_a_timeout(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy decoding over the shared prefix checks the deadline at every token: it stops there (far
+    before its 200-token limit) as a transient `timeout` fault."""
+    from dataclasses import replace
+
+    from pytest_evals.backends.base import TransientError
+
+    passes = []
+    hook = smollm2.model.register_forward_hook(lambda *_: passes.append(1))
+    monkeypatch.setattr(smollm2, "settings", replace(smollm2.settings, timeout_s=0.05))
+    try:
+        with pytest.raises(TransientError, match="generation passed the 0.05 s deadline") as caught:
+            smollm2.generate([GenerateRequest("1, 2, 3, 4,", max_tokens=200)])
+    finally:
+        hook.remove()
+    assert caught.value.kind == "timeout"
+    assert 1 <= len(passes) < 200  # the prefill and the tokens before the deadline, not the 200 tokens
 
 
 def test_a_call_past_the_evals_timeout_ends_its_case_as_error(pytester: pytest.Pytester, smollm2) -> None:

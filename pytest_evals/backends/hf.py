@@ -36,6 +36,7 @@ from .base import (
     tpot,
 )
 from .gguf_cache import dequantized_copy, embedded_gguf
+from .hf_prefix import SharedPrefix
 from .template_chat import TemplateChat
 
 HF_PACKAGES = ("torch", "transformers", "accelerate")
@@ -149,6 +150,8 @@ class HFBackend(TemplateChat, Backend):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = int(spec.option("batch_size", settings.batch_size))
+        # greedy decoding and choices run over the prompts' shared prefix, kept between calls (hf_prefix.py)
+        self.prefix = SharedPrefix(self.model, torch, self.tokenizer.pad_token_id) if SharedPrefix.usable(self.model) else None
         if getattr(self.tokenizer, "chat_template", None) is None:
             self.capabilities = frozenset({"generate", "loglikelihood"})
 
@@ -213,6 +216,16 @@ class HFBackend(TemplateChat, Backend):
         torch = self.torch
         import torch.nn.functional as F
 
+        if self.prefix is not None:  # the contexts' shared prefix once (and kept), each option after its context
+            rows = self.prefix.prefill([prefix for _, prefix, _ in chunk])
+            owner = [row for row, (_, _, rests) in enumerate(chunk) for _ in rests]
+            options = [rest for _, _, rests in chunk for rest in rests]
+            shared: list[list[float]] = [[] for _ in chunk]
+            for row, rest, steps in zip(owner, options, self.prefix.continuations(rows, owner, options)):
+                target = torch.tensor(rest, device=steps.device)
+                shared[row].append(float(F.log_softmax(steps.float(), dim=-1).gather(-1, target[:, None]).sum()))
+            return shared
+
         width = max(len(prefix) for _, prefix, _ in chunk)
         ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -257,28 +270,92 @@ class HFBackend(TemplateChat, Backend):
         replies: list[Reply | None] = [None] * len(items)
         # One generate() call samples at one temperature: requests batch with those of their own temperature
         # only (greedy with greedy), long prompts with long ones.
-        order = sorted(range(len(items)), key=lambda i: (items[i][1].temperature, -len(items[i][0])))
+        # (greedy ones keep their order: a batch that continues the last one's rows reuses their cache)
+        order = sorted(range(len(items)), key=lambda i: (items[i][1].temperature,
+                                                         0 if items[i][1].temperature == 0 and self.prefix else -len(items[i][0])))
         by_temperature: dict[float, list[int]] = {}
         for i in order:
             by_temperature.setdefault(items[i][1].temperature, []).append(i)
-        for group in by_temperature.values():
+        for temperature, group in by_temperature.items():
+            # greedy: over the prompts' shared prefix, one token per row per step; sampled: transformers' generate
+            run = self._greedy_batch if temperature == 0 and self.prefix is not None else self._generate_batch
             for start in range(0, len(group), self.batch_size):
                 chunk = group[start:start + self.batch_size]
-                for i, reply in zip(chunk, self._generate_halving([items[i] for i in chunk])):
+                for i, reply in zip(chunk, self._halving(run, [items[i] for i in chunk])):
                     replies[i] = reply
         return [r for r in replies if r is not None]
 
-    def _generate_halving(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
-        """One left-padded batch; on out-of-memory, its two halves one after the other (and so on)."""
+    def _halving(self, run: Any, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
+        """One batch; on out-of-memory, its two halves one after the other (and so on)."""
         try:
-            return self._generate_batch(items)
+            return run(items)
         except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
             if len(items) < 2 or "out of memory" not in str(exc).lower():
                 raise
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
+        if self.prefix is not None:
+            self.prefix.forget()
         half = len(items) // 2
-        return self._generate_halving(items[:half]) + self._generate_halving(items[half:])
+        return self._halving(run, items[:half]) + self._halving(run, items[half:])
+
+    def _greedy_batch(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
+        """Greedy decoding of a batch over its shared prefix: each row stops at its own limit, end token or
+        stop string, and leaves the batch there."""
+        assert self.prefix is not None
+        tok = self.tokenizer
+        prompts = [self.encode(p) for p, _ in items]
+        requests = [r for _, r in items]
+        eos_ids = {tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))} - {None}
+        deadline = self.settings.timeout_s
+        generated: list[list[int]] = [[] for _ in items]
+        finish = ["length"] * len(items)
+        finished_at: dict[int, float] = {}
+        watch = Stopwatch()
+        self._reset_gpu_peak()
+        rows = self.prefix.prefill(prompts)
+        active = list(range(len(items)))
+        if any(r.max_tokens < 1 for r in requests):
+            keep = [k for k, i in enumerate(active) if requests[i].max_tokens >= 1]
+            self.prefix.select(rows, keep)
+            active = [active[k] for k in keep]
+        while active:
+            tokens = rows.last.argmax(dim=-1).tolist()
+            watch.mark_first()
+            going = []
+            for k, (i, token) in enumerate(zip(active, tokens)):
+                generated[i].append(token)
+                done = token in eos_ids or len(generated[i]) >= requests[i].max_tokens
+                if token in eos_ids:
+                    finish[i] = "stop"
+                elif not done and requests[i].stop:
+                    tail = tok.decode(generated[i][-16:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                    done = any(s in tail for s in requests[i].stop)
+                if done:
+                    finished_at[i] = watch.elapsed()
+                else:
+                    going.append(k)
+            if not going:
+                break
+            if deadline and watch.elapsed() >= deadline:
+                raise TransientError(f"{self.spec.label}: generation passed the {deadline:g} s deadline", "timeout")
+            if len(going) < len(active):
+                self.prefix.select(rows, going)
+                active, tokens = [active[k] for k in going], [tokens[k] for k in going]
+            self.prefix.step(rows, tokens)
+        latency = watch.elapsed()
+        self._read_gpu_peak()
+        replies = []
+        for i, request in enumerate(requests):
+            text, stopped = apply_stop(tok.decode(generated[i], skip_special_tokens=True,
+                                                  clean_up_tokenization_spaces=False), request.stop)
+            own = finished_at.get(i, latency)
+            ttft = watch.ttft()
+            replies.append(Reply(
+                text=text, prompt_tokens=len(prompts[i]), completion_tokens=len(generated[i]), latency_s=own,
+                ttft_s=ttft, tpot_s=tpot(own, ttft, len(generated[i])),
+                finish_reason="stop" if stopped else finish[i], backend=self.spec.raw))
+        return replies
 
     def _generate_batch(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
         torch = self.torch
@@ -423,6 +500,7 @@ class HFBackend(TemplateChat, Backend):
 
     def close(self) -> None:
         self.model = None
+        self.prefix = None
 
 
 def _share_cores(torch: Any) -> None:

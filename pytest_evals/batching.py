@@ -3,7 +3,8 @@ model call it makes is batched with the same call of the other cases in its wind
 
 When pytest reaches an eval case, the plugin takes the window of up to W cases that run next in this
 process (the following items of the same module or class; under xdist, this worker's queue) and runs
-them together, through pytest's own hooks: each case is set up, its body starts in a greenlet and runs
+them together, through pytest's own hooks (for a backend that submits, HTTP, the window slides: the
+cases of up to ``SLIDING_WINDOWS`` windows are taken, and one starts as soon as another ends): each case is set up, its body starts in a greenlet and runs
 until it calls the model, and its setup is parked (``parking.py``) so the next case can be set up. The
 planner batches the waiting calls (rounds for a local model, each request at once for an HTTP
 server) and resumes each body, set up again, with its answer until it calls again or ends: second
@@ -34,6 +35,7 @@ from .planner import Answer, Body, Planner
 
 # fixtures that reach state of one item at a time (pytest's request, output and log capture) or change
 # the process for the test's duration (monkeypatch: two bodies of a window would undo each other's changes)
+SLIDING_WINDOWS = 8  # a sliding window's cases: this many windows' worth (then the last one is torn down)
 ONE_AT_A_TIME = frozenset({"request", "capsys", "capfd", "capsysbinary", "capfdbinary", "caplog", "monkeypatch"})
 
 
@@ -72,8 +74,10 @@ class BatchPlugin:
             return None
         window = [item]
         upcoming = self._upcoming(item)
+        # sliding: the cases that start as others end, up to a window at once
+        most = self.planner.window * (SLIDING_WINDOWS if self.planner.sliding else 1)
         for other in upcoming:
-            if len(window) >= self.planner.window or not parkable(other, item) or not self._plannable(other):
+            if len(window) >= most or not parkable(other, item) or not self._plannable(other):
                 break
             window.append(other)
         if len(window) < 2:
@@ -184,10 +188,23 @@ class BatchPlugin:
                 self._report(due[0], due[0].stash[ran_key])
                 due[0] = next(unreported, None)
 
-        try:
-            for case in window:
-                if _stopping(case.session) is not None:
+        queued = iter(window)
+        position = {case: n for n, case in enumerate(window)}
+        started: list[pytest.Item] = []
+        active = [0]  # bodies started and not yet ended
+        at_once = self.planner.window
+
+        def start_more() -> list[tuple[Body, Any]]:
+            """Start cases while fewer than a window run at once (and fewer than two windows' worth wait
+            to be reported): each is set up and its body runs to its first model call."""
+            begun: list[tuple[Body, Any]] = []
+            while active[0] < at_once:
+                if due[0] is not None and len(started) - position[due[0]] >= 2 * at_once:
+                    break  # reports wait for an earlier case still running: no more until it ends
+                case = next(queued, None)
+                if case is None or _stopping(case.session) is not None:
                     break  # -x, the budget: no more cases start (the window's last never does)
+                started.append(case)
                 ran = case.stash[ran_key] = Ran()
                 if hasattr(case, "_request") and not case._request:  # type: ignore[attr-defined]
                     case._initrequest()  # type: ignore[attr-defined]
@@ -202,9 +219,18 @@ class BatchPlugin:
                     ran.calls.append(value)
                     finish(case)
                 else:
+                    active[0] += 1
                     self._take_output(case)
                     parked[case] = Parked(case)
-                    waiting.append((body, value))
+                    begun.append((body, value))
+            return begun
+
+        def more() -> list[tuple[Body, Any]]:
+            active[0] -= 1  # a body ended
+            return start_more() if self.planner.sliding else []
+
+        try:
+            waiting.extend(start_more())
             def resume(body: Body, answer: Answer) -> Any:
                 """A body goes on set up, as pytest's own protocol runs it; parked again if it waits."""
                 case = body.case
@@ -217,7 +243,7 @@ class BatchPlugin:
                     parked[case] = Parked(case)
                 return value
 
-            for body, value in self.planner.rounds(waiting, resume, lambda: _stopping(last.session)):
+            for body, value in self.planner.rounds(waiting, resume, lambda: _stopping(last.session), more):
                 body.case.stash[ran_key].calls.append(value)
                 finish(body.case)  # (set up again by resume)
         except BaseException:

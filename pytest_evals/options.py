@@ -327,7 +327,7 @@ def _read(config: pytest.Config) -> RunContext:
         local = any(not pool.submits(s) for s in batching)
         remote = any(pool.submits(s) for s in batching)
         run.planner = Planner(window=window_size(batch_size if local else None, concurrency if remote else None,
-                                                 budget is not None))
+                                                 budget is not None), sliding=remote and not local)
     if run.is_worker:
         workerinput = config.workerinput  # type: ignore[attr-defined]
         run.gpus = workerinput.get(WORKER_KEY) or None

@@ -102,8 +102,11 @@ class Body(greenlet.greenlet):
 class Planner:
     """One per process: runs the bodies of a window and batches their calls round by round."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, sliding: bool = False) -> None:
         self.window = window
+        # a case starts as soon as another ends, up to ``window`` at once, instead of window after window:
+        # for backends that submit (HTTP), so the requests in flight never drain at a window's end
+        self.sliding = sliding
         self.last_hit: float | None = None  # the batch time of the call just answered, None if not batched
         self.last_elapsed: float | None = None  # the backend call's time of the call just answered by a round
         self._in_flight: Backend | None = None  # the backend of the round being called
@@ -139,7 +142,8 @@ class Planner:
         return body, body.switch()
 
     def rounds(self, parked: list[tuple[Body, Ask]], resume: Callable[[Body, Answer], Any],
-               stop: Callable[[], BaseException | None]) -> Iterator[tuple[Body, Any]]:
+               stop: Callable[[], BaseException | None],
+               more: Callable[[], list[tuple[Body, Any]]] = list) -> Iterator[tuple[Body, Any]]:
         """Answer the parked bodies until every one has ended; yield each body and its result as it ends.
 
         A backend that can start requests on their own (``submit``: HTTP) gets each request as soon as
@@ -147,7 +151,8 @@ class Planner:
         flight; the other backends get rounds: one call for all the requests parked when no body can go
         on. ``resume(body, answer)`` switches into the body and returns what it switched back; ``stop()``
         gives what to raise in a parked body instead of an answer (the run is stopping; asked once per
-        body, so each raises an exception of its own)."""
+        body, so each raises an exception of its own). ``more()``, asked after each body ends, starts
+        further bodies: each with its first Ask (a body that ended at once is the caller's)."""
         local: list[tuple[Body, Ask]] = []
         flying: list[_Flight] = []
         in_flight: dict[tuple[int, Hashable], Future[Any]] = {}  # equal requests in flight at once: one
@@ -185,7 +190,9 @@ class Planner:
             for body, answer in ready:
                 value = resume(body, answer)
                 if body.dead:
-                    yield body, value
+                    yield body, value  # (its case is torn down before anything else runs)
+                    for new, first in more():  # the cases started in its place, each parked at its first call
+                        place(new, first)
                 else:
                     place(body, value)
 

@@ -327,7 +327,10 @@ def _read(config: pytest.Config) -> RunContext:
         local = any(not pool.submits(s) for s in batching)
         remote = any(pool.submits(s) for s in batching)
         run.planner = Planner(window=window_size(batch_size if local else None, concurrency if remote else None,
-                                                 budget is not None), sliding=remote and not local)
+                                                 budget is not None),
+                              # -x/--maxfail and a budget stop the run when a case is reported; reports wait for
+                              # earlier cases, so a sliding window would go on starting cases past the stop
+                              sliding=remote and not local and budget is None and not getattr(config.option, "maxfail", 0))
     if run.is_worker:
         workerinput = config.workerinput  # type: ignore[attr-defined]
         run.gpus = workerinput.get(WORKER_KEY) or None

@@ -4,6 +4,9 @@ are really skipped (the model is fed fewer tokens)."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import pytest
 
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, LoglikelihoodRequest
@@ -23,13 +26,16 @@ def chat_prompts(smollm2, turns: list[list[str]]) -> list[str]:
                                                for k, t in enumerate(dialogue)]))) for dialogue in turns]
 
 
-def fed_tokens(smollm2, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+@contextlib.contextmanager
+def fed_tokens(smollm2) -> Iterator[list[int]]:
     """How many tokens each forward pass of the model is given (padding included)."""
     fed: list[int] = []
     hook = smollm2.model.register_forward_pre_hook(
         lambda _m, args, kwargs: fed.append(int((args[0] if args else kwargs["input_ids"]).numel())), with_kwargs=True)
-    monkeypatch.setattr(smollm2, "_fed_hook", hook, raising=False)
-    return fed
+    try:
+        yield fed
+    finally:
+        hook.remove()
 
 
 def plain(smollm2, monkeypatch: pytest.MonkeyPatch, requests: list[GenerateRequest]) -> list[tuple[str, int, str]]:
@@ -52,11 +58,9 @@ def test_greedy_over_the_shared_prefix_writes_what_generate_writes(smollm2, monk
     prompts = chat_prompts(smollm2, [[q] for q in QUESTIONS])
     requests = [GenerateRequest(p, max_tokens=6 + 4 * n, stop=("Paris",) if n == 1 else ()) for n, p in enumerate(prompts)]
     smollm2.prefix.forget()
-    fed = fed_tokens(smollm2, monkeypatch)
-    together = smollm2.generate(requests)
-    smollm2._fed_hook.remove()
+    with fed_tokens(smollm2) as fed:
+        together = smollm2.generate(requests)
     assert [(r.text, r.completion_tokens, r.finish_reason) for r in together] == plain(smollm2, monkeypatch, requests)
-    assert together[1].text.endswith("capital of France is ") or "Paris" not in together[1].text
     lengths = [len(smollm2.encode(p)) for p in prompts]
     shared = shared_length([smollm2.encode(p) for p in prompts])
     assert shared > 40  # the system prompt's tokens
@@ -74,9 +78,8 @@ def test_a_batch_that_continues_the_last_ones_rows_runs_only_their_new_tokens(sm
     order = [4, 0, 3, 1, 2]  # question 5 does not go on
     second = chat_prompts(smollm2, [[QUESTIONS[n], replies[n], "Now say it again in French."] for n in order])
     requests = [GenerateRequest(p, max_tokens=10) for p in second]
-    fed = fed_tokens(smollm2, monkeypatch)
-    together = smollm2.generate(requests)
-    smollm2._fed_hook.remove()
+    with fed_tokens(smollm2) as fed:
+        together = smollm2.generate(requests)
     assert [(r.text, r.completion_tokens, r.finish_reason) for r in together] == plain(smollm2, monkeypatch, requests)
     old = [len(smollm2.encode(first[n])) for n in order]
     new = [len(smollm2.encode(p)) for p in second]
@@ -91,9 +94,8 @@ def test_a_row_that_shares_only_part_of_a_row_of_the_last_batch_sees_only_that_p
     smollm2.generate([GenerateRequest(p, max_tokens=2) for p in first])
     second = chat_prompts(smollm2, [[q + " Answer in French, please."] for q in QUESTIONS[:4]])
     requests = [GenerateRequest(p, max_tokens=10) for p in second]
-    fed = fed_tokens(smollm2, monkeypatch)
-    together = smollm2.generate(requests)
-    smollm2._fed_hook.remove()
+    with fed_tokens(smollm2) as fed:
+        together = smollm2.generate(requests)
     assert [(r.text, r.completion_tokens, r.finish_reason) for r in together] == plain(smollm2, monkeypatch, requests)
     assert fed[0] < 4 * 16  # from the rewritten part on: the system prompt and the question came from the cache
 
@@ -109,7 +111,10 @@ def test_choices_over_the_shared_prefix_and_after_the_last_batch_score_as_loglik
         for n, context in enumerate(round_):
             pairs = [smollm2.encode_pair(context, o) for o in options]
             chunk.append((n, pairs[0][0], [rest for _, rest in pairs]))
-        scores = smollm2._score_after_shared_prefixes(chunk)
+        with fed_tokens(smollm2) as fed:
+            scores = smollm2._score_after_shared_prefixes(chunk)
+        if round_ is not contexts:  # the contexts' passes continue the first round's rows: their new words only
+            assert fed[0] <= 4 * 8, fed
         for context, row in zip(round_, scores):
             expected = [r.logprob for r in smollm2.loglikelihood([LoglikelihoodRequest(context, o) for o in options])]
             assert row == pytest.approx(expected, abs=1e-4)
@@ -136,6 +141,31 @@ def test_models_the_prefix_cache_cannot_serve_keep_the_plain_path() -> None:
 
     assert SharedPrefix.usable(tiny(transformers.LlamaConfig))
     assert not SharedPrefix.usable(tiny(transformers.MistralConfig, sliding_window=8))
+    eager = transformers.AutoModelForCausalLM.from_config(
+        transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1), attn_implementation="eager")
+    assert not SharedPrefix.usable(eager)  # eager attention adds a boolean mask to the scores
     penalised = tiny(transformers.LlamaConfig)
     penalised.generation_config.repetition_penalty = 1.3
     assert not SharedPrefix.usable(penalised)
+
+
+def test_a_rounds_chunks_continue_the_last_rounds_chunks(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round larger than a batch runs as chunks; the next round's chunks continue rows of either of
+    them (here mixed across them): each row runs only its new tokens, and writes what generate writes."""
+    monkeypatch.setattr(smollm2, "batch_size", 3)
+    monkeypatch.setattr(smollm2.prefix, "keep_rows", 12)
+    first = chat_prompts(smollm2, [[q] for q in QUESTIONS])
+    smollm2.prefix.forget()
+    replies = [r.text for r in smollm2.generate([GenerateRequest(p, max_tokens=6) for p in first])]
+    assert len(smollm2.prefix.batches) == 2  # the round's two chunks are kept
+    order = [5, 0, 3, 1, 4, 2]  # each chunk of the next round continues rows of both chunks
+    second = chat_prompts(smollm2, [[QUESTIONS[n], replies[n], "And in French?"] for n in order])
+    requests = [GenerateRequest(p, max_tokens=8) for p in second]
+    with fed_tokens(smollm2) as fed:
+        together = smollm2.generate(requests)
+    assert [(r.text, r.completion_tokens, r.finish_reason) for r in together] == plain(smollm2, monkeypatch, requests)
+    new_tokens = max(len(smollm2.encode(second[k])) - len(smollm2.encode(first[n])) for k, n in enumerate(order))
+    prefills = [n for n in fed if n > 3]  # the decoding steps feed one token per row
+    assert len(prefills) == 2 and all(n <= 3 * (new_tokens + 2) for n in prefills), (prefills, new_tokens)
+    assert len(smollm2.prefix.batches) == 2  # the first round's chunks, every row continued, are spent

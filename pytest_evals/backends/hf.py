@@ -151,7 +151,8 @@ class HFBackend(TemplateChat, Backend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = int(spec.option("batch_size", settings.batch_size))
         # greedy decoding and choices run over the prompts' shared prefix, kept between calls (hf_prefix.py)
-        self.prefix = SharedPrefix(self.model, torch, self.tokenizer.pad_token_id) if SharedPrefix.usable(self.model) else None
+        self.prefix = (SharedPrefix(self.model, torch, self.tokenizer.pad_token_id, keep_rows=4 * self.batch_size)
+                       if SharedPrefix.usable(self.model) else None)  # keeps a round's chunks while the next runs
         if getattr(self.tokenizer, "chat_template", None) is None:
             self.capabilities = frozenset({"generate", "loglikelihood"})
 
@@ -292,10 +293,10 @@ class HFBackend(TemplateChat, Backend):
         except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
             if len(items) < 2 or "out of memory" not in str(exc).lower():
                 raise
+        if self.prefix is not None:
+            self.prefix.forget()  # before emptying the allocator's cache: what it kept is freed too
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
-        if self.prefix is not None:
-            self.prefix.forget()
         half = len(items) // 2
         return self._halving(run, items[:half]) + self._halving(run, items[half:])
 
@@ -344,6 +345,8 @@ class HFBackend(TemplateChat, Backend):
                 active, tokens = [active[k] for k in going], [tokens[k] for k in going]
             self.prefix.step(rows, tokens)
         latency = watch.elapsed()
+        if deadline and latency >= deadline:  # the last token, or a prefill, past it: a timeout as on the plain path
+            raise TransientError(f"{self.spec.label}: generation passed the {deadline:g} s deadline", "timeout")
         self._read_gpu_peak()
         replies = []
         for i, request in enumerate(requests):

@@ -17,7 +17,7 @@ torch is the caller's (imported when the model loads).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 MIN_SHARED = 16  # fewer shared tokens than this: no prefix is run apart (its pass would cost more than it saves)
@@ -54,12 +54,13 @@ class Kept:
     layers: list[tuple[Any, Any]]
     mask: Any  # [rows, columns]
     positions: Any  # [rows, columns]
+    continued: set[int] = field(default_factory=set)  # its rows a later batch continued (all: it is spent)
 
 
 class SharedPrefix:
     """The model's passes over batches that share a prefix, with the last shared prefix kept."""
 
-    def __init__(self, model: Any, torch: Any, pad_id: int) -> None:
+    def __init__(self, model: Any, torch: Any, pad_id: int, keep_rows: int = 64) -> None:
         self.model = model
         self.torch = torch
         self.pad_id = pad_id
@@ -67,7 +68,8 @@ class SharedPrefix:
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 / 4.x
         self.kept: tuple[list[int], list[tuple[Any, Any]]] | None = None  # (tokens, per-layer keys and values)
-        self.last_batch: Kept | None = None  # the last prefill, for a batch that continues its rows
+        self.batches: list[Kept] = []  # the last prefills, for a batch that continues their rows
+        self.keep_rows = keep_rows  # how many rows they hold at most (a window's worth: a round's chunks)
 
     @staticmethod
     def usable(model: Any) -> bool:
@@ -77,9 +79,12 @@ class SharedPrefix:
             from transformers.cache_utils import DynamicCache, DynamicLayer
         except ImportError:
             return False
-        if "logits_to_keep" not in inspect.signature(model.forward).parameters:
-            return False
+        params = inspect.signature(model.forward).parameters
+        if "logits_to_keep" not in params or "position_ids" not in params:
+            return False  # positions from the mask (ALiBi models) cannot follow a row past padding
         config = model.config
+        if getattr(config, "_attn_implementation", None) != "sdpa":
+            return False  # a boolean 4D mask is a mask only to SDPA (eager attention adds it to the scores)
         if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
             return False
         if getattr(config, "layer_types", None) and set(config.layer_types) != {"full_attention"}:
@@ -94,7 +99,8 @@ class SharedPrefix:
         plain = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
                  "min_length": 0, "min_new_tokens": None, "bad_words_ids": None, "suppress_tokens": None,
                  "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
-                 "sequence_bias": None}
+                 "sequence_bias": None, "num_beams": 1, "penalty_alpha": None, "guidance_scale": 1.0,
+                 "dola_layers": None}
         return all(getattr(generation, k, v) in (v, None) or (v == 0 and not getattr(generation, k)) for k, v in plain.items())
 
     # --- the kept prefix ------------------------------------------------------------------------
@@ -138,7 +144,7 @@ class SharedPrefix:
 
     def forget(self) -> None:
         self.kept = None
-        self.last_batch = None
+        self.batches = []
 
     # --- passes ---------------------------------------------------------------------------------
     def prefill(self, rows: list[list[int]]) -> Rows:
@@ -147,6 +153,7 @@ class SharedPrefix:
         prefix (run once, and kept)."""
         torch = self.torch
         base = self._continuing(rows)
+        picks = base[4] if base is not None else []
         if base is None:
             shared = shared_length(rows)  # a row alone: all but its last token (the next step may share them)
             layers = self._prefix(rows[0][:shared]) if shared >= MIN_SHARED else None
@@ -154,8 +161,8 @@ class SharedPrefix:
                 shared = 0
             base = (self._cache_of(layers, len(rows)) if layers is not None else None,
                     torch.ones((len(rows), shared), dtype=torch.long),
-                    torch.arange(shared)[None, :].expand(len(rows), -1), [shared] * len(rows))
-        cache, seen, seen_at, starts = base
+                    torch.arange(shared)[None, :].expand(len(rows), -1), [shared] * len(rows), [])
+        cache, seen, seen_at, starts, _ = base
         own = [r[start:] for r, start in zip(rows, starts)]
         width = max(len(r) for r in own)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -172,23 +179,32 @@ class SharedPrefix:
                              logits_to_keep=torch.tensor(ends, device=self.device),
                              **({self.cache_arg: cache} if cache is not None else {}))
         result = getattr(out, self.cache_arg)
-        self.last_batch = Kept([list(r) for r in rows], self._layers(result), mask, torch.cat([seen_at, positions], dim=1))
+        for b, j in picks:
+            self.batches[b].continued.add(j)
+        # a kept batch whose every row was continued is spent (the continuations hold more); then the oldest go
+        self.batches = [k for k in self.batches if len(k.continued) < len(k.tokens)]
+        self.batches.append(Kept([list(r) for r in rows], self._layers(result), mask, torch.cat([seen_at, positions], dim=1)))
+        while len(self.batches) > 1 and sum(len(k.tokens) for k in self.batches) > self.keep_rows:
+            self.batches.pop(0)
         lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
         column = torch.tensor([ends.index(len(t) - 1) for t in own], device=out.logits.device)
         last = out.logits[torch.arange(len(rows), device=out.logits.device), column]
         return Rows(result, mask, lengths, last)
 
-    def _continuing(self, rows: list[list[int]]) -> tuple[Any, Any, Any, list[int]] | None:
-        """Where every row continues a row of the last batch (by at least ``MIN_SHARED`` tokens): its cache
-        rows, the columns each row keeps seeing (those past what it shares are hidden), their positions,
-        and where each row's own tokens start."""
-        kept = self.last_batch
-        if kept is None:
+    def _continuing(self, rows: list[list[int]]) -> tuple[Any, Any, Any, list[int], list[tuple[int, int]]] | None:
+        """Where every row continues a row of the kept batches (by at least ``MIN_SHARED`` tokens, and in
+        all more than the rows' shared prefix would save): its cache rows, the columns each row keeps
+        seeing (those past what it shares are hidden), their positions, where each row's own tokens start,
+        and which kept row each continues. The rows may continue rows of different kept batches (a round's
+        chunks)."""
+        if not self.batches:
             return None
         torch = self.torch
-        longest = max(len(t) for t in kept.tokens)
-        table = torch.full((len(kept.tokens), longest), -1, dtype=torch.long)
-        for n, tokens in enumerate(kept.tokens):
+        owners = [(b, j) for b, kept in enumerate(self.batches) for j in range(len(kept.tokens))]
+        longest = max(len(t) for kept in self.batches for t in kept.tokens)
+        table = torch.full((len(owners), longest), -1, dtype=torch.long)
+        for n, (b, j) in enumerate(owners):
+            tokens = self.batches[b].tokens[j]
             table[n, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         picks, starts = [], []
         for row in rows:
@@ -199,16 +215,42 @@ class SharedPrefix:
             best = int(same.argmax())
             if int(same[best]) < MIN_SHARED:
                 return None
-            picks.append(best)
+            picks.append(owners[best])
             starts.append(int(same[best]))
-        index = torch.tensor(picks, dtype=torch.long)
-        at = kept.positions[index]
-        seen = kept.mask[index] * (at < torch.tensor(starts, dtype=torch.long)[:, None]).long()
-        columns = seen.any(dim=0).nonzero().flatten()  # those no row sees any more are dropped
-        seen, at = seen[:, columns], at[:, columns]
-        rows_at, columns_at = index.to(self.device), columns.to(self.device)
-        cache = self._cache_rows([(k[rows_at][:, :, columns_at], v[rows_at][:, :, columns_at]) for k, v in kept.layers])
-        return cache, seen, at, starts
+        if sum(starts) < len(rows) * shared_length(rows):
+            return None  # the rows' own shared prefix saves more (run once, not once per row)
+        used = sorted({b for b, _ in picks})
+        parts = []  # per kept batch used: its picked rows, and the columns they still see
+        for b in used:
+            kept = self.batches[b]
+            mine = [n for n, (owner, _) in enumerate(picks) if owner == b]
+            index = torch.tensor([picks[n][1] for n in mine], dtype=torch.long)
+            at = kept.positions[index]
+            seen = kept.mask[index] * (at < torch.tensor([starts[n] for n in mine], dtype=torch.long)[:, None]).long()
+            columns = seen.any(dim=0).nonzero().flatten()  # those no row sees any more are dropped
+            parts.append((kept, mine, index, columns, seen[:, columns], at[:, columns]))
+        width = max(len(columns) for _, _, _, columns, _, _ in parts)
+        order = torch.tensor([n for _, mine, _, _, _, _ in parts for n in mine], dtype=torch.long)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order))  # from the parts' order to the rows' order
+
+        def widen(t: Any, dim: int) -> Any:
+            pad = [0, 0] * (t.dim() - 1 - dim) + [0, width - t.shape[dim]]
+            return self.torch.nn.functional.pad(t, pad)
+
+        seen = torch.cat([widen(s, 1) for _, _, _, _, s, _ in parts])[back]
+        at = torch.cat([widen(a, 1) for _, _, _, _, _, a in parts])[back]
+        layers = []
+        for layer in range(len(parts[0][0].layers)):
+            keys, values = [], []
+            for kept, _, index, columns, _, _ in parts:
+                k, v = kept.layers[layer]
+                rows_at, columns_at = index.to(k.device), columns.to(k.device)
+                keys.append(widen(k[rows_at][:, :, columns_at], 2))
+                values.append(widen(v[rows_at][:, :, columns_at], 2))
+            to = back.to(keys[0].device)
+            layers.append((torch.cat(keys)[to], torch.cat(values)[to]))
+        return self._cache_rows(layers), seen, at, starts, picks
 
     def select(self, rows: Rows, keep: list[int]) -> None:
         """Only the rows ``keep`` go on (those that finished leave the batch)."""

@@ -33,10 +33,9 @@ def window_size(batch_size: int | None, concurrency: int | None, budget: bool) -
     """How many cases run together: enough to fill every round's batches of the local models
     (``batch_size``, None if the run has none) and to keep ``concurrency`` requests in flight on the
     servers (None if none); under a budget one batch's worth, so a spent budget stops within a batch."""
-    per_batch = max(batch_size or 1, concurrency or 1)
     if budget:
-        return per_batch
-    return max(WINDOW_PER_BATCH * (batch_size or 1), WINDOW_PER_REQUEST * (concurrency or 1))
+        return max(batch_size or 1, concurrency or 1)
+    return max(WINDOW_PER_BATCH * (batch_size or 0), WINDOW_PER_REQUEST * (concurrency or 0), 2)
 
 
 def request_key(method: str, request: Any, sample: int = 0) -> Hashable:

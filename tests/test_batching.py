@@ -202,3 +202,13 @@ def test_a_bad_evals_batch_marker_is_a_usage_error(project: pytest.Pytester) -> 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: test_bad.py::test_x: @pytest.mark.evals_batch takes True or False, "
                                  "e.g. @pytest.mark.evals_batch(False)"])
+
+
+def test_the_window_holds_two_batches_or_eight_cases_per_request_in_flight() -> None:
+    from pytest_evals.planner import window_size
+
+    assert window_size(32, None, budget=False) == 64  # a local model: two batches (a round's chunks)
+    assert window_size(2, None, budget=False) == 4
+    assert window_size(None, 10, budget=False) == 80  # a server: 8 cases per request in flight
+    assert window_size(4, 10, budget=False) == 80 and window_size(64, 10, budget=False) == 128
+    assert window_size(32, None, budget=True) == 32 and window_size(None, 8, budget=True) == 8  # one batch's worth

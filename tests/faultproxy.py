@@ -39,6 +39,8 @@ class FaultMix:
 
     def draw(self) -> str | None:
         if self.dead:
+            with self.lock:
+                self.counts["reset"] = self.counts.get("reset", 0) + 1
             return "reset"
         with self.lock:
             roll = self.rng.random()

@@ -300,6 +300,15 @@ class HFBackend(TemplateChat, Backend):
         half = len(items) // 2
         return self._halving(run, items[:half]) + self._halving(run, items[half:])
 
+    def _row_done(self, generated: list[int], request: GenerateRequest, eos_ids: set[int]) -> bool:
+        """Whether a row's generation ends here: its token limit, an end token, or a stop string in its tail."""
+        if len(generated) >= request.max_tokens or generated[-1] in eos_ids:
+            return True
+        if not request.stop:
+            return False
+        tail = self.tokenizer.decode(generated[-16:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return any(s in tail for s in request.stop)
+
     def _greedy_batch(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
         """Greedy decoding of a batch over its shared prefix: each row stops at its own limit, end token or
         stop string, and leaves the batch there."""
@@ -326,13 +335,9 @@ class HFBackend(TemplateChat, Backend):
             going = []
             for k, (i, token) in enumerate(zip(active, tokens)):
                 generated[i].append(token)
-                done = token in eos_ids or len(generated[i]) >= requests[i].max_tokens
                 if token in eos_ids:
                     finish[i] = "stop"
-                elif not done and requests[i].stop:
-                    tail = tok.decode(generated[i][-16:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                    done = any(s in tail for s in requests[i].stop)
-                if done:
+                if self._row_done(generated[i], requests[i], eos_ids):
                     finished_at[i] = watch.elapsed()
                 else:
                     going.append(k)
@@ -373,6 +378,7 @@ class HFBackend(TemplateChat, Backend):
         watch = Stopwatch()
         eos_ids = {tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))} - {None}
         finished_at: dict[int, float] = {}  # row -> seconds until its own last token
+        backend = self
 
         class Watch(StoppingCriteria):
             """Marks the first token's time, each row's own last token, and stops each row at its own limit
@@ -383,11 +389,7 @@ class HFBackend(TemplateChat, Backend):
                 generated = input_ids[:, prompt_len:]
                 done = []
                 for index, (row, request) in enumerate(zip(generated, requests)):
-                    n = row.shape[0]
-                    hit = n >= request.max_tokens or int(row[-1]) in eos_ids
-                    if not hit and request.stop:
-                        tail = tok.decode(row[-16:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                        hit = any(s in tail for s in request.stop)
+                    hit = backend._row_done(row.tolist(), request, eos_ids)
                     if hit and index not in finished_at:
                         finished_at[index] = watch.elapsed()
                     done.append(hit)

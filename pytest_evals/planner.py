@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextvars
 import json
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
+from queue import SimpleQueue
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator
 
@@ -68,7 +69,7 @@ class Answer:
     stop: BaseException | None = None  # the run is stopping: raised in the body instead of an answer
 
 
-@dataclass
+@dataclass(eq=False)
 class _Flight:
     """A parked body whose requests are in flight on a backend that started them (``submit``)."""
 
@@ -76,6 +77,7 @@ class _Flight:
     futures: list[Future[Any]]
     started: float
     beside: bool  # other requests were in flight beside these: served concurrently, as a batch
+    keys: list[tuple[int, Hashable]]  # its requests' keys among those in flight (shared by equal requests)
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
@@ -153,15 +155,32 @@ class Planner:
         body, so each raises an exception of its own). ``more()``, asked after each body ends, starts
         further bodies: each with its first Ask (a body that ended at once is the caller's)."""
         local: list[tuple[Body, Ask]] = []
-        flying: list[_Flight] = []
+        flying: dict[_Flight, None] = {}  # (in the order they started)
         in_flight: dict[tuple[int, Hashable], Future[Any]] = {}  # equal requests in flight at once: one
+        landing: SimpleQueue[_Flight] = SimpleQueue()  # a flight once per future that lands (any thread)
 
         def place(body: Body, ask: Ask) -> None:
-            flight = self._submit(ask, in_flight)
+            flight = self._submit(body, ask, in_flight)
             if flight is None:
                 local.append((body, ask))
-            else:
-                flying.append(_Flight(body, *flight))
+                return
+            flying[flight] = None
+            for future in flight.futures:
+                future.add_done_callback(lambda _, flight=flight: landing.put(flight))
+
+        def landed() -> list[_Flight]:
+            """The flights whose every answer is in, each once; their requests are no longer shared."""
+            found: dict[_Flight, None] = {}
+            while not landing.empty():
+                flight = landing.get()
+                if flight in flying and flight.done():
+                    found[flight] = None
+            for flight in found:
+                del flying[flight]
+                for key, future in zip(flight.keys, flight.futures):
+                    if in_flight.get(key) is future:
+                        del in_flight[key]
+            return list(found)
 
         for body, ask in parked:
             place(body, ask)
@@ -174,17 +193,16 @@ class Planner:
                         future.cancel()
                 ready = [(b, Answer(None, stop=stop() or stopping)) for b in
                          [b for b, _ in local] + [f.body for f in flying]]
-                local, flying = [], []
-            elif any(f.done() for f in flying):
-                landed = [f for f in flying if f.done()]  # one look: a future may land between two
-                flying = [f for f in flying if f not in landed]
-                ready = [(f.body, f.answer()) for f in landed]
+                local, flying = [], {}
+                in_flight.clear()
+            elif (done := landed()):
+                ready = [(f.body, f.answer()) for f in done]
             elif local:
                 answers = self._round([ask for _, ask in local])
                 ready = [(body, answer) for (body, _), answer in zip(local, answers)]
                 local = []
             else:
-                wait([future for f in flying for future in f.futures if not future.done()], return_when=FIRST_COMPLETED)
+                landing.put(landing.get())  # sleep until a request lands (it is taken again above)
                 continue
             for body, answer in ready:
                 value = resume(body, answer)
@@ -195,13 +213,10 @@ class Planner:
                 else:
                     place(body, value)
 
-    def _submit(self, ask: Ask, in_flight: dict[tuple[int, Hashable], Future[Any]]
-                ) -> tuple[list[Future[Any]], float, bool] | None:
-        """Start an ask's requests on a backend that can (sharing equal requests still in flight):
-        (their futures, when, whether others were in flight beside them); None where it cannot."""
+    def _submit(self, body: Body, ask: Ask, in_flight: dict[tuple[int, Hashable], Future[Any]]) -> _Flight | None:
+        """Start an ask's requests on a backend that can, sharing equal requests still in flight (their
+        answers not yet taken): its flight; None where the backend cannot."""
         keys = [(id(ask.backend), _key(ask, r, id(ask))) for r in ask.requests]
-        for done in [k for k, f in in_flight.items() if f.done()]:
-            del in_flight[done]  # only requests still waiting are shared (at most one per body of the window)
         futures: list[Future[Any] | None] = [in_flight.get(k) for k in keys]
         beside = bool(in_flight)
         new = [r for r, f in zip(ask.requests, futures) if f is None]
@@ -214,7 +229,7 @@ class Planner:
             futures = [f if f is not None else next(fresh) for f in futures]
         for key, future in zip(keys, futures):
             in_flight[key] = future  # type: ignore[assignment]
-        return futures, time.perf_counter(), beside or len(ask.requests) > 1  # type: ignore[return-value]
+        return _Flight(body, futures, time.perf_counter(), beside or len(ask.requests) > 1, keys)  # type: ignore[arg-type]
 
     def _round(self, asks: list[Ask]) -> list[Answer]:
         """One backend call per backend and method for every parked request (equal requests once)."""

@@ -127,6 +127,31 @@ def test_loglikelihood_agrees_with_lm_evaluation_harness(smollm2) -> None:
         assert result.is_greedy == greedy, pair
 
 
+def test_loglikelihood_computes_only_the_logits_it_reads(smollm2) -> None:
+    """A batch's output layer sees only the positions some continuation is read from (the peak is not
+    rows x width x vocabulary), and the scores equal log-softmax over the whole sequence's logits."""
+    import torch
+
+    pairs = [("A long context " * 20, " ends here."), ("Short", " one"), ("Short", ""), ("Mid " * 5, " x y")]
+    seen: list[int] = []
+    hook = smollm2.model.lm_head.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[1]))
+    try:
+        ours = smollm2.loglikelihood([LoglikelihoodRequest(c, x) for c, x in pairs])
+    finally:
+        hook.remove()
+    encoded = [smollm2.encode_pair(c, x) for c, x in pairs]
+    width = max(len(c) + len(x) - 1 for c, x in encoded)
+    assert seen and max(seen) < width // 4, (seen, width)
+    for (ctx, cont), result in zip(encoded, ours):
+        if not cont:
+            assert result.logprob == 0.0 and result.is_greedy
+            continue
+        with torch.inference_mode():
+            full = torch.log_softmax(smollm2.model(torch.tensor([ctx + cont[:-1]])).logits[0], dim=-1)
+        expected = float(sum(full[len(ctx) - 1 + k, token] for k, token in enumerate(cont)))
+        assert abs(result.logprob - expected) < 1e-4
+
+
 def test_gguf_copy_is_cached_and_reused(smollm2) -> None:
     from pytest_evals.backends.gguf_cache import embedded_gguf
 

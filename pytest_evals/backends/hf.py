@@ -36,7 +36,7 @@ from .base import (
     tpot,
 )
 from .gguf_cache import dequantized_copy, embedded_gguf
-from .hf_prefix import SharedPrefix
+from .hf_prefix import SharedPrefix, cache_arg
 from .template_chat import TemplateChat
 
 HF_PACKAGES = ("torch", "transformers", "accelerate")
@@ -150,6 +150,9 @@ class HFBackend(TemplateChat, Backend):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = int(spec.option("batch_size", settings.batch_size))
+        self.cache_arg = cache_arg(self.model)
+        # computes only the logits asked for (``logits_to_keep``): a batch's peak is not batch x width x vocab
+        self.keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         # greedy decoding and choices run over the prompts' shared prefix, kept between calls (hf_prefix.py)
         self.prefix = (SharedPrefix(self.model, torch, self.tokenizer.pad_token_id, keep_rows=4 * self.batch_size)
                        if SharedPrefix.usable(self.model) else None)  # keeps a round's chunks while the next runs
@@ -245,9 +248,8 @@ class HFBackend(TemplateChat, Backend):
         lengths = mask.sum(dim=1)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         rest_positions = lengths[index][:, None] + torch.arange(span)[None, :]
-        # transformers 5 names the cache argument and output `cache`; 4.x `past_key_values`
-        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        name = self.cache_arg
+        keep = {"logits_to_keep": 1} if self.keeps_logits else {}
         device = self.device
         with torch.inference_mode():
             first = self.model(ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
@@ -478,15 +480,25 @@ class HFBackend(TemplateChat, Backend):
             batch = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, u in enumerate(chunk):
                 batch[row, : len(unique[u])] = torch.tensor(unique[u], dtype=torch.long)
+            # Only the positions some continuation is read from get logits (their union over the rows):
+            # the full batch x width x vocabulary is 8 GB at 32 rows of 2k tokens over 32k words in fp32.
+            wanted = sorted({p for u in chunk for i in readers[unique[u]]
+                             for p in range(max(len(unique[u]) - len(pairs[i][1]), 0), len(unique[u]))})
+            column = {p: k for k, p in enumerate(wanted)}
+            keep = {"logits_to_keep": torch.tensor(wanted or [0], device=self.device)} if self.keeps_logits else {}
             with torch.inference_mode():
-                logprobs = F.log_softmax(self.model(batch.to(self.device)).logits, dim=-1)
+                logits = self.model(batch.to(self.device), **keep).logits
+                if not keep:
+                    logits = logits[:, wanted]
             elapsed = watch.elapsed()
             for row, u in enumerate(chunk):
                 n = len(unique[u])
                 for i in readers[unique[u]]:
                     ctx, cont = pairs[i]
-                    selected = logprobs[row, n - len(cont): n]
-                    target = torch.tensor(cont, dtype=torch.long, device=selected.device)
+                    first = max(n - len(cont), 0)  # (a continuation longer than the window: its last tokens)
+                    span = slice(column[first], column[n - 1] + 1) if first < n else slice(0, 0)
+                    selected = F.log_softmax(logits[row, span], dim=-1)
+                    target = torch.tensor(cont[len(cont) - (n - first):], dtype=torch.long, device=selected.device)
                     greedy = bool((selected.argmax(dim=-1) == target).all())
                     total = float(selected.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum())
                     results[i] = Loglikelihood(total, greedy, len(ctx), len(cont), latency_s=elapsed)

@@ -57,6 +57,12 @@ class Kept:
     continued: set[int] = field(default_factory=set)  # its rows a later batch continued (all: it is spent)
 
 
+def cache_arg(model: Any) -> str:
+    """The name of the model's cache argument and output: ``cache`` in transformers 5, else
+    ``past_key_values`` (4.x)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class SharedPrefix:
     """The model's passes over batches that share a prefix, with the last shared prefix kept."""
 
@@ -65,8 +71,7 @@ class SharedPrefix:
         self.torch = torch
         self.pad_id = pad_id
         self.device = model.device
-        params = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 / 4.x
+        self.cache_arg = cache_arg(model)
         self.kept: tuple[list[int], list[tuple[Any, Any]]] | None = None  # (tokens, per-layer keys and values)
         self.batches: list[Kept] = []  # the last prefills, for a batch that continues their rows
         self.keep_rows = keep_rows  # how many rows they hold at most (a window's worth: a round's chunks)

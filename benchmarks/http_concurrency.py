@@ -71,9 +71,16 @@ def stub_server(work: Path, latency: float) -> Iterator[str]:
         server.wait(timeout=10)
 
 
-def plugin_time(work: Path, url: str, concurrency: int, *extra: str) -> float:
-    """A whole `pytest` process over the suite in ``work`` against ``url``: its wall time."""
+ALONE = ("-p", "pytest_evals.plugin")  # with PYTEST_DISABLE_PLUGIN_AUTOLOAD: no other installed plugin loads
+
+
+def plugin_time(work: Path, url: str, concurrency: int, *extra: str, alone: bool = False) -> float:
+    """A whole `pytest` process over the suite in ``work`` against ``url``: its wall time. ``alone``: with
+    no plugin but this one (as in an environment where only pytest and pytest-evals are installed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    if alone:
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        extra = (*ALONE, *extra)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           f"--model=openai:stub@{url}", f"--evals-concurrency={concurrency}",

@@ -12,6 +12,10 @@ whole process as a user runs it:
   streaming as the plugin does (`python this-file --raw URL`: interpreter, imports, loop);
 - pytest-evals: a suite of one case per dialogue (`model.conversation()`, `chat.say` per turn),
   `--evals-concurrency` of the same size (pytest's start-up, collection and summary included);
+- pytest-evals, no other plugins: the same, with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -p pytest_evals.plugin``,
+  as in an environment that has only pytest and pytest-evals (this machine's has hypothesis, anyio, trio,
+  pytest-benchmark and pytest-cov plugins too, loaded at every pytest start-up);
+- start-up: ``pytest --co`` over the same suite, both ways (interpreter, imports, plugins, collection);
 - pytest-evals, one at a time: the same suite with `--evals-batch-size 1` (once: slow by design).
 
 Prints medians, spreads and the ratios (goal: raw / plugin >= 0.8).
@@ -31,6 +35,8 @@ import time
 from pathlib import Path
 
 from http_concurrency import plugin_time, stub_server
+
+ALONE_MODE = "pytest-evals, no other plugins"
 
 SUITE = '''
 import pytest
@@ -89,8 +95,8 @@ def main() -> None:
         work = Path(tmp)
         (work / "test_dialogues.py").write_text(SUITE.format(n=args.dialogues, turns=args.turns))
         with stub_server(work, args.latency) as url:
-            def plugin(*extra: str) -> float:
-                return plugin_time(work, url, args.concurrency, *extra)
+            def plugin(*extra: str, alone: bool = False) -> float:
+                return plugin_time(work, url, args.concurrency, *extra, alone=alone)
 
             def raw_process() -> float:
                 start = time.perf_counter()
@@ -98,10 +104,14 @@ def main() -> None:
                                 f"--turns={args.turns}", f"--concurrency={args.concurrency}"], check=True, env=env)
                 return time.perf_counter() - start
 
-            times: dict[str, list[float]] = {"raw asyncio": [], "pytest-evals": []}
+            times: dict[str, list[float]] = {"raw asyncio": [], "pytest-evals": [], ALONE_MODE: [],
+                                             "start-up (pytest --co)": [], "start-up, alone": []}
             for _ in range(args.repeats):
                 times["raw asyncio"].append(raw_process())
                 times["pytest-evals"].append(plugin())
+                times[ALONE_MODE].append(plugin(alone=True))
+                times["start-up (pytest --co)"].append(plugin("--co"))
+                times["start-up, alone"].append(plugin("--co", alone=True))
             times["pytest-evals, one at a time"] = [plugin("--evals-batch-size=1", "--evals-concurrency=1")]
     med = {m: statistics.median(v) for m, v in times.items()}
     requests = args.dialogues * args.turns
@@ -111,7 +121,12 @@ def main() -> None:
     print(f"{'mode':<30} {'wall s':>8} {'spread':>16} {'runs':>5}")
     for mode, values in times.items():
         print(f"{mode:<30} {med[mode]:8.2f} {min(values):7.2f}-{max(values):7.2f} {len(values):5d}")
-    print(f"raw asyncio / pytest-evals: {med['raw asyncio'] / med['pytest-evals']:.2f}x (goal >= 0.8x)")
+    print(f"raw asyncio / pytest-evals: {med['raw asyncio'] / med['pytest-evals']:.2f}x (goal >= 0.8x), "
+          f"with this environment's other pytest plugins loaded at start-up")
+    print(f"raw asyncio / {ALONE_MODE}: {med['raw asyncio'] / med[ALONE_MODE]:.2f}x (goal >= 0.8x)")
+    for mode, startup in (("pytest-evals", "start-up (pytest --co)"), (ALONE_MODE, "start-up, alone")):
+        print(f"{mode}: after start-up {med[mode] - med[startup]:.2f} s, raw asyncio / that: "
+              f"{med['raw asyncio'] / (med[mode] - med[startup]):.2f}x")
     print(f"one at a time / pytest-evals: {med['pytest-evals, one at a time'] / med['pytest-evals']:.2f}x")
 
 

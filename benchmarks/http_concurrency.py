@@ -10,6 +10,9 @@ keeps in flight and what it adds. Timed, alternating, each a whole process as a 
   streaming each completion as the plugin does (`python this-file --raw URL`: interpreter, imports, loop);
 - pytest-evals: a suite of one case per request, `--evals-concurrency` of the same size (pytest's own
   start-up, collection and summary included);
+- pytest-evals, no other plugins: the same with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -p pytest_evals.plugin``
+  (an environment with only pytest and pytest-evals; this machine's also loads hypothesis, anyio, trio,
+  pytest-benchmark and pytest-cov at every pytest start-up);
 - pytest-evals, one at a time: the same suite with `--evals-batch-size 1` (once: it is slow by design).
 
 Also shown, for reference: the raw loop timed inside this process (no interpreter start or imports).
@@ -71,6 +74,7 @@ def stub_server(work: Path, latency: float) -> Iterator[str]:
         server.wait(timeout=10)
 
 
+ALONE_MODE = "pytest-evals, no other plugins"
 ALONE = ("-p", "pytest_evals.plugin")  # with PYTEST_DISABLE_PLUGIN_AUTOLOAD: no other installed plugin loads
 
 
@@ -125,8 +129,8 @@ def main() -> None:
         work = Path(tmp)
         (work / "test_requests.py").write_text(SUITE.format(n=args.requests))
         with stub_server(work, args.latency) as url:
-            def plugin(*extra: str) -> float:
-                return plugin_time(work, url, args.concurrency, *extra)
+            def plugin(*extra: str, alone: bool = False) -> float:
+                return plugin_time(work, url, args.concurrency, *extra, alone=alone)
 
             def raw_process() -> float:
                 start = time.perf_counter()
@@ -134,10 +138,12 @@ def main() -> None:
                                 f"--concurrency={args.concurrency}"], check=True, env=env)
                 return time.perf_counter() - start
 
-            times: dict[str, list[float]] = {"raw asyncio": [], "pytest-evals": [], "raw asyncio, in-process": []}
+            times: dict[str, list[float]] = {"raw asyncio": [], "pytest-evals": [], ALONE_MODE: [],
+                                             "raw asyncio, in-process": []}
             for _ in range(args.repeats):
                 times["raw asyncio"].append(raw_process())
                 times["pytest-evals"].append(plugin())
+                times[ALONE_MODE].append(plugin(alone=True))
                 start = time.perf_counter()
                 asyncio.run(raw(url, args.requests, args.concurrency))
                 times["raw asyncio, in-process"].append(time.perf_counter() - start)
@@ -150,6 +156,7 @@ def main() -> None:
         print(f"{mode:<30} {med[mode]:8.2f} {min(values):7.2f}-{max(values):7.2f} {len(values):5d}")
     print(f"raw asyncio / pytest-evals: {med['raw asyncio'] / med['pytest-evals']:.2f}x (goal >= 0.9x; "
           f"in-process raw loop / pytest-evals: {med['raw asyncio, in-process'] / med['pytest-evals']:.2f}x)")
+    print(f"raw asyncio / {ALONE_MODE}: {med['raw asyncio'] / med[ALONE_MODE]:.2f}x")
     print(f"one at a time / pytest-evals: {med['pytest-evals, one at a time'] / med['pytest-evals']:.2f}x (goal >= 8x)")
 
 

@@ -34,9 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from http_concurrency import plugin_time, stub_server
-
-ALONE_MODE = "pytest-evals, no other plugins"
+from http_concurrency import ALONE_MODE, plugin_time, stub_server
 
 SUITE = '''
 import pytest

@@ -461,6 +461,8 @@ class SessionPlugin:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """Without xdist: say how much a resumed run will replay, from the real case keys."""
+        if session.config.option.collectonly:
+            return  # `pytest --co`: nothing runs, so no run is stored and none is incomplete
         self.progress.total = len(session.items)
         self.completion.add_collected(item.nodeid for item in session.items)
         self.eval_collected = any(spec_of(item) is not None for item in session.items)
@@ -473,6 +475,8 @@ class SessionPlugin:
 
     def node_collected(self, ids: list[str]) -> None:
         """Under xdist: the workers compute the keys; here finished nodeids give the count."""
+        if self.config.option.collectonly:
+            return
         self.progress.total = max(self.progress.total, len(ids))
         self.completion.add_collected(ids)
         if self.resume_run is None or self._resume_said:

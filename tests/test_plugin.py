@@ -54,6 +54,17 @@ def test_store_holds_one_row_per_case_and_model_with_calls(fake_project: pytest.
     assert json.loads(run[2]) == ["fake:a", "fake:b"]
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_collect_only_lists_the_cases_and_stores_no_run(fake_project: pytest.Pytester, workers: list[str]) -> None:
+    """`pytest --co` runs nothing: it exits 0, says nothing is incomplete, and writes no database."""
+    fake_project.makepyfile(test_suite=SUITE)
+    result = fake_project.runpytest_subprocess("--co", "-q", "--model=fake:a", *workers)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["test_suite.py::test_echo[[]c0-fake:a[]]", "5 tests collected*"])
+    assert "incomplete" not in result.stdout.str() and "resume with" not in result.stdout.str()
+    assert not (fake_project.path / ".evals" / "evals.sqlite").exists()
+
+
 def test_under_xdist_the_controller_writes_exactly_one_row_per_case(fake_project: pytest.Pytester) -> None:
     fake_project.makepyfile(test_suite=SUITE)
     result = fake_project.runpytest_subprocess("-n", "2", "--model=fake:a", "--model=fake:b")

@@ -120,6 +120,22 @@ def test_choices_over_the_shared_prefix_and_after_the_last_batch_score_as_loglik
             assert row == pytest.approx(expected, abs=1e-4)
 
 
+def test_choices_on_the_plain_path_score_as_loglikelihood(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model the prefix cache cannot serve: each context once, left-padded, its cache copied per option."""
+    contexts = [SYSTEM + f"Question: {q}\nAnswer with one word:" for q in QUESTIONS[:3]]
+    options = [" yes", " no", " maybe not"]
+    chunk = []
+    for n, context in enumerate(contexts):
+        pairs = [smollm2.encode_pair(context, o) for o in options]
+        chunk.append((n, pairs[0][0], [rest for _, rest in pairs]))
+    with monkeypatch.context() as m:
+        m.setattr(smollm2, "prefix", None)
+        scores = smollm2._score_after_shared_prefixes(chunk)
+    for context, row in zip(contexts, scores):
+        expected = [r.logprob for r in smollm2.loglikelihood([LoglikelihoodRequest(context, o) for o in options])]
+        assert row == pytest.approx(expected, abs=1e-4)
+
+
 def test_a_chat_batch_equals_each_chat_alone_on_the_plain_path(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
     requests = [ChatRequest(({"role": "system", "content": SYSTEM}, {"role": "user", "content": q}), max_tokens=12)
                 for q in QUESTIONS]

@@ -37,6 +37,7 @@ from .planner import Answer, Body, Planner
 # the process for the test's duration (monkeypatch: two bodies of a window would undo each other's changes)
 SLIDING_WINDOWS = 8  # a sliding window's cases: this many windows' worth (then the last one is torn down)
 ONE_AT_A_TIME = frozenset({"request", "capsys", "capfd", "capsysbinary", "capfdbinary", "caplog", "monkeypatch"})
+MISSING = object()  # not looked up yet
 
 
 @dataclass
@@ -60,6 +61,7 @@ class BatchPlugin:
         self.planner = planner
         self.capture = config.pluginmanager.getplugin("capturemanager")
         self._index: dict[int, int] | None = None  # id(item) -> its index in session.items (xdist)
+        self._worker_loop: Any = MISSING
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
@@ -126,9 +128,12 @@ class BatchPlugin:
         return state is None or case_key_of(item, spec) not in state.finished  # a replayed case makes no call
 
     def _interactor(self) -> Any:
-        """xdist's worker loop, where this process is a worker (it holds the queue and the item running)."""
-        return next((p for p in self.config.pluginmanager.get_plugins()
-                     if hasattr(p, "torun") and hasattr(p, "nextitem_index")), None)
+        """xdist's worker loop, where this process is a worker (it holds the queue and the item running);
+        looked up once, when the first test runs (xdist registers it before)."""
+        if self._worker_loop is MISSING:
+            self._worker_loop = next((p for p in self.config.pluginmanager.get_plugins()
+                                      if hasattr(p, "torun") and hasattr(p, "nextitem_index")), None)
+        return self._worker_loop
 
     @contextlib.contextmanager
     def _as_running(self, item: pytest.Item) -> Iterator[None]:

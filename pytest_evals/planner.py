@@ -167,6 +167,8 @@ class Planner:
             flying[flight] = None
             for future in flight.futures:
                 future.add_done_callback(lambda _, flight=flight: landing.put(flight))
+            if not flight.futures:
+                landing.put(flight)  # an ask of no requests: answered at once (no future will call back)
 
         def landed() -> list[_Flight]:
             """The flights whose every answer is in, each once; their requests are no longer shared."""
@@ -217,8 +219,11 @@ class Planner:
         """Start an ask's requests on a backend that can, sharing equal requests still in flight (their
         answers not yet taken): its flight; None where the backend cannot."""
         keys = [(id(ask.backend), _key(ask, r, id(ask))) for r in ask.requests]
-        futures: list[Future[Any] | None] = [in_flight.get(k) for k in keys]
-        beside = bool(in_flight)
+        # only a request still waiting is shared: one that has landed (its flight not yet taken) is not
+        # (a failed one would fail this ask too, and a finished one is not in flight beside it)
+        futures: list[Future[Any] | None] = [f if f is not None and not f.done() else None
+                                             for f in map(in_flight.get, keys)]
+        beside = any(not f.done() for f in in_flight.values())
         new = [r for r, f in zip(ask.requests, futures) if f is None]
         if new:
             started = ask.backend.submit(ask.method, new)

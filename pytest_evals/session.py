@@ -474,9 +474,8 @@ class SessionPlugin:
         self._say_resume(done, len(cases))
 
     def node_collected(self, ids: list[str]) -> None:
-        """Under xdist: the workers compute the keys; here finished nodeids give the count."""
-        if self.config.option.collectonly:
-            return
+        """Under xdist: the workers compute the keys; here finished nodeids give the count. (xdist does not
+        run under --co.)"""
         self.progress.total = max(self.progress.total, len(ids))
         self.completion.add_collected(ids)
         if self.resume_run is None or self._resume_said:

@@ -132,7 +132,8 @@ def test_loglikelihood_computes_only_the_logits_it_reads(smollm2) -> None:
     rows x width x vocabulary), and the scores equal log-softmax over the whole sequence's logits."""
     import torch
 
-    pairs = [("A long context " * 20, " ends here."), ("Short", " one"), ("Short", ""), ("Mid " * 5, " x y")]
+    pairs = [("A long context " * 20, " ends here."), ("Short", " one"), ("Short", " two"), ("Short", ""),
+             ("Mid " * 5, " x y")]
     seen: list[int] = []
     hook = smollm2.model.lm_head.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[1]))
     try:
@@ -150,6 +151,25 @@ def test_loglikelihood_computes_only_the_logits_it_reads(smollm2) -> None:
             full = torch.log_softmax(smollm2.model(torch.tensor([ctx + cont[:-1]])).logits[0], dim=-1)
         expected = float(sum(full[len(ctx) - 1 + k, token] for k, token in enumerate(cont)))
         assert abs(result.logprob - expected) < 1e-4
+
+
+def test_loglikelihood_past_the_models_length_scores_the_last_tokens(smollm2, monkeypatch) -> None:
+    """A request longer than the model takes keeps its last max_length + 1 tokens (lm-evaluation-harness's
+    rule): the continuation is scored after the context's tail, and one longer than that window by its
+    own last tokens."""
+    import torch
+
+    monkeypatch.setattr(type(smollm2), "max_length", property(lambda self: 6))
+    pairs = [("A long context " * 5, " ends here."), ("Short", " and then a very long continuation goes on")]
+    ours = smollm2.loglikelihood([LoglikelihoodRequest(c, x) for c, x in pairs])
+    for (context, continuation), result in zip(pairs, ours):
+        ctx, cont = smollm2.encode_pair(context, continuation)
+        window = (ctx + cont)[-7:]
+        scored = cont[-6:]  # what the window reads: at most its six predicted positions
+        with torch.inference_mode():
+            full = torch.log_softmax(smollm2.model(torch.tensor([window[:-1]])).logits[0], dim=-1)
+        expected = float(sum(full[6 - len(scored) + k, token] for k, token in enumerate(scored)))
+        assert abs(result.logprob - expected) < 1e-4, (context, continuation)
 
 
 def test_gguf_copy_is_cached_and_reused(smollm2) -> None:

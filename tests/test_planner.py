@@ -4,21 +4,35 @@ is tested is the planner's bookkeeping, not a backend."""
 
 from __future__ import annotations
 
+import _thread
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from pytest_evals.planner import Planner
 
 
+@pytest.fixture(autouse=True)
+def watchdog() -> Iterator[None]:
+    """A planner that waits for an answer that never comes would block for good: interrupted instead."""
+    timer = threading.Timer(120, _thread.interrupt_main)
+    timer.start()
+    yield
+    timer.cancel()
+
+
 class Answering:
     """Starts each request on a thread of its own that answers ``answer:<request>``; a request of several
-    is answered last first. ``hold``: requests left unanswered until ``release``."""
+    is answered last first. ``hold``: requests left unanswered until released; ``fail``: requests that
+    fail as they are sent. A call made alone (``chat``) answers ``alone:<request>``."""
 
-    def __init__(self, hold: set[str] = frozenset()) -> None:
+    def __init__(self, hold: set[str] = frozenset(), fail: set[str] = frozenset()) -> None:
         self.submitted: list[list[str]] = []
         self.hold = set(hold)
+        self.fail = set(fail)
         self.held: list[tuple[Future[Any], str]] = []
         self.work: queue.SimpleQueue[list[tuple[Future[Any], str]] | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._answer, daemon=True)
@@ -33,9 +47,19 @@ class Answering:
         self.submitted.append(list(requests))
         futures: list[Future[Any]] = [Future() for _ in requests]  # pending, as run_coroutine_threadsafe's are
         pairs = list(zip(futures, requests))
+        for future, request in pairs:
+            if request in self.fail:
+                future.set_exception(RuntimeError(f"{request} failed"))
         self.held += [p for p in pairs if p[1] in self.hold]
-        self.work.put([p for p in pairs if p[1] not in self.hold])
+        self.work.put([p for p in pairs if p[1] not in self.hold | self.fail])
         return futures
+
+    def chat(self, requests: list[str]) -> list[str]:
+        return [f"alone:{r}" for r in requests]
+
+    def release(self) -> None:
+        for future, request in self.held:
+            future.set_result(f"answer:{request}")
 
     def cancel(self) -> None:
         pass
@@ -89,8 +113,7 @@ def test_a_call_of_several_requests_goes_on_only_when_all_have_landed() -> None:
     def first() -> list[str]:
         answers = planner.answer(backend, "chat", ["c"])
         seen.append("first")
-        for future, request in backend.held:  # "a" has landed, "b" is held: "several" must still wait
-            future.set_result(f"answer:{request}")
+        backend.release()  # "a" has landed, "b" was held: "several" had to wait until now
         return answers
 
     try:
@@ -127,3 +150,33 @@ def test_a_stop_cancels_the_requests_in_flight_and_raises_in_each_waiting_body()
         backend.close()
     assert results == {0: "stopped", 1: "answered"}
     assert [f.cancelled() for f, _ in backend.held] == [True]
+
+
+def test_a_call_of_no_requests_is_answered_at_once() -> None:
+    backend = Answering()
+    planner = Planner(window=4, sliding=True)
+    try:
+        results = run_bodies(planner, [lambda: planner.answer(backend, "chat", []),
+                                       lambda: planner.answer(backend, "chat", ["x"])])
+    finally:
+        backend.close()
+    assert results == {0: [], 1: ["answer:x"]}
+
+
+def test_a_request_that_failed_is_not_shared_with_a_later_equal_one() -> None:
+    """An equal request shares only one still waiting: the second ask sends its own instead of taking
+    the first one's failure (and calling alone, on the main thread, while the others wait)."""
+    backend = Answering(hold={"slow"}, fail={"bad"})
+    planner = Planner(window=4, sliding=True)
+
+    def second() -> list[str]:
+        answers = planner.answer(backend, "chat", ["bad"])
+        backend.release()
+        return answers
+
+    try:
+        results = run_bodies(planner, [lambda: planner.answer(backend, "chat", ["bad", "slow"]), second])
+    finally:
+        backend.close()
+    assert backend.submitted == [["bad", "slow"], ["bad"]]
+    assert results == {0: ["alone:bad", "alone:slow"], 1: ["alone:bad"]}  # each met the failure, then called alone

@@ -485,19 +485,23 @@ class HFBackend(TemplateChat, Backend):
             wanted = sorted({p for u in chunk for i in readers[unique[u]]
                              for p in range(max(len(unique[u]) - len(pairs[i][1]), 0), len(unique[u]))})
             column = {p: k for k, p in enumerate(wanted)}
-            keep = {"logits_to_keep": torch.tensor(wanted or [0], device=self.device)} if self.keeps_logits else {}
-            with torch.inference_mode():
-                logits = self.model(batch.to(self.device), **keep).logits
-                if not keep:
-                    logits = logits[:, wanted]
+            logits = None  # no continuation to read (all empty): no pass
+            if wanted:
+                keep = {"logits_to_keep": torch.tensor(wanted, device=self.device)} if self.keeps_logits else {}
+                with torch.inference_mode():
+                    logits = self.model(batch.to(self.device), **keep).logits
+                    if not keep:
+                        logits = logits[:, wanted]
             elapsed = watch.elapsed()
             for row, u in enumerate(chunk):
                 n = len(unique[u])
                 for i in readers[unique[u]]:
                     ctx, cont = pairs[i]
                     first = max(n - len(cont), 0)  # (a continuation longer than the window: its last tokens)
-                    span = slice(column[first], column[n - 1] + 1) if first < n else slice(0, 0)
-                    selected = F.log_softmax(logits[row, span], dim=-1)
+                    if logits is None or first == n:
+                        results[i] = Loglikelihood(0.0, True, len(ctx), len(cont), latency_s=elapsed)
+                        continue
+                    selected = F.log_softmax(logits[row, column[first]: column[n - 1] + 1], dim=-1)
                     target = torch.tensor(cont[len(cont) - (n - first):], dtype=torch.long, device=selected.device)
                     greedy = bool((selected.argmax(dim=-1) == target).all())
                     total = float(selected.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum())

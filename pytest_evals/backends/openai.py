@@ -65,9 +65,11 @@ DRAIN_TIMEOUT_S = 1.0  # after [DONE], how long the rest of a stream's body is w
 
 
 @functools.cache
-def _tls() -> Any:
-    """One TLS context for every client of the process: httpx builds one per client otherwise, loading
-    the CA bundle each time (0.05-0.2 s a client, at start-up). The same settings as httpx's default."""
+def _tls(side: str) -> Any:
+    """One TLS context for the process's sync clients (the start-up probes, on the main thread) and one
+    for its async clients (the event loop's thread): httpx builds one per client otherwise, loading the
+    CA bundle each time (0.05-0.2 s a client, at start-up). httpcore sets ALPN on a context per
+    connection, so no context is shared across threads. The same settings as httpx's default."""
     return httpx.create_ssl_context()
 
 
@@ -92,7 +94,7 @@ class OpenAIBackend(Backend):
         try:
             # a server that is not there fails to connect within seconds; one that is busy (llama.cpp
             # serving another worker's batch) may take longer to answer, and is not reported as missing
-            response = httpx.get(url, headers=_headers(), verify=_tls(),
+            response = httpx.get(url, headers=_headers(), verify=_tls("sync"),
                                  timeout=httpx.Timeout(BUSY_PROBE_TIMEOUT_S, connect=PROBE_TIMEOUT_S))
         except httpx.HTTPError as exc:
             raise SpecError(
@@ -111,7 +113,7 @@ class OpenAIBackend(Backend):
             # as at start-up: a busy server (another worker's batch) may take long to answer; a missing one
             # fails to connect at once
             timeout = httpx.Timeout(BUSY_PROBE_TIMEOUT_S, connect=PROBE_TIMEOUT_S)
-            with httpx.Client(base_url=spec.base_url or "", headers=_headers(), timeout=timeout, verify=_tls()) as client:
+            with httpx.Client(base_url=spec.base_url or "", headers=_headers(), timeout=timeout, verify=_tls("sync")) as client:
                 response = client.post("/completions", json=echo_payload(spec.target, ALIGNMENT_PROBE))
             if response.status_code >= 400:
                 return cls.capabilities - {"loglikelihood"}
@@ -143,7 +145,7 @@ class OpenAIBackend(Backend):
 
     def _new_client(self) -> httpx.AsyncClient:
         read = self.settings.timeout_s or DEFAULT_TIMEOUT_S
-        return httpx.AsyncClient(base_url=self.spec.base_url or "", headers=_headers(), verify=_tls(),
+        return httpx.AsyncClient(base_url=self.spec.base_url or "", headers=_headers(), verify=_tls("async"),
                                  timeout=httpx.Timeout(read, connect=min(read, 10.0)),
                                  limits=httpx.Limits(max_connections=max(10, 2 * self.settings.concurrency)))
 

@@ -53,10 +53,10 @@ import pytest
 
 from pytest_evals.backends.base import Backend, BackendSettings
 from pytest_evals.backends.registry import BackendRegistry
-from pytest_evals.callcache import call_key, load_result
-from pytest_evals.model import Model
-from pytest_evals.pool import BackendPool
-from pytest_evals.specs import parse_spec
+from pytest_evals.calls.cache import call_key, load_result
+from pytest_evals.calls.model import Model
+from pytest_evals.calls.pool import BackendPool
+from pytest_evals.backends.specs import parse_spec
 
 SPEC = parse_spec(os.environ["MEMORY_SPEC"])
 IDENTITY = BackendPool(BackendRegistry(), BackendSettings()).model_and_weights(SPEC)[0]

@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    from pytest_evals.backends.gguf_cache import dequantized_copy, embedded_gguf
+    from pytest_evals.backends.gguf_copies import dequantized_copy, embedded_gguf
 
     folder = dequantized_copy(embedded_gguf())
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}

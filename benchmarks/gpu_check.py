@@ -39,7 +39,7 @@ def write_reference(path: str) -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from pytest_evals.backends.gguf_cache import dequantized_copy, embedded_gguf
+    from pytest_evals.backends.gguf_copies import dequantized_copy, embedded_gguf
 
     lm = HFLM(pretrained=str(dequantized_copy(embedded_gguf())), batch_size=4, device="cpu")
     instances = [Instance(request_type="loglikelihood", doc={}, arguments=tuple(p), idx=i) for i, p in enumerate(PAIRS)]
@@ -53,7 +53,7 @@ def check(path: str) -> None:
 
     from pytest_evals.backends.base import BackendSettings, GenerateRequest, LoglikelihoodRequest
     from pytest_evals.backends.hf import HFBackend
-    from pytest_evals.specs import parse_spec
+    from pytest_evals.backends.specs import parse_spec
 
     start = time.perf_counter()
     backend = HFBackend(parse_spec("smollm2"), BackendSettings(batch_size=8))
@@ -112,7 +112,7 @@ def pinned(workers: int) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     specs = [f"smollm2?device={device}"]
     if device == "cuda" and importlib.util.find_spec("vllm") is not None:
-        from pytest_evals.backends.gguf_cache import dequantized_copy, embedded_gguf
+        from pytest_evals.backends.gguf_copies import dequantized_copy, embedded_gguf
 
         specs.append(f"vllm:{dequantized_copy(embedded_gguf())}?gpu_memory_utilization=0.3")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}

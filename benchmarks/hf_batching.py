@@ -17,7 +17,7 @@ from pathlib import Path
 from pytest_evals import load_jsonl
 from pytest_evals.backends.base import BackendSettings, GenerateRequest
 from pytest_evals.backends.hf import HFBackend
-from pytest_evals.specs import parse_spec
+from pytest_evals.backends.specs import parse_spec
 
 SUITES = Path(__file__).resolve().parent.parent / "example_suites"
 

@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .callcache import DEFAULT_CACHE
-from .report import format_table
-from .scoring import PASS_RATE, compare, regression_reasons, scores_of
-from .store import DEFAULT_DB, Store, StoreError
+from .calls.cache import DEFAULT_CACHE
+from .report.tables import format_table
+from .scoring.stats import PASS_RATE, compare, regression_reasons, scores_of
+from .store.database import DEFAULT_DB, Store, StoreError
 
 
 
@@ -145,11 +145,11 @@ def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
                            f"{' '.join(args.runs)}")
     ids = [resolve_run(store, ref) for ref in args.runs]
     if len(ids) == 2:
-        from .htmlcompare import render_comparison
+        from .report.html.compare import render_comparison
 
         page = render_comparison(store, ids[0], ids[1], args.alpha, args.margin)
     else:
-        from .htmlreport import render
+        from .report.html.run import render
 
         page = render(store, ids[0])
     try:
@@ -161,7 +161,7 @@ def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
 
 
 def cmd_cases(store: Store, args: argparse.Namespace) -> list[str]:
-    from .browse import BrowseError, case_filter, show_cases
+    from .report.browse import BrowseError, case_filter, show_cases
 
     run_id = resolve_run(store, args.run)
     try:
@@ -171,7 +171,7 @@ def cmd_cases(store: Store, args: argparse.Namespace) -> list[str]:
 
 
 def cmd_export(store: Store, args: argparse.Namespace) -> list[str]:
-    from .browse import BrowseError, case_filter, export_format, export_text
+    from .report.browse import BrowseError, case_filter, export_format, export_text
 
     try:
         fmt = export_format(args.format, args.output)
@@ -193,8 +193,8 @@ def cmd_export(store: Store, args: argparse.Namespace) -> list[str]:
 
 def cmd_cache(args: argparse.Namespace) -> list[str]:
     """The call cache (stats, prune, clear) and the converted model copies (list, clear --copies)."""
-    from . import callcache
-    from .backends.gguf_cache import clear_copies, copies_root, list_copies
+    from .calls import cache as callcache
+    from .backends.gguf_copies import clear_copies, copies_root, list_copies
 
     if args.action == "list" or (args.action == "clear" and args.copies):
         if args.action == "clear":

@@ -15,20 +15,21 @@ from typing import Callable
 
 import pytest
 
-from . import hookspecs, options
-from .options import pytest_addoption  # noqa: F401 - a hook: the options live in their own module
+from .session import hookspecs, options
+from .session.options import pytest_addoption  # noqa: F401 - a hook: the options live in their own module
 from .backends.base import BackendError
-from .batching import BatchPlugin
-from .cases import CasePlugin, add_marker_lines
+from .batching.windows import BatchPlugin
+from .session.cases import CasePlugin, add_marker_lines
 from .errors import ConfigError
-from .context import build_model, case_log_key, judge_spec, run_key, run_of
-from .gpus import pin, plan
-from .interruption import SignalPlugin
-from .model import Model
-from .repeats import MARKER as REPEAT_MARKER
-from .repeats import SAMPLE_PARAM, Sample, repeat_from_marker
-from .routing import JUDGE_MARKER
-from .specs import ModelSpec
+from .session.state import RunContext, build_model, case_log_key, judge_spec, run_key, run_of
+from .session.gpus import pin, plan
+from .session.interruption import SignalPlugin
+from .calls.model import Model
+from .session.repeats import MARKER as REPEAT_MARKER
+from .calls.sampling import Sample
+from .session.repeats import SAMPLE_PARAM, repeat_from_marker
+from .calls.routing import JUDGE_MARKER
+from .backends.specs import ModelSpec
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
@@ -54,13 +55,26 @@ def pytest_configure(config: pytest.Config) -> None:
     if run.planner is not None:
         manager.register(BatchPlugin(config, run, run.planner), "evals-batching")
     if not run.is_worker:
-        from .session import SessionPlugin, XdistControllerPlugin  # only the controller owns the store
-
-        session = SessionPlugin(config, run)
-        manager.register(session, "evals-session")
-        if manager.hasplugin("xdist"):
-            manager.register(XdistControllerPlugin(config, run, session), "evals-xdist")
+        _register_controller(config, run)  # only the controller owns the store
     manager.register(SignalPlugin(run.signals), "evals-signals")  # last: its finish encloses the others'
+
+
+def _register_controller(config: pytest.Config, run: RunContext) -> None:
+    """The controller, its status lines, the terminal, and the xdist hooks where xdist is loaded (in this
+    order: the terminal's finish encloses the controller's)."""
+    from .session.controller import Controller
+    from .session.progress import ProgressPlugin
+    from .session.terminal import TerminalPlugin
+
+    manager = config.pluginmanager
+    controller = Controller(config, run)
+    manager.register(controller, "evals-controller")
+    manager.register(ProgressPlugin(controller.progress), "evals-progress")
+    manager.register(TerminalPlugin(config, run, controller), "evals-terminal")
+    if manager.hasplugin("xdist"):
+        from .session.xdist import XdistControllerPlugin
+
+        manager.register(XdistControllerPlugin(config, run, controller), "evals-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -47,7 +47,7 @@ FAKE_BACKEND = '''
 import json
 
 from pytest_evals.backends.base import Backend, Loglikelihood, Reply, ToolCall
-from pytest_evals.specs import SpecError
+from pytest_evals.backends.specs import SpecError
 
 
 class FakeBackend(Backend):
@@ -171,7 +171,7 @@ def require(module: str, install: str, module_level: bool = False):
 def embedded_gguf_path() -> Path:
     _required("transformers", "pip install -e '.[hf]'")
     try:
-        from pytest_evals.backends.gguf_cache import embedded_gguf
+        from pytest_evals.backends.gguf_copies import embedded_gguf
 
         return embedded_gguf()
     except Exception as exc:  # SpecError: the package is missing
@@ -277,6 +277,6 @@ def smollm2():
     embedded_gguf_path()
     from pytest_evals.backends.base import BackendSettings
     from pytest_evals.backends.hf import HFBackend
-    from pytest_evals.specs import parse_spec
+    from pytest_evals.backends.specs import parse_spec
 
     return HFBackend(parse_spec("smollm2"), BackendSettings(batch_size=8))

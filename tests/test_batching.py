@@ -205,7 +205,7 @@ def test_a_bad_evals_batch_marker_is_a_usage_error(project: pytest.Pytester) -> 
 
 
 def test_the_window_holds_two_batches_or_eight_cases_per_request_in_flight() -> None:
-    from pytest_evals.planner import window_size
+    from pytest_evals.calls.planner import window_size
 
     assert window_size(32, None, budget=False) == 64  # a local model: two batches (a round's chunks)
     assert window_size(2, None, budget=False) == 4

@@ -14,9 +14,9 @@ from conftest import FAKE_BACKEND, embedded_gguf_path, rows, start_llama_server,
 
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, Reply
 from pytest_evals.backends.registry import BackendRegistry
-from pytest_evals.callcache import CallCache, call_key
-from pytest_evals.pool import BackendPool
-from pytest_evals.specs import parse_spec
+from pytest_evals.calls.cache import CallCache, call_key
+from pytest_evals.calls.pool import BackendPool
+from pytest_evals.backends.specs import parse_spec
 
 # The fake backend, counting the requests that reach it and the instances made (a loaded model).
 COUNTING = FAKE_BACKEND + '''
@@ -197,7 +197,7 @@ def test_replay_loads_no_model_and_a_missing_call_is_one_line(project: pytest.Py
     missed = project.runpytest("--model=fake:m", "--evals-cache=replay", "test_new.py")
     missed.assert_outcomes(errors=1)
     missed.stdout.fnmatch_lines([
-        "E   pytest_evals.callcache.CacheMiss: generate('zz') for fake:m is not in the call cache *cache.sqlite; "
+        "E   pytest_evals.calls.cache.CacheMiss: generate('zz') for fake:m is not in the call cache *cache.sqlite; "
         "record it with --evals-cache=use (--evals-cache=refresh re-records every call)",
         "evals-cache (replay): 0 of 1 model calls answered from *; 1 calls were not in it, and their cases ended as "
         "errors (record them with --evals-cache=use)"])

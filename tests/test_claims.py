@@ -264,7 +264,7 @@ import sqlite3
 
 import pytest
 
-from pytest_evals.store import Store
+from pytest_evals.store.database import Store
 
 HOLDER = []
 

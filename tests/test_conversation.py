@@ -10,8 +10,8 @@ import pytest
 
 from pytest_evals.backends.base import (Backend, BackendSettings, ChatRequest, ContextOverflow, Reply,
                                         ToolCall)
-from pytest_evals.model import Model
-from pytest_evals.specs import parse_spec
+from pytest_evals.calls.model import Model
+from pytest_evals.backends.specs import parse_spec
 
 from conftest import rows
 

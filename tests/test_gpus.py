@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from conftest import FAKE_BACKEND, rows
 
-from pytest_evals.gpus import plan, visible_gpus, worker_index
+from pytest_evals.session.gpus import plan, visible_gpus, worker_index
 
 
 def test_visible_gpus_respect_an_outer_cuda_visible_devices() -> None:
@@ -36,9 +36,9 @@ def test_plans_cut_groups_and_say_what_they_did() -> None:
 
 
 FOUR_GPUS = FAKE_BACKEND + '''
-import pytest_evals.gpus
+import pytest_evals.session.gpus
 
-pytest_evals.gpus.count_gpus = lambda: (4, None)  # as if the driver saw four GPUs
+pytest_evals.session.gpus.count_gpus = lambda: (4, None)  # as if the driver saw four GPUs
 '''
 
 PINNED = '''
@@ -74,9 +74,9 @@ def test_each_worker_gets_its_own_gpus_and_the_cases_record_them(gpu_project: py
 
 
 SIX_GPUS = FAKE_BACKEND + '''
-import pytest_evals.gpus
+import pytest_evals.session.gpus
 
-pytest_evals.gpus.count_gpus = lambda: (6, None)  # three groups of 2
+pytest_evals.session.gpus.count_gpus = lambda: (6, None)  # three groups of 2
 '''
 
 
@@ -103,9 +103,9 @@ def test_without_gpus_nothing_is_pinned_and_the_header_says_why(pytester: pytest
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     pytester.makeconftest(FAKE_BACKEND + '''
-import pytest_evals.gpus
+import pytest_evals.session.gpus
 
-pytest_evals.gpus.count_gpus = lambda: (0, "NVML: NVML Shared Library Not Found")
+pytest_evals.session.gpus.count_gpus = lambda: (0, "NVML: NVML Shared Library Not Found")
 ''')
     pytester.makepyfile(test_t='''
         import os

@@ -11,7 +11,7 @@ import pytest
 from conftest import require
 
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, LoglikelihoodRequest
-from pytest_evals.backends.gguf_cache import COMPLETE_MARK, copy_dir_for, dequantized_copy
+from pytest_evals.backends.gguf_copies import COMPLETE_MARK, copy_dir_for, dequantized_copy
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +173,7 @@ def test_loglikelihood_past_the_models_length_scores_the_last_tokens(smollm2, mo
 
 
 def test_gguf_copy_is_cached_and_reused(smollm2) -> None:
-    from pytest_evals.backends.gguf_cache import embedded_gguf
+    from pytest_evals.backends.gguf_copies import embedded_gguf
 
     gguf = embedded_gguf()
     folder = copy_dir_for(gguf)
@@ -186,7 +186,7 @@ def test_the_same_gguf_in_two_places_shares_one_copy(smollm2, tmp_path, monkeypa
     """The copy is keyed by the file's content: another environment's file of the same bytes reuses it."""
     import shutil
 
-    from pytest_evals.backends.gguf_cache import embedded_gguf
+    from pytest_evals.backends.gguf_copies import embedded_gguf
 
     gguf = embedded_gguf()
     elsewhere = tmp_path / "other-env" / gguf.name
@@ -225,7 +225,7 @@ def test_example_suites_on_the_embedded_default(pytester: pytest.Pytester, reque
 
 
 def test_hf_gguf_spec_uses_the_same_cached_copy(pytester: pytest.Pytester) -> None:
-    from pytest_evals.backends.gguf_cache import embedded_gguf
+    from pytest_evals.backends.gguf_copies import embedded_gguf
 
     gguf = embedded_gguf()
     pytester.makepyfile(
@@ -455,8 +455,8 @@ def test_the_weights_of_a_vllm_folder_enter_the_model_identity(tmp_path: Path, s
     vLLM fetches itself has none, and its spec alone identifies it."""
     from pytest_evals.backends.registry import BackendRegistry
     from pytest_evals.backends.vllm import VLLMBackend
-    from pytest_evals.pool import BackendPool
-    from pytest_evals.specs import parse_spec
+    from pytest_evals.calls.pool import BackendPool
+    from pytest_evals.backends.specs import parse_spec
 
     folder = _weights_folder(tmp_path, Path(smollm2.source) / "config.json")
     spec = parse_spec(f"vllm:{folder}?tensor_parallel_size=2")

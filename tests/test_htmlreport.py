@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_evals.htmlcases import case_label
-from pytest_evals.htmlpage import short_names
+from pytest_evals.report.html.cases import case_label
+from pytest_evals.report.html.page import short_names
 
 # Two benchmarks of plain answers (one with a long name), one with a tool conversation, one that errors
 # and one that skips. EVALS_WRONG lists MODEL/CASE pairs that answer wrong.

@@ -47,7 +47,7 @@ def test_scores(model):
 
 @pytest.fixture(scope="module")
 def model_folder() -> Path:
-    from pytest_evals.backends.gguf_cache import dequantized_copy
+    from pytest_evals.backends.gguf_copies import dequantized_copy
 
     return dequantized_copy(embedded_gguf_path())
 

@@ -28,7 +28,7 @@ def test_pytest_help_is_light(tmp_path) -> None:
 
 def test_the_store_opens_without_pandas_or_numpy(tmp_path) -> None:
     # sqlite-utils imports both when installed; the store never needs them, and they cost start-up
-    code = f"from pytest_evals.store import Store\nStore({str(tmp_path / 'evals.sqlite')!r}).close()"
+    code = f"from pytest_evals.store.database import Store\nStore({str(tmp_path / 'evals.sqlite')!r}).close()"
     assert loaded_after(code) == ["sqlite_utils"]
     # both stay importable afterwards
     code += "\nimport numpy, pandas"

@@ -125,7 +125,8 @@ def test_the_entry_module_is_wiring() -> None:
     assert configure.end_lineno is not None and configure.end_lineno - configure.lineno + 1 < 40
 
 
-@pytest.mark.parametrize("module", ["gates", "metering", "reliability", "routing", "specs", "pool", "model"])
+@pytest.mark.parametrize("module", ["scoring/gates", "calls/metering", "calls/reliability", "calls/routing",
+                                    "backends/specs", "calls/pool", "calls/model"])
 def test_domain_modules_raise_their_own_errors(module: str) -> None:
     """Only options.py (and the plugin modules using its helper) turn a domain error into a usage error."""
     tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))

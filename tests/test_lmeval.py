@@ -128,7 +128,7 @@ def test_a_local_task_gives_one_case_per_document_with_its_requests(tasks: Path)
 @pytest.fixture(scope="module")
 def model_folder() -> Path:
     """The embedded default's dequantized folder (found before pytester moves HOME, where the copy lives)."""
-    from pytest_evals.backends.gguf_cache import dequantized_copy
+    from pytest_evals.backends.gguf_copies import dequantized_copy
 
     return dequantized_copy(embedded_gguf_path())
 

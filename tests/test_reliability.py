@@ -12,7 +12,7 @@ import pytest
 from conftest import FAKE_BACKEND, _required, embedded_gguf_path, rows, start_llama_server, stop
 from faultproxy import FaultMix, FaultProxy
 from pytest_evals.backends.base import BackendError, TransientError, parse_retry_after
-from pytest_evals.reliability import CircuitBreaker, CircuitOpen, RetryPolicy, call_with_retries
+from pytest_evals.calls.reliability import CircuitBreaker, CircuitOpen, RetryPolicy, call_with_retries
 
 
 def test_retry_after_in_seconds_or_as_an_http_date() -> None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import FAKE_BACKEND, rows, counts
 
-from pytest_evals.scoring import BenchmarkScores, pass_at_k, wilson
+from pytest_evals.scoring.stats import BenchmarkScores, pass_at_k, wilson
 
 # A fake backend that samples: at a temperature above 0 each answer carries a random number; it fails a
 # prompt with "boom" in it while FAKE_BOOM is set.

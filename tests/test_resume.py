@@ -200,7 +200,7 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing_finished(
 
 
 def test_progress_line_on_long_runs(project: pytest.Pytester) -> None:
-    project.makeconftest(FAKE_BACKEND + "\nfrom pytest_evals.progress import Progress\n"
+    project.makeconftest(FAKE_BACKEND + "\nfrom pytest_evals.session.progress import Progress\n"
                          "Progress.FIRST_AFTER_S = 0.2\nProgress.EVERY_S = 0.2\n")
     result = run(project, "--evals-batch-size=1")  # no windows: the time left is known from the second test on
     assert result.returncode == 0
@@ -224,7 +224,7 @@ def test_case_keys_are_the_stable_json_digest_that_earlier_versions_stored(pytes
     import inspect
     import json
 
-    from pytest_evals.resume import KEY_VERSION, case_key
+    from pytest_evals.session.resume import KEY_VERSION, case_key
 
     pytester.makepyfile(test_keys='''
         import pytest

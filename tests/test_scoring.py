@@ -7,7 +7,7 @@ import random
 import pytest
 from conftest import require
 
-from pytest_evals.scoring import (
+from pytest_evals.scoring.stats import (
     BenchmarkScores,
     bootstrap_mean,
     compare,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pytest_evals.specs import ModelSpec, SpecError, parse_spec, parse_specs, spec_ids
+from pytest_evals.backends.specs import ModelSpec, SpecError, parse_spec, parse_specs, spec_ids
 
 
 def test_embedded_default() -> None:

@@ -4,7 +4,9 @@ import sqlite3
 
 import pytest
 
-from pytest_evals.store import MIGRATIONS, CallRow, CaseRecord, CaseRow, Store, StoreError, ToolCallRow, TurnRow
+from pytest_evals.store.database import Store, StoreError
+from pytest_evals.store.migrations import MIGRATIONS
+from pytest_evals.store.rows import CallRow, CaseRecord, CaseRow, ToolCallRow, TurnRow
 
 
 def make_run(store: Store) -> int:

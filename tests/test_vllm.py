@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from pytest_evals.backends.base import BackendSettings, ChatRequest, GenerateRequest, LoglikelihoodRequest
-from pytest_evals.specs import SpecError, parse_spec
+from pytest_evals.backends.specs import SpecError, parse_spec
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from ..specs import ModelSpec
+from .specs import ModelSpec
 
 DEFAULT_BATCH_SIZE = 32  # requests a local model runs in one forward pass (decoding costs little more per step at 32 than at 8)
 Message = dict[str, Any]  # OpenAI chat format: {"role": ..., "content": ...}

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..specs import ModelSpec, SpecError
+from .specs import ModelSpec, SpecError
 from .base import (
     Backend,
     BackendSettings,
@@ -35,7 +35,7 @@ from .base import (
     split_whitespace,
     tpot,
 )
-from .gguf_cache import dequantized_copy, embedded_gguf
+from .gguf_copies import dequantized_copy, embedded_gguf
 from .hf_prefix import SharedPrefix, cache_arg
 from .template_chat import TemplateChat
 

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
 
-from ..specs import ModelSpec, SpecError
+from .specs import ModelSpec, SpecError
 from .aio import Limiter, shared_loop
 from .base import (
     Backend,

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..specs import ModelSpec, SpecError
+from .specs import ModelSpec, SpecError
 from .base import (
     Backend,
     BackendSettings,
@@ -74,7 +74,7 @@ class VLLMBackend(TemplateChat, Backend):
 
     def _read_gpu(self) -> None:
         # vLLM's engine may run in its own process: ask the driver (pynvml), not torch's allocator
-        from ..metering import nvml_used_mib
+        from .gpu_memory import nvml_used_mib
 
         self.last_gpu_peak_mib = nvml_used_mib()
 

@@ -1,0 +1,277 @@
+"""The batch planner: every model call of a window of cases, gathered into rounds of batched backend calls.
+
+One ``Planner`` per process (``batching.py`` holds the plugin that runs windows of cases). Each case's
+body runs in a greenlet of its own, on the main thread; a model call asks :meth:`Planner.answer`, which
+parks the body and hands its requests to the window. When every body of the window is parked (or done),
+the window makes one backend call per backend and method for all the requests (equal requests once),
+then resumes each body with its answers, in order, until it asks again or ends: a conversation's second
+turn, a tool loop's next round and a judge's grade are batched exactly like a first call. An HTTP
+backend (one that can ``submit`` requests on their own) gets each request as its body parks, and the
+body goes on as soon as its answer is in, so up to ``--evals-concurrency`` requests stay in flight at
+every turn. A call whose batch failed is made again alone, with the case's own retries. Nothing here
+knows pytest.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import time
+from concurrent.futures import Future
+from queue import SimpleQueue
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterator
+
+import greenlet
+
+from ..backends.base import Backend, ChatRequest, PartialBatch
+
+WINDOW_PER_BATCH = 2  # a window holds this many batches' worth of cases (a local model's rounds)
+WINDOW_PER_REQUEST = 8  # and this many cases per request in flight (a backend that submits: HTTP)
+
+
+def window_size(batch_size: int | None, concurrency: int | None, budget: bool) -> int:
+    """How many cases run together: enough to fill every round's batches of the local models
+    (``batch_size``, None if the run has none) and to keep ``concurrency`` requests in flight on the
+    servers (None if none); under a budget one batch's worth, so a spent budget stops within a batch."""
+    if budget:
+        return max(batch_size or 1, concurrency or 1)
+    return max(WINDOW_PER_BATCH * (batch_size or 0), WINDOW_PER_REQUEST * (concurrency or 0), 2)
+
+
+def request_key(method: str, request: Any, sample: int = 0) -> Hashable:
+    """Equal requests of one round share one answer; the samples of a repeated case do not (nor do
+    sampled requests of different cases: see ``_key``)."""
+    if isinstance(request, ChatRequest):
+        return method, json.dumps([request.messages, request.max_tokens, request.temperature, request.tools,
+                                   request.tool_choice], sort_keys=True, default=str), sample
+    return method, request, sample  # the other requests are frozen dataclasses of hashable fields
+
+
+@dataclass
+class Ask:
+    """A parked body's model call."""
+
+    backend: Backend
+    method: str
+    requests: list[Any]
+    sample: int
+
+
+@dataclass
+class Answer:
+    """What a round gives a parked call: its results and the backend call's time (``batched``: the call
+    held other cases' requests too). ``results`` None: the batch failed for it; it calls alone."""
+
+    results: list[Any] | None
+    elapsed: float | None = None
+    batched: bool = False
+    stop: BaseException | None = None  # the run is stopping: raised in the body instead of an answer
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A parked body whose requests are in flight on a backend that started them (``submit``)."""
+
+    body: "Body"
+    futures: list[Future[Any]]
+    started: float
+    beside: bool  # other requests were in flight beside these: served concurrently, as a batch
+    keys: list[tuple[int, Hashable]]  # its requests' keys among those in flight (shared by equal requests)
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def answer(self) -> Answer:
+        """Its results, or None for all where one failed (the case calls alone and meets its fault)."""
+        elapsed = time.perf_counter() - self.started
+        if any(f.cancelled() or f.exception() is not None for f in self.futures):
+            return Answer(None)
+        return Answer([f.result() for f in self.futures], elapsed, self.beside)
+
+
+class Body(greenlet.greenlet):
+    """One case's body, run until it asks the model (parked) or ends."""
+
+    def __init__(self, run: Callable[[], Any], case: object, planner: "Planner") -> None:
+        super().__init__(run)
+        self.case = case
+        self.planner = planner
+        self.gr_context = contextvars.copy_context()  # the body sees the context variables the window saw
+
+
+class Planner:
+    """One per process: runs the bodies of a window and batches their calls round by round."""
+
+    def __init__(self, window: int, sliding: bool = False) -> None:
+        self.window = window
+        # a case starts as soon as another ends, up to ``window`` at once, instead of window after window:
+        # for backends that submit (HTTP), so the requests in flight never drain at a window's end
+        self.sliding = sliding
+        self.last_hit: float | None = None  # the batch time of the call just answered, None if not batched
+        self.last_elapsed: float | None = None  # the backend call's time of the call just answered by a round
+        self._in_flight: Backend | None = None  # the backend of the round being called
+        self._started: dict[int, Backend] = {}  # the backends that started requests on their own
+
+    def close(self) -> None:
+        """Ctrl-C: the requests in flight are for bodies that will not go on; stop them now."""
+        for backend in [self._in_flight, *self._started.values()]:
+            if backend is not None:
+                backend.cancel()
+
+    # --- a body's side ---------------------------------------------------------------------------
+    def answer(self, backend: Backend, method: str, requests: list[Any], sample: int = 0) -> list[Any]:
+        """The results of ``requests``: from the window's next round where a window runs this body, else
+        from the backend alone. ``sample``: which sample of a repeated case asks (each gets its own answer)."""
+        self.last_hit = self.last_elapsed = None
+        body = greenlet.getcurrent()
+        if not isinstance(body, Body) or body.planner is not self:
+            return getattr(backend, method)(requests)
+        answer: Answer = body.parent.switch(Ask(backend, method, list(requests), sample))
+        if answer.stop is not None:
+            raise answer.stop
+        if answer.results is None:
+            return getattr(backend, method)(requests)
+        self.last_elapsed = answer.elapsed
+        self.last_hit = answer.elapsed if answer.batched else None
+        return answer.results
+
+    # --- the window's side -----------------------------------------------------------------------
+    def start(self, run: Callable[[], Any], case: object) -> tuple[Body, Any]:
+        """Start a body: (its greenlet, its first Ask, or its result where it ended without one)."""
+        body = Body(run, case, self)
+        return body, body.switch()
+
+    def rounds(self, parked: list[tuple[Body, Ask]], resume: Callable[[Body, Answer], Any],
+               stop: Callable[[], BaseException | None],
+               more: Callable[[], list[tuple[Body, Any]]] = list) -> Iterator[tuple[Body, Any]]:
+        """Answer the parked bodies until every one has ended; yield each body and its result as it ends.
+
+        A backend that can start requests on their own (``submit``: HTTP) gets each request as soon as
+        its body parks, and the body is resumed as soon as its answers are in, while the others are in
+        flight; the other backends get rounds: one call for all the requests parked when no body can go
+        on. ``resume(body, answer)`` switches into the body and returns what it switched back; ``stop()``
+        gives what to raise in a parked body instead of an answer (the run is stopping; asked once per
+        body, so each raises an exception of its own). ``more()``, asked after each body ends, starts
+        further bodies: each with its first Ask (a body that ended at once is the caller's)."""
+        local: list[tuple[Body, Ask]] = []
+        flying: dict[_Flight, None] = {}  # (in the order they started)
+        in_flight: dict[tuple[int, Hashable], Future[Any]] = {}  # equal requests in flight at once: one
+        landing: SimpleQueue[_Flight] = SimpleQueue()  # a flight once per future that lands (any thread)
+
+        def place(body: Body, ask: Ask) -> None:
+            flight = self._submit(body, ask, in_flight)
+            if flight is None:
+                local.append((body, ask))
+                return
+            flying[flight] = None
+            for future in flight.futures:
+                future.add_done_callback(lambda _, flight=flight: landing.put(flight))
+            if not flight.futures:
+                landing.put(flight)  # an ask of no requests: answered at once (no future will call back)
+
+        def landed() -> list[_Flight]:
+            """The flights whose every answer is in, each once; their requests are no longer shared."""
+            found: dict[_Flight, None] = {}
+            while not landing.empty():
+                flight = landing.get()
+                if flight in flying and flight.done():
+                    found[flight] = None
+            for flight in found:
+                del flying[flight]
+                for key, future in zip(flight.keys, flight.futures):
+                    if in_flight.get(key) is future:
+                        del in_flight[key]
+            return list(found)
+
+        for body, ask in parked:
+            place(body, ask)
+        while local or flying:
+            stopping = stop()
+            ready: list[tuple[Body, Answer]]
+            if stopping is not None:
+                for flight in flying:
+                    for future in flight.futures:
+                        future.cancel()
+                ready = [(b, Answer(None, stop=stop() or stopping)) for b in
+                         [b for b, _ in local] + [f.body for f in flying]]
+                local, flying = [], {}
+                in_flight.clear()
+            elif (done := landed()):
+                ready = [(f.body, f.answer()) for f in done]
+            elif local:
+                answers = self._round([ask for _, ask in local])
+                ready = [(body, answer) for (body, _), answer in zip(local, answers)]
+                local = []
+            else:
+                landing.put(landing.get())  # sleep until a request lands (it is taken again above)
+                continue
+            for body, answer in ready:
+                value = resume(body, answer)
+                if body.dead:
+                    yield body, value  # (its case is torn down before anything else runs)
+                    for new, first in more():  # the cases started in its place, each parked at its first call
+                        place(new, first)
+                else:
+                    place(body, value)
+
+    def _submit(self, body: Body, ask: Ask, in_flight: dict[tuple[int, Hashable], Future[Any]]) -> _Flight | None:
+        """Start an ask's requests on a backend that can, sharing equal requests still in flight (their
+        answers not yet taken): its flight; None where the backend cannot."""
+        keys = [(id(ask.backend), _key(ask, r, id(ask))) for r in ask.requests]
+        # only a request still waiting is shared: one that has landed (its flight not yet taken) is not
+        # (a failed one would fail this ask too, and a finished one is not in flight beside it)
+        futures: list[Future[Any] | None] = [f if f is not None and not f.done() else None
+                                             for f in map(in_flight.get, keys)]
+        beside = any(not f.done() for f in in_flight.values())
+        new = [r for r, f in zip(ask.requests, futures) if f is None]
+        if new:
+            started = ask.backend.submit(ask.method, new)
+            if started is None:
+                return None
+            self._started[id(ask.backend)] = ask.backend
+            fresh = iter(started)
+            futures = [f if f is not None else next(fresh) for f in futures]
+        for key, future in zip(keys, futures):
+            in_flight[key] = future  # type: ignore[assignment]
+        return _Flight(body, futures, time.perf_counter(), beside or len(ask.requests) > 1, keys)  # type: ignore[arg-type]
+
+    def _round(self, asks: list[Ask]) -> list[Answer]:
+        """One backend call per backend and method for every parked request (equal requests once)."""
+        groups: dict[tuple[int, str], tuple[Backend, dict[Hashable, Any], set[int]]] = {}
+        for n, ask in enumerate(asks):
+            _, unique, askers = groups.setdefault((id(ask.backend), ask.method), (ask.backend, {}, set()))
+            askers.add(n)
+            for request in ask.requests:
+                unique.setdefault(_key(ask, request, n), request)
+        found: dict[tuple[int, Hashable], tuple[Any, float, bool]] = {}
+        for (backend_id, method), (backend, unique, askers) in groups.items():
+            start = time.perf_counter()
+            self._in_flight = backend
+            try:
+                results: list[Any] = getattr(backend, method)(list(unique.values()))
+            except PartialBatch as partial:  # keep what succeeded; the rest call alone
+                results = partial.results
+            except Exception:  # noqa: BLE001 - each case meets the fault itself, alone, where it is recorded
+                results = [None] * len(unique)
+            finally:
+                self._in_flight = None
+            elapsed = time.perf_counter() - start
+            for key, result in zip(unique, results):
+                if result is not None:  # batched: the call served more than this one ask
+                    found[(backend_id, key)] = (result, elapsed, len(askers) > 1)
+        answers = []
+        for n, ask in enumerate(asks):
+            entries = [found.get((id(ask.backend), _key(ask, r, n))) for r in ask.requests]
+            if ask.requests and all(e is not None for e in entries):
+                answers.append(Answer([e[0] for e in entries], max(e[1] for e in entries),  # type: ignore[index]
+                                      any(e[2] for e in entries)))  # type: ignore[index]
+            else:
+                answers.append(Answer(None))
+        return answers
+
+
+def _key(ask: Ask, request: Any, asker: int) -> Hashable:
+    """Equal requests share one answer, except sampled ones (temperature above 0): each case draws its own."""
+    key = request_key(ask.method, request, ask.sample)
+    return (key, asker) if (getattr(request, "temperature", 0) or 0) > 0 else key

@@ -1,0 +1,94 @@
+"""One self-contained HTML page for a stored run: no script, no CDN, charts as inline SVG.
+
+- scores per benchmark and model: a compact bar chart per metric, with 95% intervals and thresholds,
+  and the table of the same figures;
+- the matrix of cases against models, where the run had several models;
+- every case with its input, output, error, scores and conversation, filterable by outcome, benchmark
+  and model (CSS only);
+- latency histograms of the model calls, per model.
+
+Two runs compared on one page: ``htmlcompare``.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from .cases import case_section, matrix_section
+from .charts import histogram, score_chart
+from .page import metric_label, number, page, run_meta, short_names
+from ...scoring.stats import PASS_RATE, scores_of
+from ...store.database import Store
+
+
+def score_rows(store: Store, run_id: int) -> list[dict[str, Any]]:
+    """Stored gate results; for a run that ended before its gates, pass rates from its cases."""
+    rows = store.benchmarks(run_id)
+    if rows:
+        return rows
+    result = []
+    for (benchmark, model), scores in scores_of(store.cases(run_id)).items():
+        estimate = scores.pass_rate()
+        result.append({"benchmark": benchmark, "model": model, "metric": PASS_RATE, "n": estimate.n,
+                       "value": estimate.value, "low": estimate.low, "high": estimate.high,
+                       "minimum": None, "verdict": None})
+    return result
+
+
+def _score_row(r: dict[str, Any]) -> str:
+    interval = "-" if r["low"] is None else f"{number(r['low'])} – {number(r['high'])}"
+    minimum = "-" if r.get("minimum") is None else format(r["minimum"], "g")
+    verdict = r.get("verdict") or ""
+    return (f"<tr><td>{escape(r['benchmark'])}</td><td>{escape(r['model'])}</td>"
+            f"<td>{escape(metric_label(r['metric']))}</td><td class='num'>{r['n']}</td>"
+            f"<td class='num'>{number(r['value'])}</td><td class='num'>{interval}</td><td class='num'>{minimum}</td>"
+            f"<td class='{verdict}'>{(verdict or '-').upper()}</td></tr>")
+
+
+def latency_section(calls: list[dict[str, Any]]) -> str:
+    latencies: dict[str, list[float]] = {}
+    for call in calls:
+        # a call the call cache answered: the recorded call's latency (this run's is the lookup's)
+        latency = call.get("cached_latency_s") if call.get("cached") else call["latency_s"]
+        if latency is not None and call["error"] is None:
+            latencies.setdefault(call["model"], []).append(latency)
+    batched = sum(1 for call in calls if call.get("batched"))
+    cached = sum(1 for call in calls if call.get("cached"))
+    cache_note = (f"; {cached} calls were answered from the call cache and show the latency recorded there"
+                  if cached else "")
+    histograms = "".join(histogram(v, m) for m, v in latencies.items())
+    return (f'<p class="muted">Each call\'s own time, batched calls too: a generation until its own last token (in a '
+            f"batch, from its sub-batch's start), a loglikelihood until its forward pass's end; {batched} calls came "
+            f"from batches across cases, whose wall times are in the calls table's batch_s{cache_note}.</p>"
+            f'<div class="charts">{histograms or "<p class=muted>no calls recorded</p>"}</div>')
+
+
+def render(store: Store, run_id: int) -> str:
+    run = store.run(run_id) or {}
+    rows = score_rows(store, run_id)
+    cases = store.cases(run_id)
+    names = short_names([r["benchmark"] for r in rows] + [c["benchmark"] for c in cases])
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    charts = "".join(f"<h3>{escape(metric_label(m))}</h3><div class='chart'>{score_chart(rows, m, names)}</div>"
+                     for m in metrics)
+    table = "".join(_score_row(r) for r in rows)
+    matrix_css, matrix = matrix_section(cases)
+    cases_css, case_table = case_section(cases, store.rows("turns", run_id), store.rows("tool_calls", run_id))
+    counts = {o: sum(c["outcome"] == o for c in cases) for o in dict.fromkeys(c["outcome"] for c in cases)}
+    tally = ", ".join(f"{n} {o}" for o, n in counts.items())
+    matrix_part = (f"<h2>Cases × models</h2>{matrix}" if matrix else "")
+    body = f"""<h2>Scores with 95% intervals</h2>
+<p class="muted">Bars: score (green: gate held, red: gate failed, blue: no gate); whiskers: 95% interval (Wilson
+for pass rates, bootstrap for means); amber tick: threshold. Hover a row for its figures and full name.</p>
+{charts}
+<details><summary>the same figures as a table</summary>
+<table><tr><th>benchmark</th><th>model</th><th>metric</th><th>n</th><th>score</th><th>95% interval</th>
+<th>threshold</th><th>verdict</th></tr>{table}</table></details>
+{matrix_part}
+<h2>Cases ({len(cases)}{": " + tally if tally else ""})</h2>
+{case_table}
+<h2>Latency of model calls</h2>
+{latency_section(store.calls(run_id))}"""
+    return page(f"pytest-evals run {run_id}", f"pytest-evals run {run_id}", run_meta(run, run_id), body,
+                matrix_css + cases_css)

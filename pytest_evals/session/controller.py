@@ -1,0 +1,225 @@
+"""The run, on the one process that owns the database (xdist controller or lone pytest process).
+
+At start-up it checks what the user named (specs, routes, judge), the call cache and the database,
+loads the baseline and, with ``--evals-resume``, the stored run to replay. As each case's report
+arrives it records the case (one transaction), adds its cost against the budget and its outcome to
+the gates. At the end it decides the gates and the exit status and closes the run's row: ``finished``
+only when every collected test ended, else ``interrupted``. What the terminal shows of all this is
+``session.terminal``; the xdist hooks are ``session.xdist``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from .._pytest_internals import planned_workers, stop_xdist
+from ..errors import ConfigError
+from ..report.markdown import RunFacts
+from ..report.usage import Usage
+from ..scoring.gates import Verdict
+from ..scoring.stats import BenchmarkScores, Threshold, scores_of
+from ..store.rows import CaseRecord
+from .budget import Spending
+from .interruption import Completion
+from .options import usage_error
+from .progress import Progress
+from .recorder import record_from_data
+from .replay import ReplaySource
+from .state import CASE_ATTR, RECORD_ATTR, RunContext, case_key_of, spec_of
+from .storage import RunStorage
+from .verdicts import add_junit_properties, benchmark_rows, repeated_rows, write_markdown
+
+
+class Controller:
+    def __init__(self, config: pytest.Config, run: RunContext) -> None:
+        self.config = config
+        self.run = run
+        self.gates = run.gates
+        self.storage = RunStorage(config, run.db_path)
+        self.spending = Spending(run.budget)
+        self.usage = Usage()
+        self.replay = ReplaySource(config) if run.resume else None
+        self.baseline: dict[tuple[str, str], BenchmarkScores] | None = None
+        self.baseline_id: int | None = None
+        self.baseline_note: str | None = None  # where --evals-baseline latest passed over unfinished runs
+        self.verdicts: list[Verdict] = []
+        self.other_failures = 0  # failed tests that are not eval cases keep pytest's meaning
+        self.progress = Progress(config)
+        # cases of a window end together: the time left is estimated once each process's first window ended
+        self.progress.warmup = (run.planner.window if run.planner is not None else 1) * (planned_workers(config) or 1)
+        self.session: pytest.Session | None = None
+        self.shared_calls = 0  # model calls served from a batch that carried other cases' requests too
+        self.model_calls = 0
+        self.completion = Completion()  # which collected tests reported their end
+        self.incomplete_reason: str | None = None  # why tests did not run, once the run ends without them
+        self.limited: dict[str, tuple[int, int]] = {}  # --evals-limit: benchmark -> (cases kept, in all)
+        self.markdown_notes: list[str] = []  # --evals-markdown: what was written, or why not
+        self.eval_collected = False  # eval cases were collected here (without xdist): a run exists even if none ends
+
+    @property
+    def run_id(self) -> int | None:
+        return self.storage.run_id
+
+    @property
+    def models(self) -> list[str]:
+        return [s.raw for s in self.run.specs]
+
+    # --- start-up ---------------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.session = session
+        pool = self.run.pool
+        named = [*(self.run.specs if self.run.explicit_models else ()), *self.run.routes.table.values(),
+                 *([self.run.judge] if self.run.judge else [])]
+        for spec in named:  # what the user named must be servable; the implicit default is checked lazily
+            problem = pool.availability_problem(spec)
+            if problem:
+                raise pytest.UsageError(problem)
+        if self.run.cache is not None:
+            try:
+                self.run.cache.open()  # a missing file to replay, or an unusable one, is reported now
+            except ConfigError as exc:
+                raise usage_error(exc) from None
+        self.storage.check()  # an unusable existing file is reported now, before any case runs
+        if self.run.baseline:
+            self._load_baseline(self.run.baseline)
+        if self.replay is not None:
+            self.run.resume_state = self.replay.load(self.run.db_path, self.storage.open)
+
+    def _load_baseline(self, ref: str) -> None:
+        path = self.run.db_path
+        if not path.exists():
+            raise pytest.UsageError(f"--evals-baseline {ref}: there is no database at {path} yet; "
+                                    "run once without --evals-baseline, or pass the right --evals-db")
+        store = self.storage.open()
+        try:
+            self.baseline_id = store.resolve_run(ref)
+        except LookupError as exc:
+            raise pytest.UsageError(f"--evals-baseline {ref}: {exc}") from None
+        note = store.skipped_by_latest(ref, self.baseline_id)
+        if note:
+            self.baseline_note = f"evals-baseline: {note}"
+        self.baseline = scores_of(store.cases(self.baseline_id))
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Without xdist: what will run, and how much a resumed run will replay (from the real case keys)."""
+        if session.config.option.collectonly:
+            return  # `pytest --co`: nothing runs, so no run is stored and none is incomplete
+        self.progress.total = len(session.items)
+        self.completion.add_collected(item.nodeid for item in session.items)
+        self.eval_collected = any(spec_of(item) is not None for item in session.items)
+        state = self.run.resume_state
+        if state is None or self.replay is None or not session.items:
+            return
+        cases = [(item, spec) for item in session.items if (spec := spec_of(item)) is not None]
+        self.replay.say(sum(case_key_of(item, spec) in state.finished for item, spec in cases), len(cases))
+
+    def node_collected(self, ids: list[str]) -> None:
+        """Under xdist: what a worker collected. (xdist does not run under --co.)"""
+        self.progress.total = max(self.progress.total, len(ids))
+        self.completion.add_collected(ids)
+        if self.replay is not None:
+            self.replay.say_for_nodeids(ids)
+
+    # --- cases --------------------------------------------------------------------------------------
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Fires for local reports and, under xdist, for every worker's report: a case's teardown report
+        carries its record, written here, one transaction per case."""
+        if report.failed and not getattr(report, CASE_ATTR, False):
+            self.other_failures += 1
+        self.completion.note(report)
+        if report.when == "teardown":
+            data = getattr(report, RECORD_ATTR, None)
+            if data:
+                self.record(*record_from_data(data))
+                # written: the terminal keeps every report to the end, so it keeps no copy of the record
+                delattr(report, RECORD_ATTR)
+            self.progress.finished(show=bool(self.gates.scores))  # only sessions with eval cases
+
+    def record(self, record: CaseRecord, marker: Threshold | None) -> None:
+        copied = self.replay.copied(record.case) if self.replay is not None else None
+        record = copied or record
+        case = record.case
+        if record.limited is not None:
+            self.limited[case.benchmark] = record.limited
+        self.usage.add(case.model, record.calls)
+        self.shared_calls += sum(1 for c in record.calls if c.batched)
+        self.model_calls += sum(1 for c in record.calls if c.role == "model" and not c.cached)  # the cache's: no call
+        if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
+            self._spend(case.cost_usd)
+        self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker, case.repeat_of,
+                       None if case.sample is None else case.sample - 1, case.samples, record.usage_error)
+        if self.storage.write_error:
+            return
+        # If the database fails mid-run (disk full, a lock held too long), stop the session with one
+        # line; every case recorded before stays committed.
+        self.storage.write_case(record, self.models)
+        if self.storage.write_error and self.session is not None:
+            self.session.shouldfail = f"evals: cannot record cases: {self.storage.write_error}"
+
+    def _spend(self, cost: float) -> None:
+        """The controller adds up what every worker reports and stops the session at the budget."""
+        stop = self.spending.add(cost, self.progress.done)
+        self.progress.spent = self.spending.spent
+        if stop is not None:
+            if self.session is not None:
+                self.session.shouldstop = stop
+            stop_xdist(self.config, stop)
+
+    def spent_text(self) -> str:
+        return self.spending.text(self.usage.cost_unknown)
+
+    # --- end ----------------------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> object:
+        """Decide the gates and store the run before pytest's terminal summary and JUnit file are written."""
+        self.progress.stop()
+        missing = self.completion.missing
+        if missing and self.run_id is None and self.eval_collected and not self.storage.write_error:
+            try:  # interrupted before its first case was recorded: the run is still stored, as interrupted
+                self.storage.ensure_run(self.models)
+            except (pytest.UsageError, sqlite3.Error):
+                pass
+        if missing and self.run_id is not None:
+            self.incomplete_reason = self._why_incomplete(session)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.INTERRUPTED  # nothing else says the run is not whole
+        if self.gates.scores:
+            self._decide(session, self.completion.incomplete_benchmarks() if self.incomplete_reason else set())
+        status = "interrupted" if self.incomplete_reason is not None else "finished"
+        self.storage.finish(int(session.exitstatus), status, len(self.completion.collected) or None, len(missing))
+        if self.verdicts and not self.run.is_worker:
+            facts = RunFacts(run_id=self.run_id, exit_status=int(session.exitstatus), baseline_id=self.baseline_id,
+                             incomplete=self.incomplete_reason,
+                             cost=self.spent_text() if self.usage.cost_unknown or self.spending.spent else None)
+            self.markdown_notes = write_markdown(self.run.markdown, self.verdicts, self.gates, facts)
+        return (yield)
+
+    def _why_incomplete(self, session: pytest.Session) -> str:
+        if self.spending.stopped_at is not None:
+            return "the budget was spent"
+        for stop in (session.shouldfail, session.shouldstop):
+            if isinstance(stop, str) and stop:
+                return "interrupted" if "keyboard-interrupt" in stop else stop  # xdist: a worker's Ctrl-C
+        if self.completion.crashed and session.exitstatus != pytest.ExitCode.INTERRUPTED:
+            return f"a worker crashed in {len(self.completion.crashed)} test(s)"
+        return "interrupted"
+
+    def _decide(self, session: pytest.Session, incomplete: set[str]) -> None:
+        self.verdicts = self.gates.verdicts(self.baseline, incomplete)
+        # stored before the exit status is decided: a write that fails here fails the run too
+        self.storage.write_benchmarks(benchmark_rows(self.verdicts), repeated_rows(self.gates))
+        # A run cut short by -x/--maxfail keeps pytest's status: its gates saw only part of the cases.
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not session.shouldfail:
+            if any(v.usage_errors for v in self.verdicts):
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+            elif self.other_failures or self.storage.write_error or not all(v.holds for v in self.verdicts):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            else:
+                session.exitstatus = pytest.ExitCode.OK
+        add_junit_properties(self.config, self.verdicts)
+
+    def pytest_unconfigure(self) -> None:
+        self.storage.close(interrupted=bool(self.run.signals.held))  # a signal while the run was finishing

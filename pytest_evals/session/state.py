@@ -1,0 +1,185 @@
+"""The run's state, in one place: one object under one stash key, the per-item keys and accessors,
+the names of the attributes that ride on reports, and the one function that builds a ``Model``.
+
+A leaf for the plugin modules (``options``, ``cases``, ``batching``, ``session``, ``plugin``): they all
+import it, and it imports none of them, so no module reaches back into the entry module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ..backends.base import BackendSettings
+from ..calls.cache import CacheView, CallCache
+from ..scoring.gates import Gates
+from .gpus import GpuPlan
+from .interruption import SignalGuard
+from ..calls.metering import PriceTable
+from ..calls.model import Model
+from ..calls.planner import Planner
+from ..calls.pool import BackendPool
+from .recorder import CaseLog
+from ..calls.reliability import RetryPolicy
+from ..calls.sampling import Sample
+from .repeats import SAMPLE_PARAM, Repeat
+from .resume import ResumeState, case_key
+from ..calls.routing import Routes
+from ..scoring.stats import Threshold
+from ..backends.specs import ModelSpec
+
+# --- attributes on test reports (they travel from xdist workers to the controller) -------------------
+RECORD_ATTR = "evals_record"  # on a case's teardown report: its record (CaseLog.to_record)
+CASE_ATTR = "evals_case"  # on every report of an eval case
+ERROR_ATTR = "evals_error"  # on a call report whose failure is an infrastructure fault
+RESUMED_ATTR = "evals_resumed"  # on replayed reports: the run the outcome came from
+WRONG_ATTR = "evals_wrong"  # on a call report whose failure is a wrong answer: the assertion's message, one line
+WRONG = "wrong"  # the terminal's category (and count) of eval cases that failed their assertion
+
+
+@dataclass
+class RunContext:
+    """The run's configuration (validated by ``options.read``) and the objects its cases share.
+
+    One per process: the controller's also holds the GPU plan; a worker's gets the resume state and
+    its GPUs from ``workerinput``.
+    """
+
+    # configuration
+    specs: tuple[ModelSpec, ...]
+    names: dict[ModelSpec, str]  # what ids, records and the summary call each model
+    explicit_models: bool  # the user named --model (else the embedded default serves)
+    db_path: Path
+    settings: BackendSettings
+    routes: Routes
+    judge: ModelSpec | None  # the default judge (--evals-judge or ini evals_judge)
+    gates: Gates
+    baseline: str | None  # --evals-baseline RUN_ID|latest
+    resume: bool  # --evals-resume, and not --evals-fresh
+    budget: float | None  # USD
+    batch: bool  # ini evals_batch: trace eval cases for batches across cases (a marker evals_batch wins)
+    # shared objects
+    pool: BackendPool  # loaded backends, one per spec per process
+    prices: PriceTable
+    retry: RetryPolicy  # the default retry policy (ini evals_retry); a case's marker wins
+    worker_id: str | None = None  # the xdist worker this process is; None on the controller or alone
+    planner: Planner | None = None  # batching across cases, where a backend of the run gains from it
+    gpu_plan: GpuPlan | None = None  # the controller's plan for its workers (--evals-gpus-per-worker)
+    gpus: str | None = None  # the GPUs this process is pinned to
+    resume_state: ResumeState | None = None  # the finished cases to replay (--evals-resume)
+    signals: SignalGuard = field(default_factory=SignalGuard)  # SIGTERM as Ctrl-C; signals held while finishing
+    cache: CallCache | None = None  # --evals-cache (None: off); each process opens the file itself
+    repeat: Repeat | None = None  # --evals-repeat: samples of every eval case (a test's marker wins)
+    limit: int | None = None  # --evals-limit: cases per benchmark
+    seed: int = 0  # --evals-seed: which subset --evals-limit takes
+    markdown: Path | None = None  # --evals-markdown: where the run's Markdown summary goes
+
+    @property
+    def is_worker(self) -> bool:
+        return self.worker_id is not None
+
+
+run_key = pytest.StashKey[RunContext]()
+
+
+def run_of(config: pytest.Config) -> RunContext:
+    return config.stash[run_key]
+
+
+# --- per item ------------------------------------------------------------------------------------------
+threshold_key = pytest.StashKey[Threshold]()  # the case's evals_threshold marker
+retry_key = pytest.StashKey[RetryPolicy]()  # the case's evals_retry marker
+task_key = pytest.StashKey[str]()  # the case's evals_task
+judge_key = pytest.StashKey[ModelSpec]()  # the case's evals_judge
+batch_key = pytest.StashKey[bool]()  # the case's evals_batch
+served_key = pytest.StashKey[ModelSpec]()  # the spec --evals-route sends the case to
+marker_problem_key = pytest.StashKey[str]()  # a bad marker seen on a worker: the case fails with it
+case_key_key = pytest.StashKey[str]()
+case_log_key = pytest.StashKey[CaseLog]()  # what the case gathers while it runs
+limit_key = pytest.StashKey[tuple[int, int]]()  # --evals-limit: (cases kept, cases in all) of its benchmark
+
+
+def spec_of(item: pytest.Item) -> ModelSpec | None:
+    """The --model spec an eval case runs with; None for a test that is not an eval case."""
+    callspec = getattr(item, "callspec", None)
+    spec = callspec.params.get("model") if callspec is not None else None
+    return spec if isinstance(spec, ModelSpec) else None
+
+
+def sample_of(item: pytest.Item) -> Sample | None:
+    """Which sample of its case an item is, under --evals-repeat / evals_repeat; None: not repeated."""
+    callspec = getattr(item, "callspec", None)
+    sample = callspec.params.get(SAMPLE_PARAM) if callspec is not None else None
+    return sample if isinstance(sample, Sample) else None
+
+
+def served_spec(item: pytest.Item, spec: ModelSpec) -> ModelSpec:
+    """The spec whose backend answers the case: its own, or where --evals-route sends it."""
+    return item.stash.get(served_key, spec)
+
+
+def case_key_of(item: pytest.Item, spec: ModelSpec) -> str:
+    """The case's key, computed once per item (the start-of-resume count and the run share it)."""
+    if case_key_key not in item.stash:
+        item.stash[case_key_key] = case_key(item, run_of(item.config).pool.identity(spec))
+    return item.stash[case_key_key]
+
+
+def model_name(item: pytest.Item, spec: ModelSpec) -> str:
+    """What records and the summary call the case's model."""
+    return run_of(item.config).names.get(spec, spec.label)
+
+
+def worker_id(config: pytest.Config) -> str | None:
+    """The xdist worker id of this process; None on the controller or without xdist."""
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput is not None else None
+
+
+# --- the model a case calls ------------------------------------------------------------------------------
+def judge_spec(item: pytest.Item) -> ModelSpec | None:
+    """The case's judge: its evals_judge marker, else --evals-judge / ini evals_judge."""
+    return item.stash.get(judge_key, None) or run_of(item.config).judge
+
+
+def build_model(item: pytest.Item, role: str = "model") -> Model:
+    """The ``Model`` a case calls in ``role`` (``model``: its --model spec, or the spec its route names;
+    ``judge``: its judge). Raises ``BackendError`` where the backend cannot be loaded."""
+    run = run_of(item.config)
+    if role == "judge":
+        spec = judge_spec(item)
+        if spec is None:
+            raise LookupError("no judge spec")
+        name = spec.label
+    else:
+        own = spec_of(item)
+        if own is None:
+            raise LookupError("not an eval case")
+        spec = served_spec(item, own)
+        name = model_name(item, own) if spec == own else spec.label
+    # outside a case's setup hooks (a fixture built by hand): its log is a throwaway
+    log = item.stash.get(case_log_key, None) or CaseLog(model=name)
+    policy = item.stash.get(retry_key, None) or run.retry
+    sample = sample_of(item) if role == "model" else None  # a judge grades each sample as it is
+    return _model(run, spec, name, log, policy, role, run.planner, sample)
+
+
+def _model(run: RunContext, spec: ModelSpec, name: str, log: CaseLog, policy: RetryPolicy, role: str,
+           planner: Planner | None, sample: Sample | None = None) -> Model:
+    backend = run.pool.get(spec)
+    fallback = spec.fallback
+
+    def build_fallback() -> Model:  # loaded only when the primary fails; recorded under its own name
+        assert fallback is not None
+        return _model(run, fallback, fallback.label, log, policy, role, None, sample)
+
+    view = None
+    if run.cache is not None:
+        model, weights = run.pool.model_and_weights(spec)
+        view = CacheView(run.cache, spec.backend, model, weights, sample.index if sample is not None else 0)
+    return Model(backend, log.calls, name=name, policy=policy, breaker=run.pool.breaker(spec, name),
+                 fallback=build_fallback if fallback is not None else None, price=run.prices.find(spec.raw, name),
+                 transcript=log.transcript, role=role,
+                 planner=planner if backend.batches_across_cases else None, cache=view, sample=sample)

@@ -575,11 +575,13 @@ def chat_payload(request: ChatRequest) -> dict[str, Any]:
 async def _drain(lines: AsyncIterator[str]) -> None:
     """Read a finished stream's body to its end, so its connection goes back to the pool; a server
     that keeps it open (or cuts it) only costs the connection, never the reply."""
-    try:
-        async with asyncio.timeout(DRAIN_TIMEOUT_S):
-            async for _ in lines:
-                pass
-    except (httpx.HTTPError, TimeoutError):
+    async def read_rest() -> None:
+        async for _ in lines:
+            pass
+
+    try:  # (asyncio.wait_for, not asyncio.timeout: that one is Python 3.11's)
+        await asyncio.wait_for(read_rest(), DRAIN_TIMEOUT_S)
+    except (httpx.HTTPError, asyncio.TimeoutError):  # (3.10: not the builtin TimeoutError)
         pass
 
 

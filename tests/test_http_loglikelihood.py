@@ -74,7 +74,7 @@ def test_the_test_server_echoes_aligned_prompt_logprobs(logprob_server: str) -> 
     prompt, and the top alternative at each position predicting that position's token."""
     import httpx
 
-    from pytest_evals.backends.openai import ALIGNMENT_PROBE, echo_is_shifted, echo_payload
+    from pytest_evals.backends.openai_echo import ALIGNMENT_PROBE, echo_is_shifted, echo_payload
 
     body = httpx.post(f"{logprob_server}/completions", json=echo_payload("smol", ALIGNMENT_PROBE), timeout=120).json()
     logprobs = body["choices"][0]["logprobs"]

@@ -93,6 +93,47 @@ def test_a_failed_batch_leaves_each_case_to_its_own_call(project: pytest.Pyteste
     assert "1 error" in result.stdout
 
 
+PARTIAL_BACKEND = FAKE_BACKEND + '''
+
+from pytest_evals.backends.base import PartialBatch
+
+
+class PartialBackend(FakeBackend):
+    """A request containing "flaky" fails inside a call of several requests and succeeds alone."""
+
+    def generate(self, requests):
+        replies = super().generate(requests)
+        if len(requests) > 1 and any("flaky" in r.prompt for r in requests):
+            raise PartialBatch([None if "flaky" in r.prompt else reply for r, reply in zip(requests, replies)],
+                               ConnectionError("dropped inside the batch"))
+        return replies
+
+
+def pytest_evals_register_backends(register):
+    register("partial", PartialBackend)
+'''
+
+
+def test_a_case_that_calls_alone_after_its_batch_failed_keeps_its_own_timing(pytester: pytest.Pytester) -> None:
+    """The round's time is returned with its results, never left on the planner for the next case to read:
+    the case whose request failed in the batch calls alone, and its row says so (not batched, no batch
+    time), while the cases the batch served keep theirs."""
+    pytester.makeconftest(PARTIAL_BACKEND)
+    pytester.makepyfile(test_timing="""
+        import pytest
+
+        @pytest.mark.parametrize("prompt", ["ok1", "ok2", "flaky"])
+        def test_timing(model, prompt):
+            assert model.generate(prompt).text
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--model=partial:m")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    got = {prompt: (batched, batch_s) for prompt, batched, batch_s in
+           rows(pytester, "SELECT input_text, batched, batch_s FROM calls WHERE error IS NULL")}
+    assert got["flaky"] == (None, None)
+    assert got["ok1"][0] == 1 and got["ok2"][0] == 1 and got["ok1"][1] is not None
+
+
 def test_x_stops_after_the_window_in_flight_and_records_every_case_that_ran(project: pytest.Pytester) -> None:
     result = run(project, "-x", "-rs")
     assert result.returncode == 1

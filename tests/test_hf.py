@@ -392,7 +392,7 @@ def test_hf_options_are_checked_at_start_up(pytester: pytest.Pytester, tmp_path:
                                              message: str) -> None:
     from conftest import _required
 
-    from pytest_evals.backends.hf import HF_PACKAGES
+    from pytest_evals.backends.hf_load import HF_PACKAGES
 
     for package in HF_PACKAGES:
         _required(package, "pip install -e '.[hf]'")

@@ -55,6 +55,7 @@ class Reply:
     prompt_tokens_estimated: bool = False  # prompt_tokens is an estimate: the server could not count them
     stream_cuts: int = 0  # times the server cut this request's stream before it was answered whole
     cached: bool = False  # answered from the call cache (--evals-cache): the figures above are the recorded call's
+    gpu_peak_mib: float | None = None  # peak GPU memory of the backend call that answered it, where measured
 
     def __str__(self) -> str:
         return self.text
@@ -103,6 +104,7 @@ class Loglikelihood:
     continuation_tokens: int | None = None
     latency_s: float | None = None  # until this result was ready (its forward pass's end), where measured
     cached: bool = False  # answered from the call cache (--evals-cache); latency_s is the recorded call's
+    gpu_peak_mib: float | None = None  # peak GPU memory of the backend call that scored it, where measured
 
 
 @dataclass(frozen=True)
@@ -222,8 +224,6 @@ class Backend:
     transport_options: ClassVar[frozenset[str]] = frozenset()
     # The tasks for which a skipped case's message suggests routing to this backend (``PREFIX:ORG/NAME``).
     suggested_for: ClassVar[frozenset[str]] = frozenset()
-    # Peak GPU memory of its last call in MiB, where it measures one; None otherwise.
-    last_gpu_peak_mib: float | None = None
 
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         self.spec = spec

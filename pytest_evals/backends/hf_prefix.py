@@ -9,7 +9,7 @@ window), so a prompt's common part costs one pass per run, not one per row and s
 
 Greedy decoding continues from the prefill one token per row per step, and scoring continues the rows
 with each option's tokens: both give the logits the same sequences would give alone, up to the
-numerical differences of a different batch shape. Used only for models whose cache is the plain
+numerical differences of a different batch shape. Used only for models whose KV cache is the plain
 per-layer keys and values (no sliding windows, no recurrent state); others keep the plain path.
 torch is the caller's (imported when the model loads).
 """
@@ -36,10 +36,10 @@ def shared_length(rows: Sequence[Sequence[int]]) -> int:
 
 @dataclass
 class Rows:
-    """A batch run up to each row's last token: the cache for every row, the mask over its columns
+    """A batch run up to each row's last token: the KV cache for every row, the mask over its columns
     (padding hidden), each row's length (the position of its next token) and the logits after it."""
 
-    cache: Any
+    kv: Any  # the KV cache of every row
     mask: Any  # [rows, columns] 1 where a column is a real token of that row
     lengths: Any  # [rows]
     last: Any  # [rows, vocabulary] the logits after each row's last token
@@ -57,8 +57,8 @@ class Kept:
     continued: set[int] = field(default_factory=set)  # its rows a later batch continued (all: it is spent)
 
 
-def cache_arg(model: Any) -> str:
-    """The name of the model's cache argument and output: ``cache`` in transformers 5, else
+def kv_arg(model: Any) -> str:
+    """The name of the model's KV cache argument and output: ``cache`` in transformers 5, else
     ``past_key_values`` (4.x)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -71,14 +71,14 @@ class SharedPrefix:
         self.torch = torch
         self.pad_id = pad_id
         self.device = model.device
-        self.cache_arg = cache_arg(model)
+        self.kv_arg = kv_arg(model)
         self.kept: tuple[list[int], list[tuple[Any, Any]]] | None = None  # (tokens, per-layer keys and values)
         self.batches: list[Kept] = []  # the last prefills, for a batch that continues their rows
         self.keep_rows = keep_rows  # how many rows they hold at most (a window's worth: a round's chunks)
 
     @staticmethod
     def usable(model: Any) -> bool:
-        """Whether the model's cache is plain per-layer keys and values that this class can rebuild, and
+        """Whether the model's KV cache is plain per-layer keys and values that this class can rebuild, and
         its generation settings are plain greedy argmax (no repetition penalty or suppressed tokens)."""
         try:
             from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -109,19 +109,19 @@ class SharedPrefix:
         return all(getattr(generation, k, v) in (v, None) or (v == 0 and not getattr(generation, k)) for k, v in plain.items())
 
     # --- the kept prefix ------------------------------------------------------------------------
-    def _cache_of(self, layers: list[tuple[Any, Any]], rows: int) -> Any:
-        """A cache of ``rows`` rows, each holding the one row of ``layers``."""
-        return self._cache_rows([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers])
+    def _kv_of(self, layers: list[tuple[Any, Any]], rows: int) -> Any:
+        """A KV cache of ``rows`` rows, each holding the one row of ``layers``."""
+        return self._kv_rows([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers])
 
     @staticmethod
-    def _cache_rows(layers: list[tuple[Any, Any]]) -> Any:
+    def _kv_rows(layers: list[tuple[Any, Any]]) -> Any:
         from transformers.cache_utils import DynamicCache
 
         return DynamicCache(ddp_cache_data=layers)
 
     @staticmethod
-    def _layers(cache: Any) -> list[tuple[Any, Any]]:
-        return [(layer.keys, layer.values) for layer in cache.layers]
+    def _layers(kv: Any) -> list[tuple[Any, Any]]:
+        return [(layer.keys, layer.values) for layer in kv.layers]
 
     def _prefix(self, tokens: list[int]) -> list[tuple[Any, Any]] | None:
         """The keys and values of ``tokens`` (batch of one): the kept prefix's shared part, extended by a
@@ -138,12 +138,12 @@ class SharedPrefix:
             reuse = 0
         if reuse == len(tokens):  # a part of the kept prefix: the kept one stays (the next batch may share more)
             return [(k[:, :, :reuse], v[:, :, :reuse]) for k, v in self.kept[1]]  # type: ignore[index]
-        cache = self._cache_of([(k[:, :, :reuse], v[:, :, :reuse]) for k, v in self.kept[1]], 1) if reuse else None  # type: ignore[index]
+        kv = self._kv_of([(k[:, :, :reuse], v[:, :, :reuse]) for k, v in self.kept[1]], 1) if reuse else None  # type: ignore[index]
         with torch.inference_mode():
             out = self.model(torch.tensor([tokens[reuse:]], device=self.device),
                              position_ids=torch.arange(reuse, len(tokens), device=self.device)[None, :],
-                             use_cache=True, logits_to_keep=1, **({self.cache_arg: cache} if cache is not None else {}))
-        layers = self._layers(getattr(out, self.cache_arg))
+                             use_cache=True, logits_to_keep=1, **({self.kv_arg: kv} if kv is not None else {}))
+        layers = self._layers(getattr(out, self.kv_arg))
         self.kept = (list(tokens), layers)
         return layers
 
@@ -164,10 +164,10 @@ class SharedPrefix:
             layers = self._prefix(rows[0][:shared]) if shared >= MIN_SHARED else None
             if layers is None:
                 shared = 0
-            base = (self._cache_of(layers, len(rows)) if layers is not None else None,
+            base = (self._kv_of(layers, len(rows)) if layers is not None else None,
                     torch.ones((len(rows), shared), dtype=torch.long),
                     torch.arange(shared)[None, :].expand(len(rows), -1), [shared] * len(rows), [])
-        cache, seen, seen_at, starts, _ = base
+        kv, seen, seen_at, starts, _ = base
         own = [r[start:] for r, start in zip(rows, starts)]
         width = max(len(r) for r in own)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -182,8 +182,8 @@ class SharedPrefix:
             out = self.model(ids.to(self.device), attention_mask=mask.to(self.device),
                              position_ids=positions.to(self.device), use_cache=True,
                              logits_to_keep=torch.tensor(ends, device=self.device),
-                             **({self.cache_arg: cache} if cache is not None else {}))
-        result = getattr(out, self.cache_arg)
+                             **({self.kv_arg: kv} if kv is not None else {}))
+        result = getattr(out, self.kv_arg)
         for b, j in picks:
             self.batches[b].continued.add(j)
         # a kept batch whose every row was continued is spent (the continuations hold more); then the oldest go
@@ -198,7 +198,7 @@ class SharedPrefix:
 
     def _continuing(self, rows: list[list[int]]) -> tuple[Any, Any, Any, list[int], list[tuple[int, int]]] | None:
         """Where every row continues a row of the kept batches (by at least ``MIN_SHARED`` tokens, and in
-        all more than the rows' shared prefix would save): its cache rows, the columns each row keeps
+        all more than the rows' shared prefix would save): its KV cache rows, the columns each row keeps
         seeing (those past what it shares are hidden), their positions, where each row's own tokens start,
         and which kept row each continues. The rows may continue rows of different kept batches (a round's
         chunks)."""
@@ -255,23 +255,23 @@ class SharedPrefix:
                 values.append(widen(v[rows_at][:, :, columns_at], 2))
             to = back.to(keys[0].device)
             layers.append((torch.cat(keys)[to], torch.cat(values)[to]))
-        return self._cache_rows(layers), seen, at, starts, picks
+        return self._kv_rows(layers), seen, at, starts, picks
 
     def select(self, rows: Rows, keep: list[int]) -> None:
         """Only the rows ``keep`` go on (those that finished leave the batch)."""
         index = self.torch.tensor(keep, dtype=self.torch.long)
-        rows.cache.batch_select_indices(index.to(self.device))
+        rows.kv.batch_select_indices(index.to(self.device))
         rows.mask, rows.lengths, rows.last = rows.mask[index], rows.lengths[index], rows.last[index.to(rows.last.device)]
 
     def step(self, rows: Rows, tokens: list[int]) -> Any:
-        """One more token for every row: the logits after it (the rows' cache, mask and lengths advance)."""
+        """One more token for every row: the logits after it (the rows' KV cache, mask and lengths advance)."""
         torch = self.torch
         rows.mask = torch.cat([rows.mask, torch.ones((len(tokens), 1), dtype=torch.long)], dim=1)
         with torch.inference_mode():
             out = self.model(torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None],
                              attention_mask=rows.mask.to(self.device), position_ids=rows.lengths[:, None].to(self.device),
-                             use_cache=True, **{self.cache_arg: rows.cache})
-        rows.cache = getattr(out, self.cache_arg)
+                             use_cache=True, **{self.kv_arg: rows.kv})
+        rows.kv = getattr(out, self.kv_arg)
         rows.lengths = rows.lengths + 1
         rows.last = out.logits[:, -1]
         return rows.last
@@ -281,7 +281,7 @@ class SharedPrefix:
         [len(rest), vocabulary] tensor (the first from the row's last logits).
 
         A row's continuations run side by side in the row itself, each seeing the row and its own
-        earlier tokens only (a tree of continuations: the attention mask is 4D), so the row's cache is
+        earlier tokens only (a tree of continuations: the attention mask is 4D), so the row's KV cache is
         never copied per continuation."""
         torch = self.torch
         placed: list[list[tuple[int, int]]] = [[] for _ in range(len(rows.lengths))]  # per row: (rest, start)
@@ -304,7 +304,7 @@ class SharedPrefix:
                 see[row, 0, start:end, past + start: past + end] = block  # and its own continuation's earlier ones
         with torch.inference_mode():
             logits = self.model(ids.to(self.device), attention_mask=see.to(self.device), position_ids=positions.to(self.device),
-                                **{self.cache_arg: rows.cache}).logits
+                                **{self.kv_arg: rows.kv}).logits
         found: list[Any] = [None] * len(rests)
         for row, spots in enumerate(placed):
             for n, start in spots:

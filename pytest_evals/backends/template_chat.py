@@ -105,6 +105,7 @@ class TemplateChat:
         calls: list[ToolCall | None] = [None] * len(items)
         ended: list[float] = [0.0] * len(items)
         first_token: dict[int, float] = {}
+        peaks: list[float] = []  # GPU memory of the steps' generation calls, where measured
         pending: dict[int, Step] = {}
 
         def advance(i: int, answer: Any) -> None:
@@ -126,6 +127,8 @@ class TemplateChat:
                                              for _, s in completes])
                 for (i, _), reply in zip(completes, done):
                     answers[i] = reply.text
+                    if reply.gpu_peak_mib is not None:
+                        peaks.append(reply.gpu_peak_mib)
                     if i not in first_token and reply.ttft_s is not None:
                         first_token[i] = started + reply.ttft_s
             if chooses:
@@ -148,5 +151,6 @@ class TemplateChat:
                 tool_calls=(call,),
                 finish_reason="tool_calls",
                 backend=self.spec.raw,
+                gpu_peak_mib=max(peaks) if peaks else None,
             ))
         return replies

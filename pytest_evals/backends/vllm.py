@@ -72,15 +72,16 @@ class VLLMBackend(TemplateChat, Backend):
         return self.vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                         stop=list(stop) or None, **extra)
 
-    def _read_gpu(self) -> None:
+    @staticmethod
+    def _gpu_memory() -> float | None:
         # vLLM's engine may run in its own process: ask the driver (pynvml), not torch's allocator
         from .gpu_memory import nvml_used_mib
 
-        self.last_gpu_peak_mib = nvml_used_mib()
+        return nvml_used_mib()
 
     def _replies(self, outputs: Sequence[Any], stops: Sequence[Sequence[str]], watch: Stopwatch) -> list[Reply]:
         batch = watch.elapsed()
-        self._read_gpu()
+        peak = self._gpu_memory()
         replies = []
         for output, stop in zip(outputs, stops):
             completion = output.outputs[0]
@@ -97,6 +98,7 @@ class VLLMBackend(TemplateChat, Backend):
                 tpot_s=tpot(latency, ttft, n_out),
                 finish_reason=completion.finish_reason,
                 backend=self.spec.raw,
+                gpu_peak_mib=peak,
             ))
         return replies
 
@@ -175,7 +177,7 @@ class VLLMBackend(TemplateChat, Backend):
             spans.append((len(context_ids), whole))
         params = self._params(1, 0.0, prompt_logprobs=1)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        self._read_gpu()
+        peak = self._gpu_memory()
         results = []
         for output, (n_context, whole) in zip(outputs, spans):
             total, greedy = 0.0, True
@@ -184,7 +186,7 @@ class VLLMBackend(TemplateChat, Backend):
                 chosen = entry[whole[position]]
                 total += float(chosen.logprob)
                 greedy = greedy and getattr(chosen, "rank", 1) == 1
-            results.append(Loglikelihood(total, greedy, n_context, len(whole) - n_context))
+            results.append(Loglikelihood(total, greedy, n_context, len(whole) - n_context, gpu_peak_mib=peak))
         return results
 
 

@@ -101,11 +101,11 @@ def dump_result(result: Reply | Loglikelihood) -> str:
     """An answer as JSON, its dicts in their own order (a tool call's arguments are sent back as written)."""
     if isinstance(result, Reply):
         data = asdict(result)
-        for name in ("cost_usd", "stream_cuts", "cached"):  # this run's, not the answer's
+        for name in ("cost_usd", "stream_cuts", "cached", "gpu_peak_mib"):  # this run's, not the answer's
             data.pop(name, None)
         data = {"type": "reply", **data}
     else:
-        data = {"type": "loglikelihood", **{k: v for k, v in asdict(result).items() if k != "cached"}}
+        data = {"type": "loglikelihood", **{k: v for k, v in asdict(result).items() if k not in ("cached", "gpu_peak_mib")}}
     return json.dumps(data, default=repr, ensure_ascii=False)
 
 

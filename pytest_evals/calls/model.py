@@ -31,7 +31,7 @@ from ..backends.base import (
 from .cache import CacheView
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
-from .planner import Planner
+from .planner import Planner, Served
 from .sampling import GreedyRepeat, Sample, greedy_line
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .routing import KIND_TASK, cannot_serve
@@ -157,33 +157,34 @@ class Model:
         raise GreedyRepeat(greedy_line(sample.count, shown))
 
     # --- dispatch and logging ---------------------------------------------------------------------
-    def _sender(self, method: str, requests: list[Any], one: bool = True) -> Callable[["Model"], Any]:
+    def _sender(self, method: str, requests: list[Any], one: bool = True) -> Callable[["Model"], tuple[Any, Served]]:
         """What one attempt of the model that answers (this one, or its fallback) does: the call cache's
         answers where it holds them all, else the backend's batch method on ``requests`` (through the
-        batch planner, which may already hold the results of a batched call)."""
-        def run(model: Model) -> Any:
+        batch planner, which may serve them from a round of many cases' requests). Returns the result
+        (the one request's, or the list) and how it was served."""
+        def run(model: Model) -> tuple[Any, Served]:
             view = model._cache
             if view is not None and view.cache.reads:
                 found = view.lookup(method, requests)
                 if found is not None:
-                    return found[0] if one else found
+                    return (found[0] if one else found), Served(found)
                 if view.cache.mode == "replay":
                     raise view.miss(method, requests, model._backend.spec.raw)
             try:
                 if model._planner is not None:
                     sample = model._sample.index if model._sample is not None else 0
-                    results = model._planner.answer(model._backend, method, requests, sample)
+                    served = model._planner.serve(model._backend, method, requests, sample)
                 else:
-                    results = getattr(model._backend, method)(requests)
+                    served = Served(getattr(model._backend, method)(requests))
             except PartialBatch as partial:  # a case's own call fails as its first failed request did
                 raise partial.first_error from None
             if view is not None and view.cache.writes:
-                view.store(method, requests, results)
-            return results[0] if one else results
+                view.store(method, requests, served.results)
+            return (served.results[0] if one else served.results), served
 
         return run
 
-    def _call(self, kind: str, shown_input: str, run: Callable[["Model"], T], task: str | None = None,
+    def _call(self, kind: str, shown_input: str, run: Callable[["Model"], tuple[T, Served]], task: str | None = None,
               **fields: Any) -> T:
         __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
         task = task or KIND_TASK[kind]
@@ -198,7 +199,8 @@ class Model:
         # answers, recorded as itself.
         return self._fallback()._call(kind, shown_input, run, task, **fields)
 
-    def _attempts(self, kind: str, shown_input: str, run: Callable[["Model"], T], fields: dict[str, Any]) -> T:
+    def _attempts(self, kind: str, shown_input: str, run: Callable[["Model"], tuple[T, Served]],
+                  fields: dict[str, Any]) -> T:
         __tracebackhide__ = True
 
         def attempt(number: int) -> T:
@@ -208,7 +210,7 @@ class Model:
             self._calls.append(row)  # every attempt is a row, with its error
             watch = Stopwatch()
             try:
-                result = run(self)
+                result, served = run(self)
             except Exception as exc:  # a fault of the backend, not of the answer
                 row.latency_s = watch.elapsed()
                 row.error = f"{type(exc).__name__}: {exc}"
@@ -223,14 +225,12 @@ class Model:
             if _cached(result):  # nothing was called: this run's time is the lookup's, and it cost nothing
                 return _fill_cached(row, result, self._price)
             own = _fill(row, result)
-            planner = self._planner
-            if planner is not None and planner.last_elapsed is not None:
-                if planner.last_hit is not None:
+            if served.elapsed is not None:  # a window's round or flight made the backend call
+                if served.shared:
                     row.batched = 1  # served from a batched call: the batch's time is kept beside the call's own
-                    row.batch_s = planner.last_hit
+                    row.batch_s = served.elapsed
                 if not own:  # the backend did not time this request on its own: its call's time is all
-                    row.latency_s = planner.last_elapsed  # (the case's wait for the others is not its latency)
-            row.gpu_peak_mib = self._backend.last_gpu_peak_mib
+                    row.latency_s = served.elapsed  # (the case's wait for the others is not its latency)
             if self._price is not None:
                 row.cost_usd = self._price.cost(row.input_tokens, row.output_tokens, row.latency_s)
                 row.cost_basis = ("unknown" if row.cost_usd is None else "gpu_time" if self._price.gpu_hour is not None
@@ -262,6 +262,7 @@ def _fill(row: CallRow, result: object) -> bool:
         row.ttft_s = result.ttft_s
         row.tpot_s = result.tpot_s
         row.cost_usd = result.cost_usd
+        row.gpu_peak_mib = result.gpu_peak_mib
         if result.latency_s is not None:
             row.latency_s = result.latency_s
             return True
@@ -269,6 +270,8 @@ def _fill(row: CallRow, result: object) -> bool:
     results = [result] if isinstance(result, Loglikelihood) else result
     if isinstance(results, list) and results and all(isinstance(r, Loglikelihood) for r in results):
         _fill_loglikelihoods(row, results)
+        peaks = [r.gpu_peak_mib for r in results if r.gpu_peak_mib is not None]
+        row.gpu_peak_mib = max(peaks) if peaks else None
         times = [r.latency_s for r in results]
         if all(t is not None for t in times):
             row.latency_s = max(times)  # a question's choices: until its last choice was scored

@@ -69,6 +69,18 @@ class Answer:
     stop: BaseException | None = None  # the run is stopping: raised in the body instead of an answer
 
 
+@dataclass(frozen=True)
+class Served:
+    """A call's results, and the time of the backend call that served them where a window's round or
+    flight made it (None: the case called alone, and its results carry their own times, if any).
+    ``shared``: that call carried other cases' requests too. Returned with the results, never kept on
+    the planner: a case that calls alone after its round failed must not read another case's time."""
+
+    results: list[Any]
+    elapsed: float | None = None
+    shared: bool = False
+
+
 @dataclass(eq=False)
 class _Flight:
     """A parked body whose requests are in flight on a backend that started them (``submit``)."""
@@ -108,8 +120,6 @@ class Planner:
         # a case starts as soon as another ends, up to ``window`` at once, instead of window after window:
         # for backends that submit (HTTP), so the requests in flight never drain at a window's end
         self.sliding = sliding
-        self.last_hit: float | None = None  # the batch time of the call just answered, None if not batched
-        self.last_elapsed: float | None = None  # the backend call's time of the call just answered by a round
         self._in_flight: Backend | None = None  # the backend of the round being called
         self._started: dict[int, Backend] = {}  # the backends that started requests on their own
 
@@ -120,21 +130,23 @@ class Planner:
                 backend.cancel()
 
     # --- a body's side ---------------------------------------------------------------------------
-    def answer(self, backend: Backend, method: str, requests: list[Any], sample: int = 0) -> list[Any]:
-        """The results of ``requests``: from the window's next round where a window runs this body, else
-        from the backend alone. ``sample``: which sample of a repeated case asks (each gets its own answer)."""
-        self.last_hit = self.last_elapsed = None
+    def serve(self, backend: Backend, method: str, requests: list[Any], sample: int = 0) -> Served:
+        """The results of ``requests`` and how they were served: from the window's next round where a
+        window runs this body, else from the backend alone (also where the round's call failed for
+        them). ``sample``: which sample of a repeated case asks (each gets its own answer)."""
         body = greenlet.getcurrent()
         if not isinstance(body, Body) or body.planner is not self:
-            return getattr(backend, method)(requests)
+            return Served(getattr(backend, method)(requests))
         answer: Answer = body.parent.switch(Ask(backend, method, list(requests), sample))
         if answer.stop is not None:
             raise answer.stop
         if answer.results is None:
-            return getattr(backend, method)(requests)
-        self.last_elapsed = answer.elapsed
-        self.last_hit = answer.elapsed if answer.batched else None
-        return answer.results
+            return Served(getattr(backend, method)(requests))
+        return Served(answer.results, answer.elapsed, answer.batched)
+
+    def answer(self, backend: Backend, method: str, requests: list[Any], sample: int = 0) -> list[Any]:
+        """The results of ``requests`` (see :meth:`serve`)."""
+        return self.serve(backend, method, requests, sample).results
 
     # --- the window's side -----------------------------------------------------------------------
     def start(self, run: Callable[[], Any], case: object) -> tuple[Body, Any]:

@@ -28,7 +28,6 @@ from .scoring.stats import PASS_RATE, compare, regression_reasons, scores_of
 from .store.database import DEFAULT_DB, Store, StoreError
 
 
-
 class CommandError(Exception):
     """One line for the user; the command exits 2."""
 
@@ -193,8 +192,8 @@ def cmd_export(store: Store, args: argparse.Namespace) -> list[str]:
 
 def cmd_cache(args: argparse.Namespace) -> list[str]:
     """The call cache (stats, prune, clear) and the converted model copies (list, clear --copies)."""
-    from .calls import cache as callcache
     from .backends.gguf_copies import clear_copies, copies_root, list_copies
+    from .calls import cache as callcache
 
     if args.action == "list" or (args.action == "clear" and args.copies):
         if args.action == "clear":

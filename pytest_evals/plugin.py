@@ -1,11 +1,14 @@
-"""pytest11 entry point: wiring only. No module imports this one.
+"""pytest11 entry point: wiring only. No module imports this one. (The folders are drawn in
+``docs/architecture.md``.)
 
-- ``options``: the options and ini keys, read into the run's state (``context.RunContext``).
-- ``cases.CasePlugin``: the item hooks of eval cases (markers, keys, replay, setup, status, records).
-- ``batching.BatchPlugin``: batching across cases, where a backend of the run gains from it.
-- ``session.SessionPlugin`` (+ ``XdistControllerPlugin``): the store, gates, exit status and summary,
-  on the one process that owns the database.
-- ``interruption.SignalPlugin``: SIGTERM as Ctrl-C, and signals held back while the run finishes.
+- ``session.options``: the options and ini keys, read into the run's state (``session.state.RunState``).
+- ``session.cases.CasePlugin``: the item hooks of eval cases (markers, keys, replay, setup, status, records).
+- ``batching.windows.WindowPlugin``: windows of cases run together, their model calls batched across
+  cases, where a backend of the run gains from it.
+- on the one process that owns the database: ``session.controller.Controller`` (the store, budget, gates
+  and exit status), ``session.progress.ProgressPlugin`` (status lines), ``session.terminal.TerminalPlugin``
+  (header and summary) and, under xdist, ``session.xdist.XdistControllerPlugin``.
+- ``session.interruption.SignalPlugin``: SIGTERM as Ctrl-C, and signals held back while the run finishes.
 - here: parametrization by model, and the ``model``, ``judge`` and ``evals_score`` fixtures.
 """
 
@@ -15,21 +18,23 @@ from typing import Callable
 
 import pytest
 
-from .session import hookspecs, options
-from .session.options import pytest_addoption  # noqa: F401 - a hook: the options live in their own module
 from .backends.base import BackendError
-from .batching.windows import BatchPlugin
-from .session.cases import CasePlugin, add_marker_lines
+from .backends.specs import ModelSpec
+from .batching.windows import WindowPlugin
+from .calls.model import Model
+from .calls.routing import JUDGE_MARKER
+from .calls.sampling import Sample
 from .errors import ConfigError
-from .session.state import RunContext, build_model, case_log_key, judge_spec, run_key, run_of
+from .session import hookspecs, options
+from .session.case_model import build_model, judge_spec
+from .session.cases import CasePlugin, add_marker_lines
 from .session.gpus import pin, plan
 from .session.interruption import SignalPlugin
-from .calls.model import Model
+from .session.options import pytest_addoption  # noqa: F401 - a hook: the options live in their own module
 from .session.repeats import MARKER as REPEAT_MARKER
-from .calls.sampling import Sample
 from .session.repeats import SAMPLE_PARAM, repeat_from_marker
-from .calls.routing import JUDGE_MARKER
-from .backends.specs import ModelSpec
+from .session.state import RunState, case_log_key, state_key, state_of
+
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
@@ -47,19 +52,19 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 @pytest.hookimpl(tryfirst=True)  # before any plugin can initialise CUDA, this process is pinned to its GPUs
 def pytest_configure(config: pytest.Config) -> None:
     add_marker_lines(config)
-    run = config.stash[run_key] = options.read(config)
-    if run.gpus:
-        pin(run.gpus)
+    state = config.stash[state_key] = options.read(config)
+    if state.gpus:
+        pin(state.gpus)
     manager = config.pluginmanager
-    manager.register(CasePlugin(config, run), "evals-cases")
-    if run.planner is not None:
-        manager.register(BatchPlugin(config, run, run.planner), "evals-batching")
-    if not run.is_worker:
-        _register_controller(config, run)  # only the controller owns the store
-    manager.register(SignalPlugin(run.signals), "evals-signals")  # last: its finish encloses the others'
+    manager.register(CasePlugin(config, state), "evals-cases")
+    if state.planner is not None:
+        manager.register(WindowPlugin(config, state, state.planner), "evals-windows")
+    if not state.is_worker:
+        _register_controller(config, state)  # only the controller owns the store
+    manager.register(SignalPlugin(state.signals), "evals-signals")  # last: its finish encloses the others'
 
 
-def _register_controller(config: pytest.Config, run: RunContext) -> None:
+def _register_controller(config: pytest.Config, state: RunState) -> None:
     """The controller, its status lines, the terminal, and the xdist hooks where xdist is loaded (in this
     order: the terminal's finish encloses the controller's)."""
     from .session.controller import Controller
@@ -67,22 +72,22 @@ def _register_controller(config: pytest.Config, run: RunContext) -> None:
     from .session.terminal import TerminalPlugin
 
     manager = config.pluginmanager
-    controller = Controller(config, run)
+    controller = Controller(config, state)
     manager.register(controller, "evals-controller")
     manager.register(ProgressPlugin(controller.progress), "evals-progress")
-    manager.register(TerminalPlugin(config, run, controller), "evals-terminal")
+    manager.register(TerminalPlugin(config, state, controller), "evals-terminal")
     if manager.hasplugin("xdist"):
         from .session.xdist import XdistControllerPlugin
 
-        manager.register(XdistControllerPlugin(config, run, controller), "evals-xdist")
+        manager.register(XdistControllerPlugin(config, state, controller), "evals-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    run = config.stash.get(run_key, None)
-    if run is not None:
-        run.pool.close()
-        if run.cache is not None:
-            run.cache.close()
+    state = config.stash.get(state_key, None)
+    if state is not None:
+        state.pool.close()
+        if state.cache is not None:
+            state.cache.close()
 
 
 @pytest.hookimpl(trylast=True)
@@ -94,11 +99,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         names = mark.args[0] if mark.args else mark.kwargs.get("argnames", "")
         if "model" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
             return  # the user parametrizes it themselves
-    run = run_of(metafunc.config)
-    metafunc.parametrize("model", list(run.specs), ids=[run.names[s] for s in run.specs], indirect=True)
+    state = state_of(metafunc.config)
+    metafunc.parametrize("model", list(state.specs), ids=[state.names[s] for s in state.specs], indirect=True)
     mark = metafunc.definition.get_closest_marker(REPEAT_MARKER)
     try:
-        repeat = repeat_from_marker(mark, metafunc.definition.nodeid) if mark is not None else run.repeat
+        repeat = repeat_from_marker(mark, metafunc.definition.nodeid) if mark is not None else state.repeat
     except ConfigError as exc:  # reported as this file's collection error: the one line, no traceback
         raise pytest.Collector.CollectError(str(exc)) from None
     if repeat is not None and repeat.count > 1:  # each sample a test of its own; the id names it last

@@ -8,8 +8,8 @@ backends without touching them. Nothing here imports a heavy library.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Future
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -214,7 +214,7 @@ class Backend:
     # token comes from a stream.
     capabilities: ClassVar[frozenset[str]] = frozenset()
     # Whether one call with many requests costs less than as many calls with one (a model that batches,
-    # a server taken concurrently). Only then are cases run in windows and batched across (see batching.py).
+    # a server taken concurrently). Only then are cases run in windows and batched across (see batching.windows).
     batches_across_cases: ClassVar[bool] = False
     # Whether a spec names a server: ``PREFIX:TARGET@http://HOST:PORT/v1`` (the URL lands in
     # ``spec.base_url``; without ``@URL``, ``default_url()``).

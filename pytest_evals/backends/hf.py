@@ -14,7 +14,16 @@ from typing import Any, Sequence
 from .base import Backend, BackendSettings, ChatRequest, GenerateRequest, Reply
 from .gguf_copies import dequantized_copy
 from .hf_generate import HFGeneration
-from .hf_load import HF_OPTIONS, HF_PACKAGES, INSTALL_HINT, missing, quiet_loading, resolve_source, share_cores, weights_fingerprint
+from .hf_load import (
+    HF_OPTIONS,
+    HF_PACKAGES,
+    INSTALL_HINT,
+    missing,
+    quiet_loading,
+    resolve_source,
+    share_cores,
+    weights_fingerprint,
+)
 from .hf_prefix import SharedPrefix, kv_arg
 from .hf_scoring import HFScoring
 from .specs import ModelSpec, SpecError

@@ -46,17 +46,17 @@ class HFGeneration:
             by_temperature.setdefault(items[i][1].temperature, []).append(i)
         for temperature, group in by_temperature.items():
             # greedy: over the prompts' shared prefix, one token per row per step; sampled: transformers' generate
-            run = self._greedy_batch if temperature == 0 and self.prefix is not None else self._generate_batch
+            decode = self._greedy_batch if temperature == 0 and self.prefix is not None else self._generate_batch
             for start in range(0, len(group), self.batch_size):
                 chunk = group[start:start + self.batch_size]
-                for i, reply in zip(chunk, self._halving(run, [items[i] for i in chunk])):
+                for i, reply in zip(chunk, self._halving(decode, [items[i] for i in chunk])):
                     replies[i] = reply
         return [r for r in replies if r is not None]
 
-    def _halving(self, run: Any, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
+    def _halving(self, decode: Any, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
         """One batch; on out-of-memory, its two halves one after the other (and so on)."""
         try:
-            return run(items)
+            return decode(items)
         except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
             if len(items) < 2 or "out of memory" not in str(exc).lower():
                 raise
@@ -65,7 +65,7 @@ class HFGeneration:
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
         half = len(items) // 2
-        return self._halving(run, items[:half]) + self._halving(run, items[half:])
+        return self._halving(decode, items[:half]) + self._halving(decode, items[half:])
 
     def _row_done(self, generated: list[int], request: GenerateRequest, eos_ids: set[int]) -> bool:
         """Whether a row's generation ends here: its token limit, an end token, or a stop string in its tail."""

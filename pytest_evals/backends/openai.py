@@ -18,7 +18,6 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import httpx
 
-from .specs import ModelSpec, SpecError
 from .aio import Limiter, shared_loop
 from .base import (
     Backend,
@@ -32,7 +31,6 @@ from .base import (
     Reply,
     Stopwatch,
     StreamInterrupted,
-    ToolCall,
     TransientError,
     apply_stop,
     split_whitespace,
@@ -42,6 +40,7 @@ from .openai_echo import EchoScorer, echoes_aligned
 from .openai_format import Streamed, chat_payload, tool_calls_of
 from .openai_http import PROBE_TIMEOUT_S, Server, check_server
 from .openai_tokens import PromptCounter, length_estimate
+from .specs import ModelSpec
 
 OWN_OPTIONS = ("context_window",)  # read here; every other spec option is sent as a request field
 RATE_LIMIT_TRIES = 3  # a request of a call of several that meets 429s

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from .registry import BackendRegistry
 from ..errors import SpecError
+from .registry import BackendRegistry
 
 __all__ = ["DEFAULT_SPEC", "ModelSpec", "SpecError", "parse_spec", "parse_specs", "spec_ids"]
 

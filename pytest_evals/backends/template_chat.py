@@ -14,8 +14,17 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from .base import ChatRequest, GenerateRequest, Message, Reply, Stopwatch, ToolCall
-from .tool_format import (CALL_CLOSE, ChooseStep, CompleteStep, Step, call_text, forced_steps, parse_tool_calls,
-                          plain_messages, template_knows_tools)
+from .tool_format import (
+    CALL_CLOSE,
+    ChooseStep,
+    CompleteStep,
+    Step,
+    call_text,
+    forced_steps,
+    parse_tool_calls,
+    plain_messages,
+    template_knows_tools,
+)
 
 
 def template_messages(messages: Sequence[Message]) -> list[Message]:

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .specs import ModelSpec, SpecError
 from .base import (
     Backend,
     BackendSettings,
@@ -27,6 +26,7 @@ from .base import (
     split_whitespace,
     tpot,
 )
+from .specs import ModelSpec, SpecError
 from .template_chat import TemplateChat, template_messages
 from .tool_format import parse_tool_calls, plain_messages, template_knows_tools
 

@@ -5,7 +5,7 @@ When pytest reaches an eval case, the plugin takes the window of up to W cases t
 process (the following items of the same module or class; under xdist, this worker's queue) and runs
 them together, through pytest's own hooks (for a backend that submits, HTTP, the window slides: the
 cases of up to ``SLIDING_WINDOWS`` windows are taken, and one starts as soon as another ends): each case is set up, its body starts in a greenlet and runs
-until it calls the model, and its setup is parked (``parking.py``) so the next case can be set up. The
+until it calls the model, and its setup is parked (``batching.parking``) so the next case can be set up. The
 planner batches the waiting calls (rounds for a local model, each request at once for an HTTP
 server) and resumes each body, set up again, with its answer until it calls again or ends: second
 turns, tool rounds and judge calls are batched as first calls are. A body that ends is torn down at
@@ -21,25 +21,30 @@ time, as do ``--evals-batch-size 1``, ``--dist worksteal``, async tests and test
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import greenlet
 import pytest
 
-from .._pytest_internals import (dist_mode, forget_request, join_report_sections, prepare_request, queued_indices,
-                                 reporting_as, setup_stack, test_arguments, xdist_worker_loop)
-from ..session.state import RunContext, batch_key, case_key_of, served_spec, spec_of
-from .parking import Parked, parkable
+from .._pytest_internals import (
+    dist_mode,
+    forget_request,
+    join_report_sections,
+    prepare_request,
+    setup_stack,
+    test_arguments,
+)
 from ..calls.planner import Answer, Body, Planner
+from ..session.state import RunState, batch_key, case_key_of, served_spec, spec_of
+from .parking import Parked, parkable
+from .queue import Queue
 
 # fixtures that reach state of one item at a time (pytest's request, output and log capture) or change
 # the process for the test's duration (monkeypatch: two bodies of a window would undo each other's changes)
 SLIDING_WINDOWS = 8  # a sliding window's cases: this many windows' worth (then the last one is torn down)
 ONE_AT_A_TIME = frozenset({"request", "capsys", "capfd", "capsysbinary", "capfdbinary", "caplog", "monkeypatch"})
-MISSING = object()  # not looked up yet
 
 
 @dataclass
@@ -54,16 +59,15 @@ class Ran:
 ran_key = pytest.StashKey[Ran]()
 
 
-class BatchPlugin:
+class WindowPlugin:
     """Runs a window of eval cases together and batches every model call they make."""
 
-    def __init__(self, config: pytest.Config, run: RunContext, planner: Planner) -> None:
+    def __init__(self, config: pytest.Config, state: RunState, planner: Planner) -> None:
         self.config = config
-        self.run = run
+        self.state = state
         self.planner = planner
         self.capture = config.pluginmanager.getplugin("capturemanager")
-        self._index: dict[int, int] | None = None  # id(item) -> its index in session.items (xdist)
-        self._worker_loop: Any = MISSING
+        self.queue = Queue(config)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
@@ -77,7 +81,7 @@ class BatchPlugin:
         if not self._plannable(item):
             return None
         window = [item]
-        upcoming = self._upcoming(item)
+        upcoming = self.queue.upcoming(item)
         # sliding: the cases that start as others end, up to a window at once
         most = self.planner.window * (SLIDING_WINDOWS if self.planner.sliding else 1)
         for other in upcoming:
@@ -89,7 +93,7 @@ class BatchPlugin:
         after = upcoming[len(window) - 1:]
         last_next = after[0] if after else None
         # None is the session's end, except under xdist, where more may come to this worker's queue
-        self._run_window(window, last_next, known=bool(after) or self._interactor() is None)
+        self._run_window(window, last_next, known=bool(after) or not self.queue.distributed)
         return True
 
     @pytest.hookimpl(tryfirst=True)
@@ -111,7 +115,7 @@ class BatchPlugin:
         spec = spec_of(item)
         if spec is None or any(item.get_closest_marker(m) is not None for m in ("skip", "skipif", "xfail")):
             return False
-        if not item.stash.get(batch_key, self.run.batch) or ran_key in item.stash:
+        if not item.stash.get(batch_key, self.state.batch) or ran_key in item.stash:
             return False  # opted out (evals_batch(False)), or already run
         own = test_arguments(item)  # the test's own arguments (fixtures may take request)
         if "request" in own or (ONE_AT_A_TIME - {"request"}) & set(getattr(item, "fixturenames", ())):
@@ -123,41 +127,10 @@ class BatchPlugin:
             return False  # another worker may take a queued case: a window must own its cases
         if inspect.iscoroutinefunction(getattr(item, "obj", None)):
             return False  # an async test runs its own event loop
-        if not self.run.pool.batches_across_cases(served_spec(item, spec)):
+        if not self.state.pool.batches_across_cases(served_spec(item, spec)):
             return False  # its backend gains nothing from batches
-        state = self.run.resume_state
-        return state is None or case_key_of(item, spec) not in state.finished  # a replayed case makes no call
-
-    def _interactor(self) -> Any:
-        """xdist's worker loop, where this process is a worker (it holds the queue and the item running);
-        looked up once, when the first test runs (xdist registers it before)."""
-        if self._worker_loop is MISSING:
-            self._worker_loop = xdist_worker_loop(self.config)
-        return self._worker_loop
-
-    @contextlib.contextmanager
-    def _as_running(self, item: pytest.Item) -> Iterator[None]:
-        """Under xdist a worker sends each report with the index of the item it runs: a window's case is
-        reported under its own index (the controller and the worker's own check read it)."""
-        interactor = self._interactor()
-        if interactor is None:
-            yield
-            return
-        if self._index is None:
-            self._index = {id(i): n for n, i in enumerate(item.session.items)}
-        with reporting_as(interactor, self._index[id(item)]):
-            yield
-
-    def _upcoming(self, item: pytest.Item) -> list[pytest.Item]:
-        """The items this process runs after ``item``, in order (under xdist: this worker's queue)."""
-        items = item.session.items
-        interactor = self._interactor()
-        if interactor is None:
-            try:
-                return items[items.index(item) + 1:]
-            except ValueError:
-                return []
-        return [items[i] for i in queued_indices(interactor)]
+        resume = self.state.resume_state
+        return resume is None or case_key_of(item, spec) not in resume.finished  # a replayed case makes no call
 
     # --- running a window -------------------------------------------------------------------------
     def _run_window(self, window: list[pytest.Item], last_next: pytest.Item | None, known: bool) -> None:
@@ -243,7 +216,7 @@ class BatchPlugin:
                 body.case.stash[ran_key].calls.append(value)
                 finish(body.case)  # (set up again by resume)
         except BaseException:
-            self._abandon(bodies, parked)
+            _abandon(bodies, parked)
             raise
         if last not in parked:
             return  # it never started
@@ -265,41 +238,9 @@ class BatchPlugin:
         if err:
             case.add_report_section("call", "stderr", err)
 
-    def _abandon(self, bodies: list[Body], parked: dict[pytest.Item, Parked]) -> None:
-        """Ctrl-C or pytest.exit while a window runs: end the bodies still waiting and tear down what
-        they set up (pytest tears down the rest at the session's end)."""
-        for body in bodies:
-            if not body.dead:
-                try:
-                    body.throw(greenlet.GreenletExit)
-                except BaseException:  # noqa: BLE001 - already on the way out
-                    pass
-        if not parked:
-            return
-        stack = setup_stack(next(iter(parked)).session)
-
-        def tear(node: Any) -> None:
-            finalizers, _ = stack.pop(node)
-            while finalizers:
-                try:
-                    finalizers.pop()()
-                except BaseException:  # noqa: BLE001 - best effort on the way out
-                    pass
-
-        while stack and isinstance(next(reversed(stack)), pytest.Item):
-            tear(next(reversed(stack)))  # the case that was running: set up, not parked
-        for case, parking in list(parked.items()):
-            case.stash[ran_key].reported = True  # nothing more of it is reported
-            try:
-                parking.unpark()
-                if case in stack:
-                    tear(case)
-            except BaseException:  # noqa: BLE001 - best effort on the way out
-                pass
-
     # --- reports ------------------------------------------------------------------------------------
     def _report(self, item: pytest.Item, ran: Ran) -> None:
-        with self._as_running(item):
+        with self.queue.reporting(item):
             self._send(item, ran)
 
     def _send(self, item: pytest.Item, ran: Ran) -> None:
@@ -318,12 +259,44 @@ class BatchPlugin:
         ran.teardown_left = False
         call = _phase(item, "teardown", nextitem=nextitem)
         ran.calls.append(call)
-        with self._as_running(item):
+        with self.queue.reporting(item):
             _log(item, call)
             forget_request(item)
             ran.calls.clear()
             item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
+
+def _abandon(bodies: list[Body], parked: dict[pytest.Item, Parked]) -> None:
+    """Ctrl-C or pytest.exit while a window runs: end the bodies still waiting and tear down what
+    they set up (pytest tears down the rest at the session's end)."""
+    for body in bodies:
+        if not body.dead:
+            try:
+                body.throw(greenlet.GreenletExit)
+            except BaseException:  # noqa: BLE001 - already on the way out
+                pass
+    if not parked:
+        return
+    stack = setup_stack(next(iter(parked)).session)
+
+    def tear(node: Any) -> None:
+        finalizers, _ = stack.pop(node)
+        while finalizers:
+            try:
+                finalizers.pop()()
+            except BaseException:  # noqa: BLE001 - best effort on the way out
+                pass
+
+    while stack and isinstance(next(reversed(stack)), pytest.Item):
+        tear(next(reversed(stack)))  # the case that was running: set up, not parked
+    for case, parking in list(parked.items()):
+        case.stash[ran_key].reported = True  # nothing more of it is reported
+        try:
+            parking.unpark()
+            if case in stack:
+                tear(case)
+        except BaseException:  # noqa: BLE001 - best effort on the way out
+            pass
 
 def _stopping(session: pytest.Session) -> BaseException | None:
     """-x, a spent budget or a database that failed stop the run: a body of the window still waiting for

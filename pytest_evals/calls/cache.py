@@ -43,8 +43,8 @@ from ..backends.base import (
     Reply,
     ToolCall,
 )
-from ..errors import ConfigError
 from ..backends.specs import ModelSpec
+from ..errors import ConfigError
 
 CACHE_VERSION = 1
 MODES = ("off", "use", "refresh", "replay")

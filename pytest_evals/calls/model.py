@@ -4,7 +4,7 @@ Each call is answered by the batch planner (from a batch made across cases, wher
 by the backend alone (a list of one request, or a question's choices), with the case's retry policy,
 the backend's circuit breaker and the spec's fallback; every attempt is logged as one ``calls`` row.
 A backend exception becomes :class:`BackendError`, so the case ends as ``error`` and is never scored
-as wrong. ``context.build_model`` builds it for a case.
+as wrong. ``session.case_model.build_model`` builds it for a case.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from ..backends.base import (
     UnsupportedTask,
     likeliest,
 )
+from ..store.rows import CallRow, now
 from .cache import CacheView
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
 from .planner import Planner, Served
-from .sampling import GreedyRepeat, Sample, greedy_line
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .routing import KIND_TASK, cannot_serve
-from ..store.rows import CallRow, now
+from .sampling import GreedyRepeat, Sample, greedy_line
 
 T = TypeVar("T")
 
@@ -162,7 +162,7 @@ class Model:
         answers where it holds them all, else the backend's batch method on ``requests`` (through the
         batch planner, which may serve them from a round of many cases' requests). Returns the result
         (the one request's, or the list) and how it was served."""
-        def run(model: Model) -> tuple[Any, Served]:
+        def send(model: Model) -> tuple[Any, Served]:
             view = model._cache
             if view is not None and view.cache.reads:
                 found = view.lookup(method, requests)
@@ -182,24 +182,24 @@ class Model:
                 view.store(method, requests, served.results)
             return (served.results[0] if one else served.results), served
 
-        return run
+        return send
 
-    def _call(self, kind: str, shown_input: str, run: Callable[["Model"], tuple[T, Served]], task: str | None = None,
+    def _call(self, kind: str, shown_input: str, send: Callable[["Model"], tuple[T, Served]], task: str | None = None,
               **fields: Any) -> T:
         __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
         task = task or KIND_TASK[kind]
         try:
             if task not in self._backend.capabilities:
                 raise UnsupportedTask(cannot_serve(self._backend.spec.label, task, self._backend.capabilities))
-            return self._attempts(kind, shown_input, run, fields)
+            return self._attempts(kind, shown_input, send, fields)
         except BackendError:
             if self._fallback is None:
                 raise
         # The primary failed for good (retries spent, circuit open, cannot serve the task): the fallback
         # answers, recorded as itself.
-        return self._fallback()._call(kind, shown_input, run, task, **fields)
+        return self._fallback()._call(kind, shown_input, send, task, **fields)
 
-    def _attempts(self, kind: str, shown_input: str, run: Callable[["Model"], tuple[T, Served]],
+    def _attempts(self, kind: str, shown_input: str, send: Callable[["Model"], tuple[T, Served]],
                   fields: dict[str, Any]) -> T:
         __tracebackhide__ = True
 
@@ -210,7 +210,7 @@ class Model:
             self._calls.append(row)  # every attempt is a row, with its error
             watch = Stopwatch()
             try:
-                result, served = run(self)
+                result, served = send(self)
             except Exception as exc:  # a fault of the backend, not of the answer
                 row.latency_s = watch.elapsed()
                 row.error = f"{type(exc).__name__}: {exc}"

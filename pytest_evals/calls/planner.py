@@ -1,6 +1,6 @@
 """The batch planner: every model call of a window of cases, gathered into rounds of batched backend calls.
 
-One ``Planner`` per process (``batching.py`` holds the plugin that runs windows of cases). Each case's
+One ``Planner`` per process (``batching.windows`` holds the plugin that runs windows of cases). Each case's
 body runs in a greenlet of its own, on the main thread; a model call asks :meth:`Planner.answer`, which
 parks the body and hands its requests to the window. When every body of the window is parked (or done),
 the window makes one backend call per backend and method for all the requests (equal requests once),
@@ -18,8 +18,8 @@ import contextvars
 import json
 import time
 from concurrent.futures import Future
-from queue import SimpleQueue
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any, Callable, Hashable, Iterator
 
 import greenlet
@@ -60,12 +60,12 @@ class Ask:
 
 @dataclass
 class Answer:
-    """What a round gives a parked call: its results and the backend call's time (``batched``: the call
+    """What a round gives a parked call: its results and the backend call's time (``shared``: the call
     held other cases' requests too). ``results`` None: the batch failed for it; it calls alone."""
 
     results: list[Any] | None
     elapsed: float | None = None
-    batched: bool = False
+    shared: bool = False
     stop: BaseException | None = None  # the run is stopping: raised in the body instead of an answer
 
 
@@ -105,8 +105,8 @@ class _Flight:
 class Body(greenlet.greenlet):
     """One case's body, run until it asks the model (parked) or ends."""
 
-    def __init__(self, run: Callable[[], Any], case: object, planner: "Planner") -> None:
-        super().__init__(run)
+    def __init__(self, body: Callable[[], Any], case: object, planner: "Planner") -> None:
+        super().__init__(body)
         self.case = case
         self.planner = planner
         self.gr_context = contextvars.copy_context()  # the body sees the context variables the window saw
@@ -142,17 +142,17 @@ class Planner:
             raise answer.stop
         if answer.results is None:
             return Served(getattr(backend, method)(requests))
-        return Served(answer.results, answer.elapsed, answer.batched)
+        return Served(answer.results, answer.elapsed, answer.shared)
 
     def answer(self, backend: Backend, method: str, requests: list[Any], sample: int = 0) -> list[Any]:
         """The results of ``requests`` (see :meth:`serve`)."""
         return self.serve(backend, method, requests, sample).results
 
     # --- the window's side -----------------------------------------------------------------------
-    def start(self, run: Callable[[], Any], case: object) -> tuple[Body, Any]:
+    def start(self, body: Callable[[], Any], case: object) -> tuple[Body, Any]:
         """Start a body: (its greenlet, its first Ask, or its result where it ended without one)."""
-        body = Body(run, case, self)
-        return body, body.switch()
+        started = Body(body, case, self)
+        return started, started.switch()
 
     def rounds(self, parked: list[tuple[Body, Ask]], resume: Callable[[Body, Answer], Any],
                stop: Callable[[], BaseException | None],
@@ -270,7 +270,7 @@ class Planner:
                 self._in_flight = None
             elapsed = time.perf_counter() - start
             for key, result in zip(unique, results):
-                if result is not None:  # batched: the call served more than this one ask
+                if result is not None:  # (shared: the call served more than this one ask)
                     found[(backend_id, key)] = (result, elapsed, len(askers) > 1)
         answers = []
         for n, ask in enumerate(asks):

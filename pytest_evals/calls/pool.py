@@ -6,9 +6,9 @@ import json
 
 from ..backends.base import Backend, BackendError, BackendSettings
 from ..backends.registry import BackendRegistry
+from ..backends.specs import ModelSpec, SpecError
 from .cache import ReplayBackend
 from .reliability import CircuitBreaker
-from ..backends.specs import ModelSpec, SpecError
 
 
 def model_identity(spec: ModelSpec, fingerprint: str | None, transport_options: frozenset[str]) -> str:

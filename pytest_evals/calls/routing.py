@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..backends.registry import BackendRegistry
-from ..errors import ConfigError
 from ..backends.specs import ModelSpec, SpecError, parse_spec
+from ..errors import ConfigError
 
 TASK_MARKER = "evals_task"
 JUDGE_MARKER = "evals_judge"

@@ -20,20 +20,39 @@ import pytest
 
 from .._pytest_internals import teardown_until
 from ..backends.base import BackendError
-from .state import (CASE_ATTR, ERROR_ATTR, RECORD_ATTR, RESUMED_ATTR, WRONG, WRONG_ATTR, RunContext, batch_key,
-                      case_key_of, case_log_key, judge_key, marker_problem_key, model_name, retry_key, served_key,
-                      limit_key, sample_of, spec_of, task_key, threshold_key)
+from ..calls.reliability import MARKER as RETRY_MARKER
+from ..calls.reliability import policy_from_marker
+from ..calls.routing import JUDGE_MARKER, TASK_MARKER, TASKS, parse_judge, parse_task
 from ..errors import ConfigError
 from ..scoring.gates import MARKER as THRESHOLD_MARKER
 from ..scoring.gates import threshold_from_marker
-from .options import usage_error
 from .limit import choose
+from .options import usage_error
 from .recorder import CaseLog, benchmark_of
-from ..calls.reliability import MARKER as RETRY_MARKER
-from ..calls.reliability import policy_from_marker
 from .repeats import MARKER as REPEAT_MARKER
 from .repeats import case_of
-from ..calls.routing import JUDGE_MARKER, TASK_MARKER, TASKS, parse_judge, parse_task
+from .state import (
+    CASE_ATTR,
+    ERROR_ATTR,
+    RECORD_ATTR,
+    RESUMED_ATTR,
+    WRONG,
+    WRONG_ATTR,
+    RunState,
+    batch_key,
+    case_key_of,
+    case_log_key,
+    judge_key,
+    limit_key,
+    marker_problem_key,
+    model_name,
+    retry_key,
+    sample_of,
+    served_key,
+    spec_of,
+    task_key,
+    threshold_key,
+)
 
 BATCH_MARKER = "evals_batch"
 MARKERS = (
@@ -89,9 +108,9 @@ def add_marker_lines(config: pytest.Config) -> None:
 class CasePlugin:
     """The hooks every eval case passes through, wherever it runs."""
 
-    def __init__(self, config: pytest.Config, run: RunContext) -> None:
+    def __init__(self, config: pytest.Config, state: RunState) -> None:
         self.config = config
-        self.run = run
+        self.state = state
 
     # --- collection: markers ------------------------------------------------------------------------
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -108,22 +127,22 @@ class CasePlugin:
                     continue
                 self._read_markers(item, spec, parsed)
             except ConfigError as exc:
-                if not self.run.is_worker:
+                if not self.state.is_worker:
                     raise usage_error(exc) from None
                 # Under xdist only workers collect: fail each such case at setup with the one line.
                 item.stash[marker_problem_key] = str(exc)
-        if self.run.limit is not None:
+        if self.state.limit is not None:
             self._limit(items)
-        if self.run.explicit_models or not any(spec_of(item) for item in items):
+        if self.state.explicit_models or not any(spec_of(item) for item in items):
             return
-        problem = self.run.pool.availability_problem(self.run.specs[0])
-        if problem is not None and not self.run.is_worker:
+        problem = self.state.pool.availability_problem(self.state.specs[0])
+        if problem is not None and not self.state.is_worker:
             raise pytest.UsageError(problem)
         # Under xdist the controller does not collect; each eval case fails at setup with the one line.
 
     def _limit(self, items: list[pytest.Item]) -> None:
         """--evals-limit: keep N cases per benchmark; each kept case carries its benchmark's size."""
-        kept, dropped, totals = choose(items, self.run.limit, self.run.seed, lambda i: spec_of(i) is not None)
+        kept, dropped, totals = choose(items, self.state.limit, self.state.seed, lambda i: spec_of(i) is not None)
         if dropped:
             self.config.hook.pytest_deselected(items=dropped)
             items[:] = kept
@@ -149,14 +168,14 @@ class CasePlugin:
         if mark is not None:
             task = item.stash[task_key] = parse_task(mark.args, mark.kwargs, where)
             # the case's model cannot serve the task: its route serves the case, or it is skipped
-            served, reason = self.run.routes.route(spec, task, self.run.pool.serves)
+            served, reason = self.state.routes.route(spec, task, self.state.pool.serves)
             if served is None:
                 item.add_marker(pytest.mark.skip(reason=reason))
             else:
                 item.stash[served_key] = served
         mark = item.get_closest_marker(JUDGE_MARKER)
         if mark is not None:
-            item.stash[judge_key] = once(mark, lambda m: parse_judge(m.args, where, self.run.pool.registry))
+            item.stash[judge_key] = once(mark, lambda m: parse_judge(m.args, where, self.state.pool.registry))
         mark = item.get_closest_marker(BATCH_MARKER)
         if mark is not None:
             item.stash[batch_key] = once(mark, lambda m: parse_batch(m, where))
@@ -169,14 +188,14 @@ class CasePlugin:
         if spec is None:
             return None
         key = case_key_of(item, spec)
-        state = self.run.resume_state
-        finished = state.finished.get(key) if state is not None else None
+        resume = self.state.resume_state
+        finished = resume.finished.get(key) if resume is not None else None
         if finished is None:
             return None
         log = CaseLog(model=model_name(item, spec), threshold=item.stash.get(threshold_key, None),
                       case_key=key, outcome=finished["outcome"], error=finished.get("error"),
-                      duration_s=finished.get("duration_s") or 0.0, resumed_from=state.run_id, **_sample(item))
-        replay(item, nextitem, finished, state.run_id, log.to_record(item.nodeid, self.run.worker_id))
+                      duration_s=finished.get("duration_s") or 0.0, resumed_from=resume.run_id, **_sample(item))
+        replay(item, nextitem, finished, resume.run_id, log.to_record(item.nodeid, self.state.worker_id))
         return True
 
     @pytest.hookimpl(tryfirst=True)
@@ -187,7 +206,7 @@ class CasePlugin:
                 model=model_name(item, spec),
                 threshold=item.stash.get(threshold_key, None),
                 case_key=case_key_of(item, spec),  # (a window sets up cases before their own protocol)
-                gpus=self.run.gpus,
+                gpus=self.state.gpus,
                 limited=item.stash.get(limit_key, None),
                 **_sample(item),
             )
@@ -209,7 +228,7 @@ class CasePlugin:
             elif report.when == "call" and report.failed and log.outcome == "failed" and call.excinfo is not None:
                 setattr(report, WRONG_ATTR, one_line(call.excinfo.value))
             if report.when == "teardown":
-                setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.run.worker_id))
+                setattr(report, RECORD_ATTR, log.to_record(item.nodeid, self.state.worker_id))
                 del item.stash[case_log_key]  # the record has it all; a long run keeps no per-case logs
                 # JUnit XML writes the teardown report's properties on the test case
                 report.user_properties.append(("evals.outcome", log.outcome))

@@ -27,20 +27,20 @@ from .options import usage_error
 from .progress import Progress
 from .recorder import record_from_data
 from .replay import ReplaySource
-from .state import CASE_ATTR, RECORD_ATTR, RunContext, case_key_of, spec_of
+from .state import CASE_ATTR, RECORD_ATTR, RunState, case_key_of, spec_of
 from .storage import RunStorage
 from .verdicts import add_junit_properties, benchmark_rows, repeated_rows, write_markdown
 
 
 class Controller:
-    def __init__(self, config: pytest.Config, run: RunContext) -> None:
+    def __init__(self, config: pytest.Config, state: RunState) -> None:
         self.config = config
-        self.run = run
-        self.gates = run.gates
-        self.storage = RunStorage(config, run.db_path)
-        self.spending = Spending(run.budget)
+        self.state = state
+        self.gates = state.gates
+        self.storage = RunStorage(config, state.db_path)
+        self.spending = Spending(state.budget)
         self.usage = Usage()
-        self.replay = ReplaySource(config) if run.resume else None
+        self.replay = ReplaySource(config) if state.resume else None
         self.baseline: dict[tuple[str, str], BenchmarkScores] | None = None
         self.baseline_id: int | None = None
         self.baseline_note: str | None = None  # where --evals-baseline latest passed over unfinished runs
@@ -48,7 +48,7 @@ class Controller:
         self.other_failures = 0  # failed tests that are not eval cases keep pytest's meaning
         self.progress = Progress(config)
         # cases of a window end together: the time left is estimated once each process's first window ended
-        self.progress.warmup = (run.planner.window if run.planner is not None else 1) * (planned_workers(config) or 1)
+        self.progress.warmup = (state.planner.window if state.planner is not None else 1) * (planned_workers(config) or 1)
         self.session: pytest.Session | None = None
         self.shared_calls = 0  # model calls served from a batch that carried other cases' requests too
         self.model_calls = 0
@@ -64,32 +64,32 @@ class Controller:
 
     @property
     def models(self) -> list[str]:
-        return [s.raw for s in self.run.specs]
+        return [s.raw for s in self.state.specs]
 
     # --- start-up ---------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.session = session
-        pool = self.run.pool
-        named = [*(self.run.specs if self.run.explicit_models else ()), *self.run.routes.table.values(),
-                 *([self.run.judge] if self.run.judge else [])]
+        pool = self.state.pool
+        named = [*(self.state.specs if self.state.explicit_models else ()), *self.state.routes.table.values(),
+                 *([self.state.judge] if self.state.judge else [])]
         for spec in named:  # what the user named must be servable; the implicit default is checked lazily
             problem = pool.availability_problem(spec)
             if problem:
                 raise pytest.UsageError(problem)
-        if self.run.cache is not None:
+        if self.state.cache is not None:
             try:
-                self.run.cache.open()  # a missing file to replay, or an unusable one, is reported now
+                self.state.cache.open()  # a missing file to replay, or an unusable one, is reported now
             except ConfigError as exc:
                 raise usage_error(exc) from None
         self.storage.check()  # an unusable existing file is reported now, before any case runs
-        if self.run.baseline:
-            self._load_baseline(self.run.baseline)
+        if self.state.baseline:
+            self._load_baseline(self.state.baseline)
         if self.replay is not None:
-            self.run.resume_state = self.replay.load(self.run.db_path, self.storage.open)
+            self.state.resume_state = self.replay.load(self.state.db_path, self.storage.open)
 
     def _load_baseline(self, ref: str) -> None:
-        path = self.run.db_path
+        path = self.state.db_path
         if not path.exists():
             raise pytest.UsageError(f"--evals-baseline {ref}: there is no database at {path} yet; "
                                     "run once without --evals-baseline, or pass the right --evals-db")
@@ -110,11 +110,11 @@ class Controller:
         self.progress.total = len(session.items)
         self.completion.add_collected(item.nodeid for item in session.items)
         self.eval_collected = any(spec_of(item) is not None for item in session.items)
-        state = self.run.resume_state
-        if state is None or self.replay is None or not session.items:
+        resume = self.state.resume_state
+        if resume is None or self.replay is None or not session.items:
             return
         cases = [(item, spec) for item in session.items if (spec := spec_of(item)) is not None]
-        self.replay.say(sum(case_key_of(item, spec) in state.finished for item, spec in cases), len(cases))
+        self.replay.say(sum(case_key_of(item, spec) in resume.finished for item, spec in cases), len(cases))
 
     def node_collected(self, ids: list[str]) -> None:
         """Under xdist: what a worker collected. (xdist does not run under --co.)"""
@@ -190,11 +190,11 @@ class Controller:
             self._decide(session, self.completion.incomplete_benchmarks() if self.incomplete_reason else set())
         status = "interrupted" if self.incomplete_reason is not None else "finished"
         self.storage.finish(int(session.exitstatus), status, len(self.completion.collected) or None, len(missing))
-        if self.verdicts and not self.run.is_worker:
+        if self.verdicts and not self.state.is_worker:
             facts = RunFacts(run_id=self.run_id, exit_status=int(session.exitstatus), baseline_id=self.baseline_id,
                              incomplete=self.incomplete_reason,
                              cost=self.spent_text() if self.usage.cost_unknown or self.spending.spent else None)
-            self.markdown_notes = write_markdown(self.run.markdown, self.verdicts, self.gates, facts)
+            self.markdown_notes = write_markdown(self.state.markdown, self.verdicts, self.gates, facts)
         return (yield)
 
     def _why_incomplete(self, session: pytest.Session) -> str:
@@ -222,4 +222,4 @@ class Controller:
         add_junit_properties(self.config, self.verdicts)
 
     def pytest_unconfigure(self) -> None:
-        self.storage.close(interrupted=bool(self.run.signals.held))  # a signal while the run was finishing
+        self.storage.close(interrupted=bool(self.state.signals.held))  # a signal while the run was finishing

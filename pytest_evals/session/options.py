@@ -1,7 +1,7 @@
 """The plugin's options and ini keys, read and validated into the run's state.
 
 ``pytest_addoption`` declares them; :func:`read` turns the command line and the ini file into one
-:class:`~pytest_evals.context.RunContext` (command line first, then the ini key of the same name, then
+:class:`~pytest_evals.session.state.RunState` (command line first, then the ini key of the same name, then
 the default). Domain modules raise a :class:`~pytest_evals.errors.ConfigError` for bad input;
 :func:`usage_error` is the one place that turns it into ``pytest.UsageError``.
 """
@@ -16,20 +16,20 @@ import pytest
 from .._pytest_internals import xdist_workers
 from ..backends.base import DEFAULT_BATCH_SIZE, BackendSettings
 from ..backends.registry import BackendRegistry
+from ..backends.specs import parse_specs, spec_ids
 from ..calls.cache import DEFAULT_CACHE, CallCache, parse_mode
-from .state import RunContext, worker_id
-from ..errors import ConfigError
-from ..scoring.gates import Gates
-from .gpus import WORKER_KEY, plan
 from ..calls.metering import Price, PriceTable, parse_price_line
 from ..calls.planner import Planner, window_size
 from ..calls.pool import BackendPool
 from ..calls.reliability import NO_RETRY, policy_from_ini
+from ..calls.routing import Routes, parse_judge
+from ..errors import ConfigError
+from ..scoring.gates import Gates
+from ..store.database import DEFAULT_DB
+from .gpus import WORKER_KEY, plan
 from .repeats import repeat_from_option
 from .resume import ResumeState
-from ..calls.routing import Routes, parse_judge
-from ..backends.specs import parse_specs, spec_ids
-from ..store.database import DEFAULT_DB
+from .state import RunState, worker_id
 
 RESUME_WIRE_KEY = "evals_resume"  # workerinput key: the finished cases a worker replays
 
@@ -231,7 +231,7 @@ def gpus_per_worker(config: pytest.Config) -> int | None:
     return value
 
 
-def read(config: pytest.Config) -> RunContext:
+def read(config: pytest.Config) -> RunState:
     """The run's state from the options and ini keys; bad input is a usage error naming the fix."""
     try:
         return _read(config)
@@ -239,7 +239,7 @@ def read(config: pytest.Config) -> RunContext:
         raise usage_error(exc) from None
 
 
-def _read(config: pytest.Config) -> RunContext:
+def _read(config: pytest.Config) -> RunState:
     registry = BackendRegistry()
     config.hook.pytest_evals_register_backends(register=registry.register)
 
@@ -298,7 +298,7 @@ def _read(config: pytest.Config) -> RunContext:
 
     settings = BackendSettings(timeout_s=timeout, batch_size=batch_size, concurrency=concurrency)
     pool = BackendPool(registry, settings, replay=cache_mode == "replay")
-    run = RunContext(
+    state = RunState(
         specs=tuple(specs), names=dict(zip(specs, spec_ids(specs))), explicit_models=bool(texts), db_path=db_path,
         settings=settings, routes=routes, judge=judge, gates=gates,
         baseline=_setting(config, "evals_baseline", str, None),
@@ -317,19 +317,19 @@ def _read(config: pytest.Config) -> RunContext:
     if batch_size > 1 and batching:
         local = any(not pool.submits(s) for s in batching)
         remote = any(pool.submits(s) for s in batching)
-        run.planner = Planner(window=window_size(batch_size if local else None, concurrency if remote else None,
+        state.planner = Planner(window=window_size(batch_size if local else None, concurrency if remote else None,
                                                  budget is not None),
                               # -x/--maxfail and a budget stop the run when a case is reported; reports wait for
                               # earlier cases, so a sliding window would go on starting cases past the stop
                               sliding=remote and not local and budget is None and not getattr(config.option, "maxfail", 0))
-    if run.is_worker:
+    if state.is_worker:
         workerinput = config.workerinput  # type: ignore[attr-defined]
-        run.gpus = workerinput.get(WORKER_KEY) or None
+        state.gpus = workerinput.get(WORKER_KEY) or None
         if RESUME_WIRE_KEY in workerinput:
-            run.resume_state = ResumeState.from_wire(workerinput[RESUME_WIRE_KEY])
+            state.resume_state = ResumeState.from_wire(workerinput[RESUME_WIRE_KEY])
     elif per_worker:
         workers = xdist_workers(config)
-        run.gpu_plan = plan(per_worker, workers)
-        if workers is None and run.gpu_plan.groups:
-            run.gpus = run.gpu_plan.for_worker(0)  # without xdist this process uses the first group
-    return run
+        state.gpu_plan = plan(per_worker, workers)
+        if workers is None and state.gpu_plan.groups:
+            state.gpus = state.gpu_plan.for_worker(0)  # without xdist this process uses the first group
+    return state

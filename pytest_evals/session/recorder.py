@@ -2,9 +2,9 @@
 
 xdist re-fires every worker report through ``pytest_runtest_logreport`` on the controller, and the
 report's ``__dict__`` travels with it; the item stash does not. So the process that runs a case puts
-its record (``CaseLog.to_record``: plain dicts) on the teardown report (``cases.py``), and the one
+its record (``CaseLog.to_record``: plain dicts) on the teardown report (``session.cases``), and the one
 process that owns the database (the controller, or the lone pytest process) reads it back with
-:func:`record_from_data` and writes it, one transaction per case (``session.py``).
+:func:`record_from_data` and writes it, one transaction per case (``session.controller``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from ..scoring.stats import Threshold
 from ..calls.conversation import Transcript
 from ..calls.sampling import GreedyRepeat, Sample
+from ..scoring.stats import Threshold
 from ..store.rows import CallRow, CaseRecord, CaseRow, ToolCallRow, TurnRow, now
 
 _PARAMS = re.compile(r"\[.*\]$", re.S)

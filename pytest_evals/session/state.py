@@ -1,8 +1,8 @@
-"""The run's state, in one place: one object under one stash key, the per-item keys and accessors,
-the names of the attributes that ride on reports, and the one function that builds a ``Model``.
+"""The run's state, in one place: one object under one stash key, the per-item keys and accessors, and
+the names of the attributes that ride on reports.
 
-A leaf for the plugin modules (``options``, ``cases``, ``batching``, ``session``, ``plugin``): they all
-import it, and it imports none of them, so no module reaches back into the entry module.
+A leaf for the plugin modules (``options``, ``cases``, ``controller``, ``batching.windows``, ``plugin``):
+they all import it, and it imports none of them, so no module reaches back into the entry module.
 """
 
 from __future__ import annotations
@@ -13,22 +13,21 @@ from pathlib import Path
 import pytest
 
 from ..backends.base import BackendSettings
-from ..calls.cache import CacheView, CallCache
-from ..scoring.gates import Gates
-from .gpus import GpuPlan
-from .interruption import SignalGuard
+from ..backends.specs import ModelSpec
+from ..calls.cache import CallCache
 from ..calls.metering import PriceTable
-from ..calls.model import Model
 from ..calls.planner import Planner
 from ..calls.pool import BackendPool
-from .recorder import CaseLog
 from ..calls.reliability import RetryPolicy
+from ..calls.routing import Routes
 from ..calls.sampling import Sample
+from ..scoring.gates import Gates
+from ..scoring.stats import Threshold
+from .gpus import GpuPlan
+from .interruption import SignalGuard
+from .recorder import CaseLog
 from .repeats import SAMPLE_PARAM, Repeat
 from .resume import ResumeState, case_key
-from ..calls.routing import Routes
-from ..scoring.stats import Threshold
-from ..backends.specs import ModelSpec
 
 # --- attributes on test reports (they travel from xdist workers to the controller) -------------------
 RECORD_ATTR = "evals_record"  # on a case's teardown report: its record (CaseLog.to_record)
@@ -40,7 +39,7 @@ WRONG = "wrong"  # the terminal's category (and count) of eval cases that failed
 
 
 @dataclass
-class RunContext:
+class RunState:
     """The run's configuration (validated by ``options.read``) and the objects its cases share.
 
     One per process: the controller's also holds the GPU plan; a worker's gets the resume state and
@@ -81,11 +80,11 @@ class RunContext:
         return self.worker_id is not None
 
 
-run_key = pytest.StashKey[RunContext]()
+state_key = pytest.StashKey[RunState]()
 
 
-def run_of(config: pytest.Config) -> RunContext:
-    return config.stash[run_key]
+def state_of(config: pytest.Config) -> RunState:
+    return config.stash[state_key]
 
 
 # --- per item ------------------------------------------------------------------------------------------
@@ -123,63 +122,16 @@ def served_spec(item: pytest.Item, spec: ModelSpec) -> ModelSpec:
 def case_key_of(item: pytest.Item, spec: ModelSpec) -> str:
     """The case's key, computed once per item (the start-of-resume count and the run share it)."""
     if case_key_key not in item.stash:
-        item.stash[case_key_key] = case_key(item, run_of(item.config).pool.identity(spec))
+        item.stash[case_key_key] = case_key(item, state_of(item.config).pool.identity(spec))
     return item.stash[case_key_key]
 
 
 def model_name(item: pytest.Item, spec: ModelSpec) -> str:
     """What records and the summary call the case's model."""
-    return run_of(item.config).names.get(spec, spec.label)
+    return state_of(item.config).names.get(spec, spec.label)
 
 
 def worker_id(config: pytest.Config) -> str | None:
     """The xdist worker id of this process; None on the controller or without xdist."""
     workerinput = getattr(config, "workerinput", None)
     return workerinput["workerid"] if workerinput is not None else None
-
-
-# --- the model a case calls ------------------------------------------------------------------------------
-def judge_spec(item: pytest.Item) -> ModelSpec | None:
-    """The case's judge: its evals_judge marker, else --evals-judge / ini evals_judge."""
-    return item.stash.get(judge_key, None) or run_of(item.config).judge
-
-
-def build_model(item: pytest.Item, role: str = "model") -> Model:
-    """The ``Model`` a case calls in ``role`` (``model``: its --model spec, or the spec its route names;
-    ``judge``: its judge). Raises ``BackendError`` where the backend cannot be loaded."""
-    run = run_of(item.config)
-    if role == "judge":
-        spec = judge_spec(item)
-        if spec is None:
-            raise LookupError("no judge spec")
-        name = spec.label
-    else:
-        own = spec_of(item)
-        if own is None:
-            raise LookupError("not an eval case")
-        spec = served_spec(item, own)
-        name = model_name(item, own) if spec == own else spec.label
-    # outside a case's setup hooks (a fixture built by hand): its log is a throwaway
-    log = item.stash.get(case_log_key, None) or CaseLog(model=name)
-    policy = item.stash.get(retry_key, None) or run.retry
-    sample = sample_of(item) if role == "model" else None  # a judge grades each sample as it is
-    return _model(run, spec, name, log, policy, role, run.planner, sample)
-
-
-def _model(run: RunContext, spec: ModelSpec, name: str, log: CaseLog, policy: RetryPolicy, role: str,
-           planner: Planner | None, sample: Sample | None = None) -> Model:
-    backend = run.pool.get(spec)
-    fallback = spec.fallback
-
-    def build_fallback() -> Model:  # loaded only when the primary fails; recorded under its own name
-        assert fallback is not None
-        return _model(run, fallback, fallback.label, log, policy, role, None, sample)
-
-    view = None
-    if run.cache is not None:
-        model, weights = run.pool.model_and_weights(spec)
-        view = CacheView(run.cache, spec.backend, model, weights, sample.index if sample is not None else 0)
-    return Model(backend, log.calls, name=name, policy=policy, breaker=run.pool.breaker(spec, name),
-                 fallback=build_fallback if fallback is not None else None, price=run.prices.find(spec.raw, name),
-                 transcript=log.transcript, role=role,
-                 planner=planner if backend.batches_across_cases else None, cache=view, sample=sample)

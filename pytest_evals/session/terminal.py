@@ -18,20 +18,20 @@ from ..report.usage import Usage
 from ..scoring.gates import Gates
 from .controller import Controller
 from .interruption import resume_command
-from .state import WRONG, WRONG_ATTR, RunContext
+from .state import WRONG, WRONG_ATTR, RunState
 
 
 class TerminalPlugin:
-    def __init__(self, config: pytest.Config, run: RunContext, controller: Controller) -> None:
+    def __init__(self, config: pytest.Config, state: RunState, controller: Controller) -> None:
         self.config = config
-        self.run = run
+        self.state = state
         self.controller = controller
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        pool = self.run.pool
+        pool = self.state.pool
         # With routes, what a spec serves may be probed (one small request to a server); without, the
         # header shows what its backend declares and sends nothing.
-        serves = pool.serves if self.run.routes.table else (lambda s: pool.registry.resolve(s.backend).capabilities)
+        serves = pool.serves if self.state.routes.table else (lambda s: pool.registry.resolve(s.backend).capabilities)
 
         def described(spec: ModelSpec) -> str:
             try:
@@ -40,18 +40,18 @@ class TerminalPlugin:
                 return spec.raw
             return f"{spec.raw} ({', '.join(tasks)})"
 
-        models = ", ".join(described(s) for s in self.run.specs)
-        lines = [f"evals: models {models}; database {self.run.db_path}"]
-        if self.run.cache is not None:
-            lines.append(f"evals: call cache {self.run.cache.path} ({self.run.cache.mode}"
-                         + ("; no model is loaded)" if self.run.cache.mode == "replay" else ")"))
-        if self.run.routes.table:
+        models = ", ".join(described(s) for s in self.state.specs)
+        lines = [f"evals: models {models}; database {self.state.db_path}"]
+        if self.state.cache is not None:
+            lines.append(f"evals: call cache {self.state.cache.path} ({self.state.cache.mode}"
+                         + ("; no model is loaded)" if self.state.cache.mode == "replay" else ")"))
+        if self.state.routes.table:
             lines.append("evals: routes " + "; ".join(
-                f"{task} -> {described(spec)}" for task, spec in self.run.routes.table.items()))
-        if self.run.judge:
-            lines.append(f"evals: judge {described(self.run.judge)}")
-        if self.run.gpu_plan is not None:
-            lines.append(self.run.gpu_plan.note)
+                f"{task} -> {described(spec)}" for task, spec in self.state.routes.table.items()))
+        if self.state.judge:
+            lines.append(f"evals: judge {described(self.state.judge)}")
+        if self.state.gpu_plan is not None:
+            lines.append(self.state.gpu_plan.note)
         replay = self.controller.replay
         if replay is not None and replay.note:
             lines.append(replay.note)
@@ -101,12 +101,12 @@ class TerminalPlugin:
                     tr.write_line(note)
         for line in usage.cut_notes():
             tr.write_line(line, yellow=True)
-        if self.run.cache is not None:
-            path = self.run.cache.path
+        if self.state.cache is not None:
+            path = self.state.cache.path
             shown = os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
-            line = usage.cache_line(shown, self.run.cache.mode, bool(self.run.prices.prices))
+            line = usage.cache_line(shown, self.state.cache.mode, bool(self.state.prices.prices))
             tr.write_line(line, yellow=usage.cache_misses > 0)
-        if c.model_calls and self.run.settings.batch_size > 1:
+        if c.model_calls and self.state.settings.batch_size > 1:
             tr.write_line(f"evals-batch: {c.shared_calls} of {c.model_calls} model calls served from batches "
                           f"across cases; {c.model_calls - c.shared_calls} one at a time")
         self._spending(tr)
@@ -121,7 +121,7 @@ class TerminalPlugin:
             tr.write_line(line, yellow="flaky" in line)
         if c.limited:
             parts = [f"{benchmark} {kept} of {total}" for benchmark, (kept, total) in sorted(c.limited.items())]
-            tr.write_line(f"evals-limit: a subset of cases (seed {self.run.seed}), cases run of cases in all: "
+            tr.write_line(f"evals-limit: a subset of cases (seed {self.state.seed}), cases run of cases in all: "
                           + "; ".join(parts), yellow=True)
         tr.write_line("")
         for line in format_table(HEADER, verdict_rows(c.verdicts)):
@@ -161,7 +161,7 @@ class TerminalPlugin:
         for note in c.markdown_notes:
             tr.write_line(note, yellow="cannot" in note)
         if c.run_id is not None:
-            tr.write_line(f"run {c.run_id} stored in {self.run.db_path}")
+            tr.write_line(f"run {c.run_id} stored in {self.state.db_path}")
 
 
 def wrong_answers(tr: pytest.TerminalReporter) -> None:

@@ -10,15 +10,15 @@ from .._pytest_internals import queue_one_test_per_worker
 from .controller import Controller
 from .gpus import WORKER_KEY, worker_index
 from .options import RESUME_WIRE_KEY
-from .state import RunContext
+from .state import RunState
 
 
 class XdistControllerPlugin:
-    def __init__(self, config: pytest.Config, run: RunContext, controller: Controller) -> None:
+    def __init__(self, config: pytest.Config, state: RunState, controller: Controller) -> None:
         self.config = config
-        self.run = run
+        self.state = state
         self.controller = controller
-        if run.budget is not None:
+        if state.budget is not None:
             # Few tests queued per worker, so a spent budget stops the run within the cases in flight.
             queue_one_test_per_worker(config)
 
@@ -27,8 +27,8 @@ class XdistControllerPlugin:
 
     def pytest_configure_node(self, node: object) -> None:
         workerinput = node.workerinput  # type: ignore[attr-defined]
-        if self.run.resume_state is not None:
-            workerinput[RESUME_WIRE_KEY] = self.run.resume_state.to_wire()
-        gpu_plan = self.run.gpu_plan
+        if self.state.resume_state is not None:
+            workerinput[RESUME_WIRE_KEY] = self.state.resume_state.to_wire()
+        gpu_plan = self.state.gpu_plan
         if gpu_plan is not None and gpu_plan.groups:
             workerinput[WORKER_KEY] = gpu_plan.for_worker(worker_index(workerinput["workerid"]))

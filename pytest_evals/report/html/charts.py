@@ -14,8 +14,8 @@ import math
 from html import escape
 from typing import Any
 
-from .page import ellipsize, metric_label, score_text
 from ...scoring.stats import PASS_RATE, percent
+from .page import ellipsize, metric_label, score_text
 
 ROW = 20  # px per row
 TOP = 22  # px above the first row, for the axis labels

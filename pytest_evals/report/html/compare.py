@@ -10,11 +10,11 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ...scoring.stats import PASS_RATE, Estimate, bootstrap_mean, compare, regressions, scores_of
+from ...store.database import Store
 from .cases import case_label
 from .charts import difference_chart
 from .page import clip, metric_label, page, run_meta, short_names, text_block
-from ...scoring.stats import PASS_RATE, Estimate, bootstrap_mean, compare, regressions, scores_of
-from ...store.database import Store
 
 
 def comparison_rows(before: dict, after: dict, alpha: float, margin: float) -> tuple[list[dict[str, Any]], dict]:

@@ -15,11 +15,11 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ...scoring.stats import PASS_RATE, scores_of
+from ...store.database import Store
 from .cases import case_section, matrix_section
 from .charts import histogram, score_chart
 from .page import metric_label, number, page, run_meta, short_names
-from ...scoring.stats import PASS_RATE, scores_of
-from ...store.database import Store
 
 
 def score_rows(store: Store, run_id: int) -> list[dict[str, Any]]:

@@ -42,7 +42,8 @@ def embedded_gguf() -> Path:
     return path
 
 
-def cache_root() -> Path:
+def home() -> Path:
+    """Where the copies live: $PYTEST_EVALS_CACHE, else pytest-evals under the user's XDG cache folder."""
     explicit = os.environ.get("PYTEST_EVALS_CACHE")
     if explicit:
         return Path(explicit)
@@ -51,14 +52,14 @@ def cache_root() -> Path:
 
 
 def copies_root() -> Path:
-    return cache_root() / "dequantized"
+    return home() / "dequantized"
 
 
 def content_digest(gguf: Path) -> str:
     """SHA-256 of the file's content, computed once per file version (path, size, modification time)."""
     stat = gguf.stat()
     version = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    index_path = cache_root() / "digests.json"
+    index_path = home() / "digests.json"
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

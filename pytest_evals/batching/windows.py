@@ -115,7 +115,7 @@ class WindowPlugin:
         spec = spec_of(item)
         if spec is None or any(item.get_closest_marker(m) is not None for m in ("skip", "skipif", "xfail")):
             return False
-        if not item.stash.get(batch_key, self.state.batch) or ran_key in item.stash:
+        if not item.stash.get(batch_key, self.state.batch_across_cases) or ran_key in item.stash:
             return False  # opted out (evals_batch(False)), or already run
         own = test_arguments(item)  # the test's own arguments (fixtures may take request)
         if "request" in own or (ONE_AT_A_TIME - {"request"}) & set(getattr(item, "fixturenames", ())):

@@ -304,7 +304,7 @@ def _read(config: pytest.Config) -> RunState:
         baseline=_setting(config, "evals_baseline", str, None),
         resume=bool(config.getoption("evals_resume") or config.getini("evals_resume"))
         and not config.getoption("evals_fresh"),
-        budget=budget, batch=bool(config.getini("evals_batch")), pool=pool, prices=PriceTable(prices), retry=retry,
+        budget=budget, batch_across_cases=bool(config.getini("evals_batch")), pool=pool, prices=PriceTable(prices), retry=retry,
         worker_id=worker_id(config),
         limit=limit, seed=_setting(config, "evals_seed", int, 0),
         repeat=repeat_from_option(_setting(config, "evals_repeat", int, None),

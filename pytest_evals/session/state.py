@@ -58,7 +58,7 @@ class RunState:
     baseline: str | None  # --evals-baseline RUN_ID|latest
     resume: bool  # --evals-resume, and not --evals-fresh
     budget: float | None  # USD
-    batch: bool  # ini evals_batch: trace eval cases for batches across cases (a marker evals_batch wins)
+    batch_across_cases: bool  # ini evals_batch: run eval cases in windows (a marker evals_batch wins)
     # shared objects
     pool: BackendPool  # loaded backends, one per spec per process
     prices: PriceTable

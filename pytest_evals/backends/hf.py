@@ -95,25 +95,6 @@ class HFBackend(HFScoring, HFGeneration, TemplateChat, Backend):
         if getattr(self.tokenizer, "chat_template", None) is None:
             self.capabilities = frozenset({"generate", "loglikelihood"})
 
-    # --- shared helpers -------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    @property
-    def max_length(self) -> int:
-        """Longest sequence the model takes (lm-evaluation-harness's rule)."""
-        config = self.model.config
-        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-            if hasattr(config, attr):
-                return int(getattr(config, attr))
-        limit = getattr(self.tokenizer, "model_max_length", None)
-        return int(limit) if limit and limit < 1e9 else 2048
-
-    @property
-    def prefix_token_id(self) -> int:
-        tok = self.tokenizer
-        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-
     # --- generate / chat ------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Reply]:
         return self._complete([(r.prompt, r) for r in requests])
@@ -128,18 +109,6 @@ class HFBackend(HFScoring, HFGeneration, TemplateChat, Backend):
 
     def context_window(self) -> int | None:
         return self.max_length
-
-    # --- GPU memory: torch's allocator, per call; None on the CPU ---------------------------------
-
-    def _reset_gpu_peak(self) -> None:
-        if self.device.type == "cuda":
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-
-    def _gpu_peak(self) -> float | None:
-        """The allocator's peak since ``_reset_gpu_peak``, in MiB; None on the CPU."""
-        if self.device.type != "cuda":
-            return None
-        return self.torch.cuda.max_memory_allocated(self.device) / 2**20
 
     def close(self) -> None:
         self.model = None

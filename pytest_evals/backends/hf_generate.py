@@ -8,37 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import BackendSettings, GenerateRequest, Reply, Stopwatch, TransientError, apply_stop, tpot
-from .hf_prefix import SharedPrefix
-from .specs import ModelSpec
+from .base import GenerateRequest, Reply, Stopwatch, TransientError, apply_stop, tpot
+from .hf_load import LoadedModel
 
 
-class HFGeneration:
+class HFGeneration(LoadedModel):
     """Mixin of :class:`~pytest_evals.backends.hf.HFBackend`: generating text."""
-
-    spec: ModelSpec
-    settings: BackendSettings
-    torch: Any
-    model: Any
-    tokenizer: Any
-    device: Any
-    batch_size: int
-    prefix: SharedPrefix | None
-
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def _reset_gpu_peak(self) -> None:
-        raise NotImplementedError
-
-    def _gpu_peak(self) -> float | None:
-        raise NotImplementedError
 
     def _complete(self, items: list[tuple[str, GenerateRequest]]) -> list[Reply]:
         replies: list[Reply | None] = [None] * len(items)
         # One generate() call samples at one temperature: requests batch with those of their own temperature
         # only (greedy with greedy), long prompts with long ones.
-        # (greedy ones keep their order: a batch that continues the last one's rows reuses their cache)
+        # (greedy ones keep their order: a batch that continues the last one's rows reuses their KV cache)
         order = sorted(range(len(items)), key=lambda i: (items[i][1].temperature,
                                                          0 if items[i][1].temperature == 0 and self.prefix else -len(items[i][0])))
         by_temperature: dict[float, list[int]] = {}

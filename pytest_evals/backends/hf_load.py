@@ -72,6 +72,50 @@ def weights_fingerprint(spec: ModelSpec) -> str:
     return "rev:" + Path(str(try_to_load_from_cache(source, "config.json"))).parent.name
 
 
+class LoadedModel:
+    """What the generation and scoring sides of :class:`~pytest_evals.backends.hf.HFBackend` share: the
+    loaded model and tokenizer, its settings, and GPU memory per call (torch's allocator; None on the CPU)."""
+
+    spec: ModelSpec
+    settings: Any  # BackendSettings
+    torch: Any
+    model: Any
+    tokenizer: Any
+    device: Any
+    batch_size: int
+    prefix: Any  # hf_prefix.SharedPrefix, or None where the model's KV cache cannot be shared
+    kv_arg: str
+    keeps_logits: bool
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence the model takes (lm-evaluation-harness's rule)."""
+        config = self.model.config
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            if hasattr(config, attr):
+                return int(getattr(config, attr))
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return int(limit) if limit and limit < 1e9 else 2048
+
+    @property
+    def prefix_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def _reset_gpu_peak(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _gpu_peak(self) -> float | None:
+        """The allocator's peak since ``_reset_gpu_peak``, in MiB; None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        return self.torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
 def share_cores(torch: Any) -> None:
     """Split the CPU cores between xdist workers: N workers each using every core thrash.
 

@@ -11,34 +11,14 @@ Requests whose model input is the same token sequence share one forward pass. A 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Sequence
 
 from .base import Loglikelihood, LoglikelihoodRequest, Stopwatch, likeliest, split_whitespace
-from .hf_prefix import SharedPrefix
+from .hf_load import LoadedModel
 
 
-class HFScoring:
+class HFScoring(LoadedModel):
     """Mixin of :class:`~pytest_evals.backends.hf.HFBackend`: scoring continuations."""
-
-    torch: Any
-    model: Any
-    tokenizer: Any
-    device: Any
-    batch_size: int
-    prefix: SharedPrefix | None
-    kv_arg: str
-    keeps_logits: bool
-    max_length: int
-    prefix_token_id: int
-
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def _reset_gpu_peak(self) -> None:
-        raise NotImplementedError
-
-    def _gpu_peak(self) -> float | None:
-        raise NotImplementedError
 
     def _choose(self, context: str, options: list[str]) -> int:
         return self._choose_many([(context, options)])[0]

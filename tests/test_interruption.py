@@ -270,3 +270,98 @@ def test_a_killed_run_is_not_left_running(fake_project: pytest.Pytester, monkeyp
     assert fake_project.runpytest_subprocess("--model=fake:m", "--evals-resume").ret == 0
     assert rows(fake_project, "SELECT id, status, tests, tests_not_run FROM runs") == [
         (1, "interrupted", None, None), (2, "finished", 4, 0)]
+
+
+# A signal that lands inside one step of recording a case (sent by the process to itself, there): in the
+# gate bookkeeping, while the run's row is written, or inside the case's transaction before its COMMIT.
+SIGNAL_INSIDE = FAKE_BACKEND + '''
+import os
+import signal
+
+from pytest_evals.scoring.gates import Gates
+from pytest_evals.store.database import Store
+
+SEEN = {"gates": 0, "start_run": 0, "record_case": 0}
+
+
+def _signal_at(step):
+    SEEN[step] += 1
+    if step == STEP and SEEN[step] == AT:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+_add, _start, _insert = Gates.add, Store.start_run, Store._insert
+
+
+def add(self, *args, **kwargs):
+    _signal_at("gates")
+    return _add(self, *args, **kwargs)
+
+
+def start_run(self, *args, **kwargs):
+    _signal_at("start_run")
+    return _start(self, *args, **kwargs)
+
+
+def insert(self, table, ids, row):
+    found = _insert(self, table, ids, row)
+    if table == "calls":  # the case's row is in, its transaction not yet committed
+        _signal_at("record_case")
+    return found
+
+
+Gates.add, Store.start_run, Store._insert = add, start_run, insert
+'''
+
+FIVE = """
+import pytest
+
+@pytest.mark.parametrize("i", range(5))
+def test_a(model, i):
+    assert model.generate(f"q{i}").text
+"""
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "xdist"])
+@pytest.mark.parametrize("step, at", [("gates", 3), ("gates", 5), ("start_run", 1), ("record_case", 3),
+                                      ("record_case", 5)])
+def test_a_signal_inside_a_step_of_recording_never_counts_a_case_that_was_not_committed(
+        pytester: pytest.Pytester, step: str, at: int, xdist: bool) -> None:
+    """The run's status and counts follow what is committed: a case is committed and counted as ended, or
+    neither, wherever the signal lands; `finished` only when every case is stored."""
+    pytester.makeconftest(SIGNAL_INSIDE + f"\nSTEP, AT = {step!r}, {at}\n")
+    pytester.makepyfile(test_suite=FIVE)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:m",
+                             "--evals-batch-size=1", *(["-n", "2"] if xdist else [])],
+                            cwd=pytester.path, env=_env(), capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    (status, tests, not_run), = rows(pytester, "SELECT status, tests, tests_not_run FROM runs")
+    recorded = cases_stored(pytester.path / ".evals" / "evals.sqlite")
+    assert result.returncode == pytest.ExitCode.INTERRUPTED, out[-3000:]
+    assert (status == "finished") == (recorded == 5), out[-3000:]
+    assert (tests, not_run) == (5, 5 - recorded), out[-3000:]
+    if recorded < 5:
+        assert f"{5 - recorded} of 5 tests did not run" in out, out[-3000:]
+
+
+def test_a_run_row_that_cannot_be_closed_is_said_and_fails_the_run(fake_project: pytest.Pytester) -> None:
+    fake_project.makeconftest(FAKE_BACKEND + """
+import sqlite3
+
+from pytest_evals.store.database import Store
+
+
+def finish_run(self, *args, **kwargs):
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+Store.finish_run = finish_run
+""")
+    fake_project.makepyfile(test_suite=FIVE)
+    result = fake_project.runpytest_subprocess("--model=fake:m")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*evals: the run's row could not be closed, so it still says 'running'*"
+                                 "disk I/O error*"])
+    assert "gates hold" not in result.stdout.str()
+    assert rows(fake_project, "SELECT status, count(*) FROM runs JOIN cases ON cases.run_id = runs.id") == \
+        [("running", 5)]

@@ -129,16 +129,20 @@ class Controller:
         carries its record, written here, one transaction per case."""
         if report.failed and not getattr(report, CASE_ATTR, False):
             self.other_failures += 1
-        self.completion.note(report)
+        data = getattr(report, RECORD_ATTR, None) if report.when == "teardown" else None
+        if not data:
+            self.completion.note(report)
+        else:
+            with self.state.signals.deferred():  # committed and counted as ended, or neither
+                if self.record(*record_from_data(data)):
+                    self.completion.note(report)
+            # written: the terminal keeps every report to the end, so it keeps no copy of the record
+            delattr(report, RECORD_ATTR)
         if report.when == "teardown":
-            data = getattr(report, RECORD_ATTR, None)
-            if data:
-                self.record(*record_from_data(data))
-                # written: the terminal keeps every report to the end, so it keeps no copy of the record
-                delattr(report, RECORD_ATTR)
             self.progress.finished(show=bool(self.gates.scores))  # only sessions with eval cases
 
-    def record(self, record: CaseRecord, marker: Threshold | None) -> None:
+    def record(self, record: CaseRecord, marker: Threshold | None) -> bool:
+        """Count a case in the usage, budget and gates, and commit it; whether it was committed."""
         copied = self.replay.copied(record.case) if self.replay is not None else None
         record = copied or record
         case = record.case
@@ -152,12 +156,13 @@ class Controller:
         self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker, case.repeat_of,
                        None if case.sample is None else case.sample - 1, case.samples, record.usage_error)
         if self.storage.write_error:
-            return
+            return False
         # If the database fails mid-run (disk full, a lock held too long), stop the session with one
         # line; every case recorded before stays committed.
         self.storage.write_case(record, self.models)
         if self.storage.write_error and self.session is not None:
             self.session.shouldfail = f"evals: cannot record cases: {self.storage.write_error}"
+        return not self.storage.write_error
 
     def _spend(self, cost: float) -> None:
         """The controller adds up what every worker reports and stops the session at the budget."""
@@ -190,6 +195,8 @@ class Controller:
             self._decide(session, self.completion.incomplete_benchmarks() if self.incomplete_reason else set())
         status = "interrupted" if self.incomplete_reason is not None else "finished"
         self.storage.finish(int(session.exitstatus), status, len(self.completion.collected) or None, len(missing))
+        if self.storage.finish_error and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the record does not say what happened
         if self.verdicts and not self.state.is_worker:
             facts = RunFacts(run_id=self.run_id, exit_status=int(session.exitstatus), baseline_id=self.baseline_id,
                              incomplete=self.incomplete_reason,

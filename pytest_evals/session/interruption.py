@@ -6,17 +6,20 @@
   SIGTERM wait until the record is written, the summary printed and the plugins unconfigured (the exit
   status is then 2); a third one held back stops the process at once.
 - **A run is complete** only when every collected test reported its end (a teardown report, or xdist's
-  report for a crashed worker's test). The session plugin stores an incomplete run as ``interrupted``,
+  report for a crashed worker's test) and, for an eval case, its record was committed: the controller
+  commits a case and counts it as ended with stopping signals deferred (``SignalGuard.deferred``), so a
+  signal never leaves a case counted that the store rolled back. The session plugin stores an incomplete run as ``interrupted``,
   marks the gates of its incomplete benchmarks ``INCOMPLETE`` (never PASS), and its last lines say how
   many tests did not run and the command that resumes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pytest
 
@@ -64,6 +67,26 @@ class SignalGuard:
         for signum, handler in self._before_hold.items():
             signal.signal(signum, handler)
         self._before_hold.clear()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A stopping signal that comes inside is delivered when the block has ended, never in the middle of
+        it: committing a case and counting it as ended happen both or neither. (Inside :meth:`hold` a signal
+        is held anyway; off the main thread no handler can be set.)"""
+        if self._before_hold or not _main_thread():
+            yield
+            return
+        came: list[int] = []
+        before = {signum: signal.getsignal(signum) for signum in STOPPING}
+        for signum in STOPPING:
+            signal.signal(signum, lambda signum, frame: came.append(signum))
+        try:
+            yield
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
+            for signum in dict.fromkeys(came):
+                signal.raise_signal(signum)  # to the handler it would have met: Ctrl-C's KeyboardInterrupt
 
     @staticmethod
     def _interrupt(signum: int, frame: Any) -> None:

@@ -87,6 +87,7 @@ class RunStorage:
         self.started_at = now()
         self.write_error: str | None = None  # the first write that failed; later cases are not written
         self.cases_stored = False  # the failed write came after every case was committed
+        self.finish_error: str | None = None  # the run's row could not be closed (it still says 'running')
 
     @property
     def args(self) -> list[str]:
@@ -156,8 +157,8 @@ class RunStorage:
             try:
                 self.store.finish_run(self.run_id, exit_status=exit_status, status=status, tests=tests,
                                       tests_not_run=tests_not_run)
-            except sqlite3.Error:
-                pass  # already reported by a case's write; the cases written so far are committed
+            except sqlite3.Error as exc:  # the cases written so far stay committed
+                self.finish_error = str(self.store.error(exc))
 
     def close(self, interrupted: bool) -> None:
         """``interrupted``: a signal came while the run was finishing, so its exit status is 2."""

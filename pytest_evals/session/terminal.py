@@ -158,6 +158,9 @@ class TerminalPlugin:
             what = ("every case is stored, the run's scores and verdicts are not" if c.storage.cases_stored
                     else "the cases after the first failed write are not stored")
             tr.write_line(f"evals: {what}: {c.storage.write_error}", red=True)
+        if c.storage.finish_error:
+            tr.write_line(f"evals: the run's row could not be closed, so it still says 'running' (a later run on "
+                          f"this host marks it interrupted): {c.storage.finish_error}", red=True)
         for note in c.markdown_notes:
             tr.write_line(note, yellow="cannot" in note)
         if c.run_id is not None:

@@ -158,7 +158,7 @@ class TerminalPlugin:
             what = ("every case is stored, the run's scores and verdicts are not" if c.storage.cases_stored
                     else "the cases after the first failed write are not stored")
             tr.write_line(f"evals: {what}: {c.storage.write_error}", red=True)
-        if c.storage.finish_error:
+        if c.storage.finish_error and not c.storage.write_error:  # (a failed write was said: one line a cause)
             tr.write_line(f"evals: the run's row could not be closed, so it still says 'running' (a later run on "
                           f"this host marks it interrupted): {c.storage.finish_error}", red=True)
         for note in c.markdown_notes:

@@ -11,16 +11,17 @@ from typing import Any
 
 from .backends.base import BackendError, Reply, ToolCall
 from .data import Row, few_shot, load_dataset
+from .errors import DataError
 
 __version__ = "0.1.0"
-__all__ = ["BackendError", "Reply", "Row", "ToolCall", "few_shot", "load_dataset", "load_jsonl", "__version__"]
+__all__ = ["BackendError", "DataError", "Reply", "Row", "ToolCall", "few_shot", "load_dataset", "load_jsonl", "__version__"]
 
 
 def load_jsonl(anchor: str | Path, name: str | None = None) -> list[dict[str, Any]]:
     """Read a JSONL file into a list of dicts.
 
     ``load_jsonl(__file__, "cases.jsonl")`` reads the file beside the calling module; with one
-    argument the path is used as given. A missing or empty file, or a bad line, raises ``ValueError``
+    argument the path is used as given. A missing or empty file, or a bad line, raises ``DataError`` (a ``ValueError``)
     naming the file (and line), so the suite's collection error says what to fix.
     """
     path = Path(anchor)
@@ -29,7 +30,7 @@ def load_jsonl(anchor: str | Path, name: str | None = None) -> list[dict[str, An
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
+        raise DataError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -37,10 +38,10 @@ def load_jsonl(anchor: str | Path, name: str | None = None) -> list[dict[str, An
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: each line must be a JSON object")
+            raise DataError(f"{path}:{number}: each line must be a JSON object")
         rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no cases (the file has no JSON lines)")
+        raise DataError(f"{path}: no cases (the file has no JSON lines)")
     return rows

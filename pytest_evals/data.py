@@ -26,6 +26,8 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .errors import DataError
+
 ID_FIELDS = ("id", "task_id", "doc_id", "idx", "uid")
 HF_PREFIX = "hf:"
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
@@ -56,7 +58,7 @@ def load_dataset(source: str | os.PathLike[str], name: str | None = None, *, spl
     folder saved with ``datasets``' ``save_to_disk``, or ``hf:ORG/NAME`` for a Hugging Face dataset
     already in the local cache (``config`` and ``split`` pick its part). With ``name``, the file is
     ``name`` beside ``source`` (``load_dataset(__file__, "cases.csv")``). Bad input raises
-    ``ValueError`` with one line naming the file and the fix, so collection stops there.
+    ``DataError`` (a ``ValueError``) with one line naming the file and the fix, so collection stops there.
     """
     text = os.fspath(source)
     if text.startswith(HF_PREFIX) and name is None:
@@ -67,7 +69,7 @@ def load_dataset(source: str | os.PathLike[str], name: str | None = None, *, spl
         rows = _read(path, split)
         where = str(path)
     if not rows:
-        raise ValueError(f"{where}: no rows")
+        raise DataError(f"{where}: no rows")
     return with_ids(rows, where, id_field)
 
 
@@ -76,13 +78,13 @@ def with_ids(rows: Iterable[dict[str, Any]], where: str = "rows", id_field: str 
     repeated id gets ``-2``, ``-3``... (in file order)."""
     rows = list(rows)
     if id_field is not None and rows and id_field not in rows[0]:
-        raise ValueError(f"{where}: no field {id_field!r} for the ids; the fields are {', '.join(map(str, rows[0]))}")
+        raise DataError(f"{where}: no field {id_field!r} for the ids; the fields are {', '.join(map(str, rows[0]))}")
     field = id_field or next((f for f in ID_FIELDS if rows and all(f in r for r in rows)), None)
     seen: dict[str, int] = {}
     out = []
     for row in rows:
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: each row must be an object of fields, not {type(row).__name__}")
+            raise DataError(f"{where}: each row must be an object of fields, not {type(row).__name__}")
         base = (str(row[field]) if field is not None else
                 "r" + hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:10])
         base = " ".join(base.split()) or "empty"
@@ -99,22 +101,22 @@ def _read(path: Path, split: str | None) -> list[dict[str, Any]]:
     if packed:
         suffix = Path(path.stem).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use one of "
+        raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use one of "
                          f"{', '.join(FORMATS)} (.gz too for the text ones), or hf:ORG/NAME")
     try:
         if suffix == ".parquet":
             return _parquet(path)
         data = path.read_bytes()
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
+        raise DataError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
     if packed:
         data = gzip.decompress(data)
     try:
         content = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(content, newline="")))
+        return _csv(path, content)
     if suffix == ".json":
         return _json(path, content)
     rows = []
@@ -123,7 +125,35 @@ def _read(path: Path, split: str | None) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def _csv(path: Path, content: str) -> list[dict[str, Any]]:
+    """Rows under the header row; a row with more or fewer fields than the header, or a quote left open
+    (which would swallow the rows after it), is a DataError naming its lines."""
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    rows: list[dict[str, Any]] = []
+    header: list[str] | None = None
+    start = 1  # the line where the next row starts
+    try:
+        for fields in reader:
+            where = f"{path}:{start}" if reader.line_num == start else f"{path}:{start}-{reader.line_num}"
+            start = reader.line_num + 1
+            if not fields:
+                continue  # a blank line
+            if header is None:
+                header = fields
+                continue
+            if len(fields) != len(header):
+                opened = "; a quote left open there joins the rows after it" if any("\n" in f for f in fields) else ""
+                fix = ("quote a field that holds a comma, or remove the extra field" if len(fields) > len(header)
+                       else "give the row every field, empty ones too (a,,c)")
+                raise DataError(f"{where}: {len(fields)} fields where the header has {len(header)} "
+                                f"({', '.join(header)}){opened}; {fix}")
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{start}: not valid CSV ({exc}); check the quotes of the row that starts there") from None
     return rows
 
 
@@ -131,14 +161,14 @@ def _json(path: Path, content: str) -> list[dict[str, Any]]:
     try:
         data = json.loads(content)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if isinstance(data, dict):  # {"data": [...]} or another single list of rows
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
-            raise ValueError(f"{path}: expected a list of rows, or an object holding one list of rows")
+            raise DataError(f"{path}: expected a list of rows, or an object holding one list of rows")
         data = lists[0]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of rows")
+        raise DataError(f"{path}: expected a list of rows")
     return data
 
 
@@ -146,20 +176,20 @@ def _parquet(path: Path) -> list[dict[str, Any]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ValueError(f"{path}: reading Parquet needs pyarrow: pip install 'pytest-llm-evals[data]'") from None
+        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'pytest-llm-evals[data]'") from None
     if not path.is_file():
-        raise ValueError(f"{path}: cannot read the data file (no such file)")
+        raise DataError(f"{path}: cannot read the data file (no such file)")
     try:
         return pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow's own errors: a truncated or foreign file
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
 def _datasets_module(where: str) -> Any:
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"{where}: Hugging Face datasets need the datasets package: "
+        raise DataError(f"{where}: Hugging Face datasets need the datasets package: "
                          "pip install 'pytest-llm-evals[data]'") from None
     return datasets
 
@@ -167,7 +197,7 @@ def _datasets_module(where: str) -> Any:
 def _saved(folder: Path, split: str | None) -> list[dict[str, Any]]:
     """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
     if not ((folder / "dataset_info.json").exists() or (folder / "dataset_dict.json").exists()):
-        raise ValueError(f"{folder}: a folder, but not one saved with datasets' save_to_disk; name a data file")
+        raise DataError(f"{folder}: a folder, but not one saved with datasets' save_to_disk; name a data file")
     datasets = _datasets_module(str(folder))
     data = datasets.load_from_disk(str(folder))
     return _split_rows(data, split, str(folder))
@@ -178,10 +208,10 @@ def _split_rows(data: Any, split: str | None, where: str) -> list[dict[str, Any]
         splits = list(data.keys())
         if split is None:
             if len(splits) != 1:
-                raise ValueError(f"{where}: has the splits {', '.join(splits)}; pick one with split=...")
+                raise DataError(f"{where}: has the splits {', '.join(splits)}; pick one with split=...")
             split = splits[0]
         if split not in data:
-            raise ValueError(f"{where}: no split {split!r}; it has {', '.join(splits)}")
+            raise DataError(f"{where}: no split {split!r}; it has {', '.join(splits)}")
         data = data[split]
     return [dict(row) for row in data]
 
@@ -196,7 +226,7 @@ def _hub(name: str, config: str | None, split: str | None) -> list[dict[str, Any
         data = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # not cached (ConnectionError, FileNotFoundError, DatasetNotFoundError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
+        raise DataError(
             f"{where}: not in the local Hugging Face cache, and a run never downloads ({first[:200]}); fetch it "
             f"once with: python -c \"import datasets; datasets.load_dataset({name!r}, {config!r})\"") from None
     finally:

@@ -1,4 +1,4 @@
-"""The error a domain module raises for bad configuration.
+"""The errors a domain module raises for bad configuration, and for data that cannot be read as cases.
 
 Specs, routes, gates, prices and retry policies are checked where they are defined, without pytest:
 each raises a :class:`ConfigError` whose message names the problem and the fix. ``options.usage_error``
@@ -14,3 +14,8 @@ class ConfigError(ValueError):
 
 class SpecError(ConfigError):
     """A spec that cannot be served; the message names the spec and the fix."""
+
+
+class DataError(ValueError):
+    """A data file (or dataset) that cannot be read as cases: the message names the file, the line where
+    there is one, and what is wrong. Raised at collection, it is the module's one-line collection error."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .data import Row, with_ids
+from .errors import DataError
 
 FEWSHOT_SEED = 1234  # lm-evaluation-harness's default fewshot_random_seed
 
@@ -110,30 +111,30 @@ def _metric_name(name: str) -> str:
 def load_task(name: str, include_path: str | os.PathLike[str] | None = None, *,
               num_fewshot: int | None = None) -> LmEvalTask:
     """An lm-evaluation-harness task by name (its own, or a YAML under ``include_path``), with its
-    documents ready for ``parametrize``. Raises ``ValueError`` with one line where it cannot."""
+    documents ready for ``parametrize``. Raises ``DataError`` (a ``ValueError``) with one line where it cannot."""
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise ValueError(f"lm-eval task {name}: needs lm-evaluation-harness: pip install lm-eval") from None
+        raise DataError(f"lm-eval task {name}: needs lm-evaluation-harness: pip install lm-eval") from None
     previous = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
     os.environ.update({k: "1" for k in previous})
     try:
         manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
         if name not in manager.all_tasks:
-            raise ValueError(f"lm-eval task {name}: not found"
+            raise DataError(f"lm-eval task {name}: not found"
                              + (f" (nor under {include_path})" if include_path else "")
                              + "; name a task of lm-eval's list or a YAML under include_path")
         loaded = manager.load([name])
         if name not in loaded["tasks"]:
             children = ", ".join(loaded.get("group_map", {}).get(name, [])[:5])
-            raise ValueError(f"lm-eval task {name}: is a group; name one of its tasks ({children})")
+            raise DataError(f"lm-eval task {name}: is a group; name one of its tasks ({children})")
         task = loaded["tasks"][name]
         task.set_fewshot_seed(seed=FEWSHOT_SEED)
         docs = list(task.test_docs() if task.has_test_docs() else task.validation_docs() or [])
     except ValueError:
         raise
     except Exception as exc:  # its dataset is not here (offline), a bad YAML, ...
-        raise ValueError(f"lm-eval task {name}: cannot load it ({type(exc).__name__}: "
+        raise DataError(f"lm-eval task {name}: cannot load it ({type(exc).__name__}: "
                          f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from None
     finally:
         for key, value in previous.items():
@@ -142,7 +143,7 @@ def load_task(name: str, include_path: str | os.PathLike[str] | None = None, *,
             else:
                 os.environ[key] = value
     if not docs:
-        raise ValueError(f"lm-eval task {name}: no documents in its test or validation split")
+        raise DataError(f"lm-eval task {name}: no documents in its test or validation split")
     shots = num_fewshot if num_fewshot is not None else int(task.config.num_fewshot or 0)
     metrics = [m["metric"] for m in (task.config.metric_list or []) if isinstance(m.get("metric"), str)]
     rows = with_ids([dict(doc) for doc in docs], f"lm-eval task {name}", id_field=None)

@@ -101,6 +101,7 @@ class Tool:
 
 def tool(function: Callable[..., Any]) -> Tool:
     """A tool from a plain function: name, description and parameters from its signature and docstring."""
+    __tracebackhide__ = True
     if not callable(function) or not getattr(function, "__name__", None):
         raise TypeError(f"tools are plain functions with a name, got {function!r}")
     description, argument_docs = parse_docstring(function.__doc__)

@@ -46,6 +46,7 @@ class ChatCaller(Protocol):
 
 
 def as_tools(tools: Sequence[Callable[..., Any] | Tool] | None) -> list[Tool]:
+    __tracebackhide__ = True  # a mistake in the test's arguments points at the test's line
     made = [t if isinstance(t, Tool) else tool(t) for t in tools or ()]
     names = [t.name for t in made]
     if len(set(names)) != len(names):
@@ -54,6 +55,7 @@ def as_tools(tools: Sequence[Callable[..., Any] | Tool] | None) -> list[Tool]:
 
 
 def check_tool_choice(tool_choice: str, tools: Sequence[Tool]) -> None:
+    __tracebackhide__ = True
     names = [t.name for t in tools]
     if tool_choice in TOOL_CHOICES or tool_choice in names:
         if tool_choice == "required" and not tools:
@@ -87,6 +89,7 @@ class Conversation:
                  tools: Sequence[Callable[..., Any] | Tool] | None = None, tool_choice: str = "auto", *,
                  max_tokens: int = 256, temperature: float = 0.0, max_rounds: int = MAX_ROUNDS,
                  context_window: int | None = None, trim: bool = True) -> None:
+        __tracebackhide__ = True
         self.tools = as_tools(tools)
         check_tool_choice(tool_choice, self.tools)
         if max_rounds < 0:

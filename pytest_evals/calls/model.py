@@ -79,7 +79,11 @@ class Model:
                  stop: str | Sequence[str] | None = None) -> Reply:
         """Raw completion of ``prompt`` (no chat template)."""
         __tracebackhide__ = True
+        _text("generate", "prompt", prompt, "to ask several prompts, call model.generate once for each (the calls "
+              "of a window of cases are batched anyway)")
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        if not all(isinstance(s, str) for s in stops):
+            raise TypeError(f"model.generate(stop=...): expected a string or a list of strings, got {stop!r}")
         request = GenerateRequest(prompt, max_tokens=max_tokens, temperature=temperature, stop=stops)
         self._check_sampling("generate", temperature)
         return self._call("generate", prompt, self._sender("generate", [request]))
@@ -95,6 +99,9 @@ class Model:
         __tracebackhide__ = True
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        if isinstance(messages, dict) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise TypeError("model.chat(messages): expected a string or a list of messages such as "
+                            f"[{{'role': 'user', 'content': '...'}}], got {_shown(messages)}")
         conversation = Conversation(self, tools=tools, tool_choice=tool_choice, max_tokens=max_tokens,
                                     temperature=temperature, max_rounds=max_rounds, trim=False)
         conversation.seed(messages)
@@ -108,6 +115,7 @@ class Model:
         When the history outgrows the context window (the model's, or ``context_window`` tokens), the
         oldest turns after the system prompt are dropped; ``.dropped`` keeps them and the store marks them.
         """
+        __tracebackhide__ = True
         return Conversation(self, system, tools, tool_choice, max_tokens=max_tokens, temperature=temperature,
                             max_rounds=max_rounds, context_window=context_window)
 
@@ -123,6 +131,9 @@ class Model:
     def loglikelihood(self, context: str, continuation: str) -> float:
         """Sum of the log-probabilities of ``continuation``'s tokens after ``context``."""
         __tracebackhide__ = True
+        _text("loglikelihood", "context", context)
+        _text("loglikelihood", "continuation", continuation, "to score several continuations, call "
+              "model.score(context, [...]) or model.choose(context, [...])")
         request = LoglikelihoodRequest(context, continuation)
         self._check_sampling("loglikelihood", None)
         result = self._call("loglikelihood", context + continuation, self._sender("loglikelihood", [request]))
@@ -139,6 +150,9 @@ class Model:
         """Each continuation's loglikelihood after ``context`` (with ``is_greedy`` and token counts), in one
         call: a question's choices, as lm-evaluation-harness scores them."""
         __tracebackhide__ = True
+        _text("score", "context", context)
+        if isinstance(continuations, str) or not all(isinstance(c, str) for c in continuations):
+            raise TypeError(f"model.score(context, continuations): expected a list of strings, got {_shown(continuations)}")
         if not continuations:
             raise ValueError("score() needs at least one continuation")
         requests = [LoglikelihoodRequest(context, c) for c in continuations]
@@ -240,6 +254,19 @@ class Model:
             return result
 
         return call_with_retries(attempt, self._policy, self._breaker)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"
+
+
+def _text(call: str, name: str, value: Any, hint: str = "") -> None:
+    """A call's text argument must be a string: one line naming the call (and the right one), not a fault
+    deep inside a batch."""
+    __tracebackhide__ = True
+    if not isinstance(value, str):
+        raise TypeError(f"model.{call}({name}): expected a string, got {_shown(value)}" + (f"; {hint}" if hint else ""))
 
 
 def _show_message(message: Message) -> str:

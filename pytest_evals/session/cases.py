@@ -23,7 +23,7 @@ from ..backends.base import BackendError
 from ..calls.reliability import MARKER as RETRY_MARKER
 from ..calls.reliability import policy_from_marker
 from ..calls.routing import JUDGE_MARKER, TASK_MARKER, TASKS, parse_judge, parse_task
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..scoring.gates import MARKER as THRESHOLD_MARKER
 from ..scoring.gates import threshold_from_marker
 from .limit import choose
@@ -112,7 +112,19 @@ class CasePlugin:
         self.config = config
         self.state = state
 
-    # --- collection: markers ------------------------------------------------------------------------
+    # --- collection ---------------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector):
+        """A data file that cannot be read as cases fails its module's collection with the one line that
+        names the file, the line and the fix, not a traceback through the loader (``--tb`` styles and
+        ``--full-trace`` keep the traceback)."""
+        report = yield
+        line = data_error_line(report) if self.config.getoption("tbstyle", "auto") == "auto" else None
+        if line is not None and not self.config.getoption("fulltrace", False):
+            report.longrepr = line
+        return report
+
+    # --- markers ------------------------------------------------------------------------
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Read each eval case's markers (bad use is a usage error); check the implicit default model
         only once we know eval cases will run."""
@@ -225,6 +237,8 @@ class CasePlugin:
             if report.when == "call" and log.outcome == "error":
                 setattr(report, ERROR_ATTR, True)
                 _shorten_backend_error(item, call, report)
+                if log.usage_error is not None and _default_traceback(item):
+                    report.longrepr = log.usage_error  # a usage error (greedy samples): its one line, each case
             elif report.when == "call" and report.failed and log.outcome == "failed" and call.excinfo is not None:
                 setattr(report, WRONG_ATTR, one_line(call.excinfo.value))
             if report.when == "teardown":
@@ -252,6 +266,14 @@ class CasePlugin:
         if report.passed:
             return "passed", ".", "PASSED (resumed)"
         return "failed", "F", "FAILED (resumed)"
+
+
+def data_error_line(report: pytest.CollectReport) -> str | None:
+    """The message of the DataError a failed collection raised, or None (another failure, or none)."""
+    crash = getattr(report.longrepr, "reprcrash", None) if report.failed else None
+    message = getattr(crash, "message", None) or ""
+    prefix = f"{DataError.__module__}.{DataError.__qualname__}: "
+    return message[len(prefix):] if message.startswith(prefix) else None
 
 
 def _sample(item: pytest.Item) -> dict[str, Any]:
@@ -307,9 +329,14 @@ def _shorten_backend_error(item: pytest.Item, call: pytest.CallInfo[Any], report
     excinfo = call.excinfo
     if excinfo is None or not excinfo.errisinstance(BackendError):
         return
-    if item.config.getoption("tbstyle", "auto") != "auto" or item.config.getoption("fulltrace", False):
+    if not _default_traceback(item):
         return
     in_test_file = excinfo.traceback.filter(lambda entry: str(entry.path) == str(item.path))
     if len(in_test_file):
         excinfo.traceback = in_test_file
     report.longrepr = excinfo.getrepr(style="short", chain=False)
+
+
+def _default_traceback(item: pytest.Item) -> bool:
+    """pytest's default ``--tb=auto`` (an explicit style, or ``--full-trace``, shows everything)."""
+    return item.config.getoption("tbstyle", "auto") == "auto" and not item.config.getoption("fulltrace", False)

@@ -71,12 +71,14 @@ class Controller:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.session = session
         pool = self.state.pool
-        named = [*(self.state.specs if self.state.explicit_models else ()), *self.state.routes.table.values(),
-                 *([self.state.judge] if self.state.judge else [])]
-        for spec in named:  # what the user named must be servable; the implicit default is checked lazily
+        named = [*((s, "--model") for s in (self.state.specs if self.state.explicit_models else ())),
+                 *((s, f"--evals-route {task}=") for task, s in self.state.routes.table.items()),
+                 *([(self.state.judge, "--evals-judge")] if self.state.judge else [])]
+        for spec, option in named:  # what the user named must be servable; the implicit default is checked lazily
             problem = pool.availability_problem(spec)
-            if problem:
-                raise pytest.UsageError(problem)
+            if problem:  # the backends name --model; say the option that named the spec
+                gap = "" if option.endswith("=") else " "
+                raise pytest.UsageError(problem.replace(f"--model {spec.raw}", f"{option}{gap}{spec.raw}", 1))
         if self.state.cache is not None:
             try:
                 self.state.cache.open()  # a missing file to replay, or an unusable one, is reported now
@@ -181,6 +183,8 @@ class Controller:
     def pytest_sessionfinish(self, session: pytest.Session) -> object:
         """Decide the gates and store the run before pytest's terminal summary and JUnit file are written."""
         self.progress.stop()
+        if session.exitstatus == pytest.ExitCode.USAGE_ERROR and self.run_id is None:
+            return (yield)  # a usage error (a bad marker, option or spec) before any case: no run, no resume advice
         missing = self.completion.missing
         if missing and self.run_id is None and self.eval_collected and not self.storage.write_error:
             try:  # interrupted before its first case was recorded: the run is still stored, as interrupted

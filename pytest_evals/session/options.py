@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..scoring.gates import Gates
 from ..store.database import DEFAULT_DB
 from .gpus import WORKER_KEY, plan
+from .paths import creatable_problem
 from .repeats import repeat_from_option
 from .resume import ResumeState
 from .state import RunState, worker_id
@@ -210,16 +211,6 @@ def _path(config: pytest.Config, option: str, default: str) -> Path:
     return path
 
 
-def _writable_under(path: Path) -> bool:
-    """Whether ``path`` can be written: its nearest existing folder takes new files."""
-    import os
-
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
-
-
 def gpus_per_worker(config: pytest.Config) -> int | None:
     """--evals-gpus-per-worker (or its ini key); None when not set."""
     try:
@@ -293,8 +284,8 @@ def _read(config: pytest.Config) -> RunState:
     if markdown is not None:
         _require(not markdown.is_dir(), f"--evals-markdown {markdown}: is a folder; pass a file path such as "
                  "evals-summary.md")
-        _require(_writable_under(markdown), f"--evals-markdown {markdown}: cannot be written (no permission in "
-                 "its folder); pass a writable path")
+        problem = creatable_problem(markdown, "cannot write the Markdown summary", "pass another --evals-markdown PATH")
+        _require(problem is None, f"--evals-markdown {problem}")
 
     settings = BackendSettings(timeout_s=timeout, batch_size=batch_size, concurrency=concurrency)
     pool = BackendPool(registry, settings, replay=cache_mode == "replay")

@@ -8,13 +8,11 @@ recorded (a session without eval cases never creates the file). A write that fai
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import socket
 import sqlite3
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from .. import __version__
 from ..store.database import Store, StoreError
 from ..store.rows import CaseRecord, now
 from .options import usage_error
+from .paths import creatable_problem
 
 
 def git_revision(path: str) -> str | None:
@@ -52,30 +51,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _check_creatable(path: "os.PathLike[str]") -> str | None:
-    """Why a database could not be created at ``path``, or None. Leaves nothing behind."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    fix = "pass a writable --evals-db PATH"
-    if not os.path.isdir(parent):
-        return f"{path}: cannot create the database: {parent} is a file, not a folder; {fix}"
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        why = {
-            errno.EACCES: f"no permission to create files in {parent}",
-            errno.EPERM: f"no permission to create files in {parent}",
-            errno.EROFS: f"{parent} is on a read-only file system",
-            errno.ENOSPC: f"no space left on the device of {parent}",
-            # the folder exists, yet creating a file in it says it does not: /proc, /sys and the like
-            errno.ENOENT: f"{parent} does not take new files (a virtual file system such as /proc or /sys)",
-        }.get(exc.errno or 0, f"{parent}: {exc.strerror or exc}")
-        return f"{path}: cannot create the database: {why}; {fix}"
-    return None
-
-
 class RunStorage:
     """The store of this run: opened once, its row written with the first case, closed at the end."""
 
@@ -99,7 +74,7 @@ class RunStorage:
         if self.path.exists():
             self.open()
             return
-        problem = _check_creatable(self.path)
+        problem = creatable_problem(self.path, "cannot create the database", "pass a writable --evals-db PATH")
         if problem:
             raise pytest.UsageError(problem)
 

@@ -1,8 +1,10 @@
 """A small OpenAI-compatible server for concurrency tests (starlette + uvicorn, from llama-cpp-python's
 server extra): every completion answers ``echo:<prompt>`` after a fixed latency, streamed as the real
 servers do, and every chat completion ``echo:<the last message's text>`` (``/v1/chat/completions``). It counts requests in flight (``GET /stats``), answers 429 with ``Retry-After: 0`` to
-every Nth request when asked to, 500 to every prompt that starts with ``fail``, and to every prompt that
-starts with ``garble`` a stream whose second event is a malformed JSON line.
+every Nth request when asked to, 500 to every prompt that starts with ``fail``, to every prompt that
+starts with ``garble`` a stream whose second event is a malformed JSON line, and to every prompt that
+starts with ``cut`` a stream cut after its first event (no ``finish_reason``, no ``[DONE]``), as
+llama-cpp-python's server cuts a stream when another request arrives.
 
     python stubserver.py PORT LATENCY_S RATE_LIMIT_EVERY [MODELS_DELAY_S] [--api-key=KEY]   (0: never)
 
@@ -31,7 +33,8 @@ LATENCY = float(ARGS[1])
 EVERY = int(ARGS[2])
 MODELS_DELAY = float(ARGS[3]) if len(ARGS) > 3 else 0.0
 API_KEY = FLAGS.get("api-key")
-stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "rate_limited": 0, "refused": 0, "garbled": 0}
+stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "rate_limited": 0, "refused": 0, "garbled": 0,
+         "cut": 0}
 
 
 def refusal(request: Request) -> Response | None:
@@ -86,9 +89,13 @@ async def completions(request: Request) -> Response:
     text = "echo:" + body["prompt"]
     garbled = body["prompt"].startswith("garble")
     stats["garbled"] += garbled
+    cut = body["prompt"].startswith("cut")
+    stats["cut"] += cut
 
     async def events():
         yield "data: " + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]}) + "\n\n"
+        if cut:
+            return
         if garbled:  # a JSON object cut short, as from a server (or proxy) that writes a broken event
             yield 'data: {"choices": [{"index": 0, "text": "more\n\n'
         yield "data: " + json.dumps({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}],

@@ -288,3 +288,46 @@ def test_a_case_starts_as_soon_as_another_ends(pytester: pytest.Pytester, stub_s
     lines = [line for line in result.stdout.lines if "::test_request[" in line and "PASSED" in line]
     assert [int(line.split("[")[1].split("-")[0]) for line in lines] == list(range(40))  # pytest's order
     assert stats(url)["max_in_flight"] == 4
+
+
+def test_a_server_that_cuts_every_stream_ends_each_case_as_an_error_within_its_pauses(
+        pytester: pytest.Pytester, stub_server) -> None:
+    """The give-up path of cut streams: each case is an error with the line that names the server's flag,
+    after at most CUT_PAUSES_S of pauses (1 s here), so a bounded number of re-sends; the other cases go on."""
+    url = stub_server(latency_s=0.0)
+    pytester.makeconftest("import pytest_evals.backends.openai as openai\nopenai.CUT_PAUSES_S = 1.0\n")
+    pytester.makepyfile(test_cut="""
+        import pytest
+
+        @pytest.mark.evals_threshold(0.0)
+        @pytest.mark.parametrize("prompt", ["cut1", "cut2", "fine"])
+        def test_cut(model, prompt):
+            assert model.generate(prompt, max_tokens=4).text == f"echo:{prompt}"
+        """)
+    result = pytester.runpytest_subprocess(f"--model=openai:stub@{url}", "--evals-max-error-rate=1")
+    assert counts(result) == {"passed": 1, "errors": 2}
+    result.stdout.fnmatch_lines(["E * the stream ended without a finish_reason after 1 chunks (interrupted); cut "
+                                 "* times (* s of pauses, the most a request waits is 1 s), so given up: start the "
+                                 "server with --interrupt_requests False"])
+    # pauses of at least half their ceiling (0.1 s doubled per cut): within 1 s, at most 5 sends; each case
+    # sends twice (in the window's flight, then alone after the flight failed)
+    assert stats(url)["cut"] <= 2 * 2 * 5
+
+
+def test_cut_pauses_stay_within_their_budget_and_bound_the_resends() -> None:
+    import random
+
+    from pytest_evals.backends.openai import CUT_PAUSES_S, MAX_CUT_WAIT_S, cut_pause
+
+    rng = random.Random(3)
+    for _ in range(200):
+        paused, cuts = 0.0, 0
+        while True:
+            cuts += 1
+            wait = cut_pause(cuts, rng)
+            ceiling = min(MAX_CUT_WAIT_S, 0.1 * 2 ** cuts)
+            assert ceiling / 2 <= wait <= ceiling
+            if paused + wait > CUT_PAUSES_S:
+                break
+            paused += wait
+        assert paused <= CUT_PAUSES_S and cuts <= 5 + 2 * CUT_PAUSES_S / MAX_CUT_WAIT_S + 1

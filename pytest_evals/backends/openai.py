@@ -45,10 +45,13 @@ from .specs import ModelSpec
 OWN_OPTIONS = ("context_window",)  # read here; every other spec option is sent as a request field
 RATE_LIMIT_TRIES = 3  # a request of a call of several that meets 429s
 MAX_BATCH_WAIT_S = 5.0
-# A request whose stream the server cuts is sent again, up to this many times in all. Two processes that
-# share an interrupting server cut each other's streams (whichever request arrives last wins); on a loaded
-# machine a request was cut 12 times in a row, so the cap only stops a server that cuts every stream.
-CUT_TRIES = 40
+# A request whose stream the server cuts is sent again after a random pause (doubling from 0.1 s, at most
+# MAX_CUT_WAIT_S: ``cut_pause``), until its pauses would pass CUT_PAUSES_S: the cost accepted per request before giving
+# up on a server that cuts every stream. Two processes that share an interrupting server cut each other's
+# streams (whichever request arrives last wins); the worst seen, on a loaded machine, was 12 cuts in a row,
+# about 9 s of pauses: 20 s leaves twice that, and a server that cuts everything ends each case as an
+# error in 20 s of pauses plus its cut attempts, with the line that names the flag.
+CUT_PAUSES_S = 20.0
 MAX_CUT_WAIT_S = 2.0
 INTERRUPT_FLAG = "--interrupt_requests False"  # llama-cpp-python's server flag that stops the cuts
 
@@ -168,7 +171,8 @@ class OpenAIBackend(Backend):
         concurrency limit in flight (AIMD: a 429 halves the limit and the request waits and tries again,
         up to twice; successes grow it back). A lone request meets its 429 itself: the case's retry
         policy decides. A stream the server cut (StreamInterrupted) halves the limit too and is sent
-        again, lone or batched, up to CUT_TRIES times: such a server answers whole, only slower."""
+        again, lone or batched, until its pauses would pass CUT_PAUSES_S: such a server answers whole, only
+        slower."""
         return self._loop.run(self._gather(one, requests), self._inflight)
 
     def submit(self, method: str, requests: Sequence[Any]) -> list[Future[Any]] | None:
@@ -211,7 +215,7 @@ class OpenAIBackend(Backend):
         itself (the case's retry policy decides); one of several waits and tries again. A cut stream is
         sent again either way."""
         tries = 1 if lone else RATE_LIMIT_TRIES
-        attempt, cuts = 1, 0
+        attempt, cuts, paused = 1, 0, 0.0
         while True:
             async with self.limiter.slot(urgent=lone):  # a case's own call goes first
                 if not lone and self._cancelled:
@@ -223,10 +227,12 @@ class OpenAIBackend(Backend):
                     # after a random pause so that two processes' requests stop meeting
                     self.limiter.throttled()
                     cuts += 1
-                    if cuts >= CUT_TRIES:
-                        raise StreamInterrupted(f"{exc}; cut {cuts} times, so given up: start the server "
-                                                f"with {INTERRUPT_FLAG}") from None
-                    wait = random.uniform(0.0, min(MAX_CUT_WAIT_S, 0.1 * 2 ** cuts))
+                    wait = cut_pause(cuts, random)
+                    if paused + wait > CUT_PAUSES_S:
+                        raise StreamInterrupted(f"{exc}; cut {cuts} times ({paused:.1f} s of pauses, the most a "
+                                                f"request waits is {CUT_PAUSES_S:g} s), so given up: start the "
+                                                f"server with {INTERRUPT_FLAG}") from None
+                    paused += wait
                 except TransientError as exc:
                     if exc.kind != "rate_limit":
                         raise
@@ -283,3 +289,11 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         self._loop.run(self.server.close())
+
+
+def cut_pause(cuts: int, rng: Any) -> float:
+    """The pause before sending a cut stream's request again: random (two processes' requests stop
+    meeting) between half and all of 0.1 s doubled per cut so far, at most MAX_CUT_WAIT_S. Never below
+    half: the pauses' budget then bounds the number of re-sends too (at most 5 + 2 x CUT_PAUSES_S / s)."""
+    ceiling = min(MAX_CUT_WAIT_S, 0.1 * 2 ** cuts)
+    return rng.uniform(ceiling / 2, ceiling)

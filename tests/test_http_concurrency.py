@@ -330,4 +330,4 @@ def test_cut_pauses_stay_within_their_budget_and_bound_the_resends() -> None:
             if paused + wait > CUT_PAUSES_S:
                 break
             paused += wait
-        assert paused <= CUT_PAUSES_S and cuts <= 5 + 2 * CUT_PAUSES_S / MAX_CUT_WAIT_S + 1
+        assert paused <= CUT_PAUSES_S and cuts <= 25  # the pause after the last cut would pass the budget

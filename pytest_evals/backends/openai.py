@@ -294,6 +294,7 @@ class OpenAIBackend(Backend):
 def cut_pause(cuts: int, rng: Any) -> float:
     """The pause before sending a cut stream's request again: random (two processes' requests stop
     meeting) between half and all of 0.1 s doubled per cut so far, at most MAX_CUT_WAIT_S. Never below
-    half: the pauses' budget then bounds the number of re-sends too (at most 5 + 2 x CUT_PAUSES_S / s)."""
+    half: the pauses' budget then bounds the re-sends too (from the fifth on, each pause is at least
+    MAX_CUT_WAIT_S / 2: at most 25 sends for 20 s)."""
     ceiling = min(MAX_CUT_WAIT_S, 0.1 * 2 ** cuts)
     return rng.uniform(ceiling / 2, ceiling)

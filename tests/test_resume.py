@@ -59,11 +59,11 @@ def project(fake_project: pytest.Pytester) -> pytest.Pytester:
     return fake_project
 
 
-def run(project: pytest.Pytester, *args: str, **env: str) -> subprocess.CompletedProcess:
+def run(project: pytest.Pytester, *args: str, model: str = "fake:a", **env: str) -> subprocess.CompletedProcess:
     """pytest in its own process group, so that killing the group spares this test."""
     # an outer xdist worker's variables would make the inner controller look like a worker
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | env
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:a", *args],
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--model={model}", *args],
                           cwd=project.path, env=environment, capture_output=True, text=True, timeout=120,
                           start_new_session=True)
 
@@ -240,3 +240,56 @@ def test_case_keys_are_the_stable_json_digest_that_earlier_versions_stored(pytes
         params = {k: v for k, v in item.callspec.params.items() if k != "model"}
         reference = stable([KEY_VERSION, item.nodeid, stable(params), "hf:m", inspect.getsource(item.function)])
         assert case_key(item, "hf:m") == f"v{KEY_VERSION}:" + hashlib.sha256(reference.encode()).hexdigest()[:40]
+
+
+# Kills with windows on (the default): a window's cases run together and are reported in pytest's order as
+# their bodies end, so under xdist the reports a worker sent that the controller had not stored are lost
+# with a kill, up to a window's worth per worker; with sliding windows (a backend that submits: HTTP), up
+# to two windows' worth. Kill points are drawn from a seeded generator: after the controller stored its
+# k-th case, or inside a case's body.
+MANY = 40
+
+
+def _kill_trials(seed: int, trials: int) -> list[dict[str, str]]:
+    import random
+
+    rng = random.Random(seed)
+    return [({"EVALS_KILL_AFTER": str(rng.randint(1, MANY - 2))} if rng.random() < 0.5
+             else {"EVALS_KILL_IN_CASE": f"c{rng.randint(2, MANY - 1):02d}"}) for _ in range(trials)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["fake", "http"], ids=["rounds", "sliding"])
+def test_kill_9_with_windows_on_loses_at_most_the_documented_reports_and_repeats_nothing(
+        fake_project: pytest.Pytester, stub_server, backend: str) -> None:
+    fake_project.makeconftest(FAKE_BACKEND + KILLER)
+    fake_project.makepyfile(test_bench=SUITE.replace(f"range({CASES})", f"range({MANY})"))
+    if backend == "fake":  # rounds: windows of 2 batches of 4 cases
+        spec, options, window, windows = "fake:a", ["--evals-batch-size", "4"], 8, 1
+    else:  # sliding: 8 cases per request in flight, up to 2 in flight
+        spec, options, window, windows = f"openai:stub@{stub_server(latency_s=0.02)}", ["--evals-concurrency", "2"], 16, 2
+    args = ["-n", "2", *options]
+    name = spec.split("@")[0]
+    for trial, kill in enumerate(_kill_trials(20261202 + (backend == "http"), 3)):
+        for path in [fake_project.path / ".evals", *fake_project.path.glob("*.log")]:
+            if path.is_dir():
+                for f in path.iterdir():
+                    f.unlink()
+            elif path.exists():
+                path.unlink()
+        killed = run(fake_project, *args, model=spec, **kill)
+        where = f"trial {trial} {kill}: {killed.stdout[-2000:]}"
+        assert killed.returncode == -signal.SIGKILL, where
+        assert rows(fake_project, "PRAGMA integrity_check") == [("ok",)]
+        committed = set(outcomes(fake_project, 1))
+        finished = {f"test_bench.py::test_bench[{case}-{name}]" for case, _ in logged(fake_project, "finished.log")}
+        assert committed <= finished, where  # stored only once its body ended
+        # lost: bodies that ended, their reports not stored: at most the documented windows of each worker
+        assert len(finished - committed) <= 2 * windows * window, (where, len(finished - committed))
+        ran_before = len(executed(fake_project))
+        resumed = run(fake_project, *args, "--evals-resume", model=spec)
+        assert resumed.returncode in (0, 1), resumed.stdout[-3000:]  # (the stub's answers fail the fake's check)
+        ran_after = {f"test_bench.py::test_bench[{case}-{name}]" for case in executed(fake_project)[ran_before:]}
+        assert len(outcomes(fake_project, 2)) == MANY, where  # nothing lost: every case is accounted for
+        assert committed & ran_after == set(), where  # nothing committed runs again
+        assert f"evals-resume: {len(committed)} of {MANY} cases already done in run 1" in resumed.stdout, where

@@ -168,6 +168,15 @@ def require(module: str, install: str, module_level: bool = False):
     return importlib.import_module(module)
 
 
+def require_hf() -> None:
+    """The transformers backend's packages (the hf extra: torch, transformers, accelerate), for a test that
+    loads a model through it; the HTTP tests need only transformers (``embedded_gguf_path``)."""
+    from pytest_evals.backends.hf import HF_PACKAGES
+
+    for package in HF_PACKAGES:
+        _required(package, "pip install -e '.[hf]'")
+
+
 def embedded_gguf_path() -> Path:
     _required("transformers", "pip install -e '.[hf]'")
     try:
@@ -274,6 +283,7 @@ def llama_tools_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded default, loaded once per test process through the transformers backend."""
+    require_hf()
     embedded_gguf_path()
     from pytest_evals.backends.base import BackendSettings
     from pytest_evals.backends.hf import HFBackend

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_BACKEND, embedded_gguf_path, rows, start_llama_server, stop
+from conftest import FAKE_BACKEND, embedded_gguf_path, require_hf, rows, start_llama_server, stop
 
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, Reply
 from pytest_evals.backends.registry import BackendRegistry
@@ -312,6 +312,7 @@ def test_openai_replay_opens_no_connection(pytester: pytest.Pytester, tmp_path: 
 
 @pytest.mark.slow
 def test_hf_replay_without_the_weights_imports_no_torch(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    require_hf()  # the first run records with the weights
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "model.gguf").symlink_to(embedded_gguf_path())

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from conftest import require
+from conftest import require, require_hf
 
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, LoglikelihoodRequest
 from pytest_evals.backends.gguf_copies import COMPLETE_MARK, copy_dir_for, dequantized_copy
@@ -73,6 +73,7 @@ def test_each_reply_of_a_batch_keeps_its_own_timings(smollm2) -> None:
 
 
 def test_a_batched_suite_stores_each_calls_own_latency_beside_the_batchs(pytester: pytest.Pytester) -> None:
+    require_hf()
     pytester.makepyfile(test_lengths="""
         import pytest
 
@@ -208,6 +209,7 @@ def test_the_same_gguf_in_two_places_shares_one_copy(smollm2, tmp_path, monkeypa
 
 
 def test_example_suites_on_the_embedded_default(pytester: pytest.Pytester, request) -> None:
+    require_hf()
     suites = request.config.rootpath / "example_suites"
     result = pytester.runpytest_subprocess(str(suites), "-n", "2", "-k", "arith-001 or arith-002 or mc-001 or mc-002",
                                            "-p", "no:cacheprovider", f"--evals-db={pytester.path / 'e.sqlite'}")
@@ -225,6 +227,7 @@ def test_example_suites_on_the_embedded_default(pytester: pytest.Pytester, reque
 
 
 def test_hf_gguf_spec_uses_the_same_cached_copy(pytester: pytest.Pytester) -> None:
+    require_hf()
     from pytest_evals.backends.gguf_copies import embedded_gguf
 
     gguf = embedded_gguf()
@@ -561,6 +564,7 @@ def test_tools(model, q):
 def test_batched_turns_and_tool_rounds_record_what_one_at_a_time_records(pytester: pytest.Pytester) -> None:
     """Temperature 0 on the embedded default: every turn, tool round and forced call batched across the
     cases gives the texts and outcomes of --evals-batch-size 1 (padding may only move near-ties)."""
+    require_hf()
     pytester.makepyfile(test_turns=TURNS_SUITE)
     runs = {}
     for name, extra in (("batched", []), ("alone", ["--evals-batch-size", "1"])):

@@ -8,6 +8,7 @@ import contextlib
 from typing import Iterator
 
 import pytest
+from conftest import require_hf
 
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, LoglikelihoodRequest
 from pytest_evals.backends.hf_prefix import SharedPrefix, shared_length
@@ -148,6 +149,7 @@ def test_a_chat_batch_equals_each_chat_alone_on_the_plain_path(smollm2, monkeypa
 def test_models_the_prefix_cache_cannot_serve_keep_the_plain_path() -> None:
     """A sliding-window model or generation settings beyond greedy argmax (a repetition penalty) are not
     served by the prefix cache; a plain Llama is."""
+    require_hf()  # the tiny models are torch modules
     transformers = pytest.importorskip("transformers")
 
     def tiny(config_class, **extra):

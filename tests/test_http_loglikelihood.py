@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_hf import PAIRS as HF_PAIRS
-from conftest import _required, embedded_gguf_path, free_port, stop, wait_until_serving
+from conftest import _required, embedded_gguf_path, free_port, require_hf, stop, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,7 @@ def test_scores(model):
 
 @pytest.fixture(scope="module")
 def model_folder() -> Path:
+    require_hf()  # the copy is written through transformers; the test server runs it with torch
     from pytest_evals.backends.gguf_copies import dequantized_copy
 
     return dequantized_copy(embedded_gguf_path())

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import embedded_gguf_path, require
+from conftest import embedded_gguf_path, require, require_hf
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +128,7 @@ def test_a_local_task_gives_one_case_per_document_with_its_requests(tasks: Path)
 @pytest.fixture(scope="module")
 def model_folder() -> Path:
     """The embedded default's dequantized folder (found before pytester moves HOME, where the copy lives)."""
+    require_hf()
     from pytest_evals.backends.gguf_copies import dequantized_copy
 
     return dequantized_copy(embedded_gguf_path())

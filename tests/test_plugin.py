@@ -7,7 +7,7 @@ import json
 import sqlite3
 
 import pytest
-from conftest import FAKE_BACKEND, rows, counts
+from conftest import FAKE_BACKEND, counts, require_hf, rows
 
 SUITE = """
 import pytest
@@ -193,6 +193,8 @@ def test_same_model_name_on_two_servers_stays_two_models(fake_project: pytest.Py
     ],
 )
 def test_bad_input_is_one_usage_error_line(fake_project: pytest.Pytester, args: list[str], message: str) -> None:
+    if args[0].startswith("--model=hf:"):
+        require_hf()  # without its packages, an hf: spec is refused for them before its path is checked
     fake_project.makepyfile(test_suite=SUITE)
     result = fake_project.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -278,6 +280,7 @@ def pytest_runtest_setup(item):
 
 
 def test_missing_default_model_package_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    require_hf()  # without the hf packages, the default is refused for them first
     # The check of the embedded default looks up a distribution that this conftest renames to one
     # that is not installed; a subprocess keeps the change out of this process.
     pytester.makeconftest("from pytest_evals.backends import gguf_copies as gguf_cache\n"
@@ -308,8 +311,7 @@ def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
     ],
 )
 def test_more_bad_specs_are_one_line(fake_project: pytest.Pytester, spec: str, message: str) -> None:
-    if importlib.util.find_spec("transformers") is None:
-        pytest.skip("the hf backend is not installed")
+    require_hf()
     fake_project.makepyfile(test_suite=SUITE)
     result = fake_project.runpytest_subprocess(f"--model={spec}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

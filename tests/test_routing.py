@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAKE_BACKEND, rows
+from conftest import FAKE_BACKEND, require_hf, rows
 
 NO_LOGLIKELIHOOD = FAKE_BACKEND.replace('''def pytest_evals_register_backends(register):
     register("fake", FakeBackend)''', '''class ChatOnly(FakeBackend):
@@ -147,6 +147,7 @@ def test_a_server_without_prompt_logprobs_routes_choices_to_the_embedded_default
                                                                                  llama_server) -> None:
     """llama.cpp's echoed logprobs are misaligned, so its spec does not serve loglikelihood: the marked
     case goes to the route (the embedded default through transformers), the rest stay on the server."""
+    require_hf()
     pytester.makepyfile(test_mixed='''
         import pytest
 

@@ -263,8 +263,8 @@ def prune(path: Path, older_than_days: float) -> int:
     """Drop answers not used for ``older_than_days``; returns how many went."""
     conn = open_for_reading(path)
     cutoff = (datetime.now(timezone.utc) - timedelta(days=older_than_days)).isoformat(timespec="seconds")
-    try:
-        removed = conn.execute("DELETE FROM answers WHERE used_at < ?", [cutoff]).rowcount
+    try:  # <=: times are whole seconds, and 0 days is every answer (one used this second too)
+        removed = conn.execute("DELETE FROM answers WHERE used_at <= ?", [cutoff]).rowcount
         conn.execute("VACUUM")
     finally:
         conn.close()

@@ -52,6 +52,7 @@ class Outcome:
     duration_s: float
     stdout: str
     stderr: str
+    pid: int | None = None  # the program's process: its process group and session (what a kill ends)
 
 
 def _user_processes(uid: int) -> int:
@@ -144,19 +145,19 @@ def run_python(program: str, limits: Limits = Limits()) -> Outcome:
     code_ = proc.returncode
     if timed_out:
         return Outcome(False, "timeout", f"did not finish within {limits.timeout_s:g} s (killed)", code_, duration,
-                       stdout, stderr)
+                       stdout, stderr, proc.pid)
     if code_ is not None and code_ < 0:
         name = signal.Signals(-code_).name if -code_ in signal.Signals._value2member_map_ else str(-code_)
         why = {"SIGXCPU": "used more than its CPU time", "SIGXFSZ": f"wrote a file over {limits.file_mb} MiB",
                "SIGKILL": "was killed (memory, or its CPU limit)"}.get(name, f"was killed by {name}")
-        return Outcome(False, "killed", why, code_, duration, stdout, stderr)
+        return Outcome(False, "killed", why, code_, duration, stdout, stderr, proc.pid)
     if code_ != 0:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {code_}"
-        return Outcome(False, "failed", last[:300], code_, duration, stdout, stderr)
+        return Outcome(False, "failed", last[:300], code_, duration, stdout, stderr, proc.pid)
     if not finished:
         return Outcome(False, "exited", "exited before its last line (sys.exit or os._exit in the code)", code_,
-                       duration, stdout, stderr)
-    return Outcome(True, "passed", "", code_, duration, stdout, stderr)
+                       duration, stdout, stderr, proc.pid)
+    return Outcome(True, "passed", "", code_, duration, stdout, stderr, proc.pid)
 
 
 def _kill_group(pid: int) -> None:

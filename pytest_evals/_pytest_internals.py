@@ -31,6 +31,9 @@ pytest-xdist (checked against 3.7 to 3.8; ``torun.lock()`` exists from 3.7):
   index (the controller checks the index of every report).
 - ``DSession.shouldstop`` (the plugin ``dsession``): the controller's loop reads its own flag, so a spent
   budget stops it there too.
+- ``WorkerController.gateway`` (a node's execnet gateway): under a budget the controller opens one more
+  channel to each worker (``gateway.newchannel()``) and sends it in the worker's ``workerinput``; the
+  worker's calls reserve their worst case through it (``calls.ceiling``).
 - the options ``numprocesses``, ``dist``, ``tx`` and ``maxschedchunk`` (their ``dest`` names): how many
   workers a run starts, and few tests queued per worker under a budget.
 """
@@ -183,6 +186,11 @@ def reporting_as(loop: Any, index: int) -> Iterator[None]:
         yield
     finally:
         loop.item_index = saved
+
+
+def new_worker_channel(node: Any) -> Any:
+    """A new execnet channel to a worker (before it starts: sent to it inside its workerinput)."""
+    return node.gateway.newchannel()
 
 
 def stop_xdist(config: pytest.Config, message: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import FAKE_BACKEND, rows
+from pytest_evals.backends.base import ChatRequest, GenerateRequest
+from pytest_evals.calls.ceiling import SPECIAL_TOKENS, prompt_bound, worst_case
 from pytest_evals.calls.metering import Price, PriceTable, parse_price_line
 from pytest_evals.report.usage import percentile
 
@@ -61,18 +63,42 @@ def test_cost_per_call_case_and_run_and_the_usage_table(fake_project: pytest.Pyt
     ])
 
 
-def test_budget_stops_the_run_across_workers(fake_project: pytest.Pytester) -> None:
-    priced(fake_project)
-    result = fake_project.runpytest_subprocess("--model=fake:a", "-n", "2", "--evals-budget=30")
+BUDGETED = """
+import pytest
+
+@pytest.mark.evals_threshold(0.0)
+@pytest.mark.parametrize("i", range(40))
+def test_cost(model, i):
+    reply = model.generate(f"q{i}", max_tokens=3)
+    assert reply.cost_usd == len(f"q{i}") + 3  # price: 1 USD per token in and out
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_the_budget_is_a_ceiling_with_windows_on(fake_project: pytest.Pytester, workers: list[str]) -> None:
+    """Each call reserves its worst case before it is sent (its prompt's bound and max_tokens: $37 or $38
+    here, for calls that cost $5 or $6), so the run never spends more than its budget; a call that does
+    not fit waits while reservations held may free room, and is refused only when it would pass the
+    budget with nothing reserved: the run spends all but less than one worst case."""
+    fake_project.makeini("[pytest]\nevals_prices =\n    fake:* 1000000 1000000\n")
+    fake_project.makepyfile(test_cost=BUDGETED)
+    result = fake_project.runpytest_subprocess("--model=fake:a", *workers, "--evals-budget=100")
     (spent,) = rows(fake_project, "SELECT sum(cost_usd) FROM cases")[0]
-    done = rows(fake_project, "SELECT count(*) FROM cases")[0][0]
-    # never over by more than the cases in flight: under xdist a worker holds at most two (one running,
-    # one queued), each costing at most 6 USD here
-    assert 30 <= spent <= 30 + 2 * 2 * 6
-    assert done < 20
-    result.stdout.fnmatch_lines(["*evals-budget: the budget of $30 stopped the run: $* spent on * tests; "
-                                 "* tests not run (budget spent)"])
+    worst = worst_case(Price("fake:*", 1e6, 1e6), "generate", [GenerateRequest("q10", max_tokens=3)])
+    assert worst == 3 + SPECIAL_TOKENS + 3
+    assert 100 - worst < spent <= 100, spent
+    refused = rows(fake_project, "SELECT count(*) FROM cases WHERE outcome = 'skipped' AND error LIKE "
+                                 "'%not run: the evals budget would be passed by this call''s worst case%'")[0][0]
+    assert refused >= 1 and rows(fake_project, "SELECT count(*) FROM calls WHERE cost_usd IS NULL") == [(0,)]
+    assert rows(fake_project, "SELECT count(*) FROM cases WHERE outcome = 'passed'")[0][0] < 40
+    result.stdout.fnmatch_lines(["*evals-budget: the budget of $100 stopped the run: $* spent on * tests; "
+                                 "* tests not run (budget spent); calls reserved their worst case first (at most "
+                                 "$* at once); * refused (the largest would have reserved $3?.0000)"])
     assert result.ret == pytest.ExitCode.INTERRUPTED
+    # what the budget did not run, a resumed run runs (with a budget of its own)
+    again = fake_project.runpytest_subprocess("--model=fake:a", *workers, "--evals-resume")
+    assert again.ret == 0
+    assert rows(fake_project, "SELECT count(*) FROM cases WHERE run_id = 2 AND outcome = 'passed'") == [(40,)]
 
 
 def test_budget_needs_prices(fake_project: pytest.Pytester) -> None:
@@ -106,27 +132,36 @@ def test_gpu_memory_is_none_without_a_gpu_never_zero() -> None:
 
 
 @pytest.mark.slow
-def test_budget_against_the_real_server_under_xdist(pytester: pytest.Pytester, llama_server) -> None:
-    """The server's own token counts price each call; two workers; the controller stops at the budget."""
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_the_budget_is_a_ceiling_against_the_real_server(pytester: pytest.Pytester, llama_server,
+                                                         workers: list[str]) -> None:
+    """The server's own token counts price each call, with windows on (the default); each call reserved
+    its worst case first, so the run spends at most its budget, and all of it but less than one worst case."""
     pytester.makeini("[pytest]\nevals_prices =\n    openai:* 1000000 1000000\n")  # 1 USD per token
     pytester.makepyfile(
         test_served="""
         import pytest
 
         @pytest.mark.evals_threshold(0.0)
-        @pytest.mark.parametrize("n", range(16))
+        @pytest.mark.parametrize("n", range(24))
         def test_count(model, n):
             reply = model.generate(f"Count from {n}: {n}, {n + 1},", max_tokens=6)
             assert reply.cost_usd == reply.prompt_tokens + reply.completion_tokens
         """
     )
-    result = pytester.runpytest_subprocess("-n", "2", f"--model=openai:smollm2@{llama_server}",
-                                           "--evals-budget=60")
-    costs = [c for (c,) in rows(pytester, "SELECT cost_usd FROM cases ORDER BY id")]
-    assert all(c is not None for c in costs) and len(costs) < 16
-    assert sum(costs) >= 60 and sum(costs) <= 60 + 2 * 2 * max(costs)  # at most two cases per worker in flight
-    result.stdout.fnmatch_lines(["*evals-budget: the budget of $60 stopped the run*not run (budget spent)"])
-    assert rows(pytester, "SELECT cost_usd FROM runs")[0][0] == pytest.approx(sum(costs))
+    result = pytester.runpytest_subprocess(*workers, f"--model=openai:smollm2@{llama_server}", "--evals-budget=200")
+    calls = rows(pytester, "SELECT input_text, input_tokens, output_tokens, cost_usd FROM calls")
+    assert calls and all(c[3] is not None and c[3] == c[1] + c[2] for c in calls)
+    # the server's count of each prompt is within the bound reserved for it
+    assert all(c[1] <= prompt_bound("generate", GenerateRequest(c[0])) for c in calls)
+    worst = max(worst_case(Price("*", 1e6, 1e6), "generate", [GenerateRequest(f"Count from {n}: {n}, {n + 1},", 6)])
+                for n in range(24))
+    spent = sum(c[3] for c in calls)
+    assert 200 - worst < spent <= 200, (spent, worst)
+    assert len(calls) < 24
+    result.stdout.fnmatch_lines(["*evals-budget: the budget of $200 stopped the run*not run (budget spent); calls "
+                                 "reserved their worst case first*refused*"])
+    assert rows(pytester, "SELECT cost_usd FROM runs")[0][0] == pytest.approx(spent)
 
 
 @pytest.mark.slow
@@ -146,31 +181,32 @@ def test_a_chat_the_server_cannot_count_is_priced_from_an_estimate_and_the_budge
         """)
     result = pytester.runpytest_subprocess(f"--model=openai:smollm2@{llama_server}", "--evals-budget=0.5",
                                            "--evals-concurrency=2")
-    # (a case still waiting for its answer when the budget stopped the run was skipped there: its call
-    # is recorded as not answered, without tokens or cost)
-    unanswered = rows(pytester, "SELECT count(*) FROM calls WHERE error LIKE 'not answered: %'")[0][0]
-    assert rows(pytester, "SELECT count(*) FROM calls WHERE error IS NOT NULL")[0][0] == unanswered
-    calls = rows(pytester, "SELECT input_tokens, input_tokens_estimated, output_tokens, cost_usd, cost_basis FROM calls "
-                           "WHERE error IS NULL")
+    assert rows(pytester, "SELECT count(*) FROM calls WHERE error IS NOT NULL") == [(0,)]  # refused: never sent
+    calls = rows(pytester, "SELECT input_tokens, input_tokens_estimated, output_tokens, cost_usd, cost_basis FROM calls")
     assert calls and all(c[1] == 1 and c[4] == "estimated" and c[0] > 5 for c in calls)
     assert all(c[3] == pytest.approx((c[0] + c[2]) * 2000 / 1e6) for c in calls)
     spent = sum(c[3] for c in calls)
-    assert len(calls) < 21 and spent >= 0.5  # the budget stopped the run
+    price = Price("*", 2000, 2000)
+    worst = max(worst_case(price, "chat", [ChatRequest(({"role": "user", "content": f"Say the number {n} in words."},),
+                                                       max_tokens=8)]) for n in range(21))
+    assert len(calls) < 21 and 0.5 - worst < spent <= 0.5  # the budget stopped the run, within it
     result.stdout.fnmatch_lines([f"openai:smollm2 *~{spent:.4f} *",
                                  f"cost: {len(calls)} calls priced from estimated prompt tokens*",
                                  f"*evals-budget: the budget of $0.5 stopped the run: ${spent:.4f} spent on * tests; "
                                  f"* tests not run (budget spent); {len(calls)} calls priced from estimated prompt "
-                                 "tokens"])
+                                 "tokens; calls reserved their worst case first*"])
     assert "$0.0000" not in result.stdout.str()
     # the estimate is close to the server's own count of the same chat, which it reports unstreamed
     import httpx
 
+    (nodeid, estimate), = rows(pytester, "SELECT nodeid, input_tokens FROM calls JOIN cases ON cases.id = calls.case_id "
+                                         "ORDER BY calls.id LIMIT 1")
+    n = nodeid.split("[")[1].split("-")[0]  # (a case that ran: the budget skipped others)
     true = httpx.post(f"{llama_server}/chat/completions", timeout=60, json={
-        "model": "smollm2", "messages": [{"role": "user", "content": "Say the number 3 in words."}], "max_tokens": 1,
+        "model": "smollm2", "messages": [{"role": "user", "content": f"Say the number {n} in words."}], "max_tokens": 1,
     }).json()["usage"]["prompt_tokens"]
-    (estimate,), = rows(pytester, "SELECT input_tokens FROM calls JOIN cases ON cases.id = calls.case_id "
-                                  "WHERE nodeid LIKE '%[3-%'")
     assert abs(estimate - true) <= 2, (estimate, true)
+    assert true <= prompt_bound("chat", ChatRequest(({"role": "user", "content": f"Say the number {n} in words."},)))
 
 
 def test_calls_whose_cost_is_unknown_are_never_shown_as_free(pytester: pytest.Pytester) -> None:
@@ -189,6 +225,6 @@ def test_calls_whose_cost_is_unknown_are_never_shown_as_free(pytester: pytest.Py
     assert result.ret == 0
     result.stdout.fnmatch_lines(["cost: 3 calls of priced models have no cost (the tokens their price needs are "
                                  "unknown)", "evals-budget: an unknown amount of $1 spent; 3 calls of priced models "
-                                 "with no cost (their token counts are unknown)"])
+                                 "with no cost (their token counts are unknown); calls reserved their worst case first*"])
     assert "$0.0000" not in result.stdout.str()
     assert rows(pytester, "SELECT cost_basis, count(*) FROM calls GROUP BY 1") == [("unknown", 3)]

@@ -60,13 +60,13 @@ def test_resume_holds_across_remote_workers(project: pytest.Pytester) -> None:
 
 def test_the_budget_holds_across_remote_workers(project: pytest.Pytester) -> None:
     project.makeini("[pytest]\nevals_prices =\n    fake:* 1000000 1000000\n")  # $1 a token: q{i} + 3 tokens
-    result = remote_run(project, "--evals-budget=20")
+    project.makepyfile(test_remote=SUITE.replace('model.generate(f"q{i}")', 'model.generate(f"q{i}", max_tokens=3)'))
+    result = remote_run(project, "--evals-budget=60")
     assert result.returncode == 2, result.stdout[-2000:]  # as any interrupted run
-    assert "evals-budget: the budget of $20 stopped the run" in result.stdout
-    spent, done = rows(project, "SELECT sum(cost_usd), count(*) FROM cases")[0]
-    # One budget for both hosts: the controller stops the run on recording its fourth case ($20). Each
-    # worker holds at most two cases it has not reported (the one running, one queued): past the budget
-    # the crossing worker finishes one more, the other two, so 7 at most. Only q0..q6 can have been sent
-    # by then (4 at the start, one more per case whose end was handled), all $5 (q10, q11 would cost $6).
-    # A budget per worker would let each host spend $20 of its own: 8 cases, $40, at least.
-    assert 4 <= done <= 7 and spent == 5 * done, (spent, done)
+    assert "evals-budget: the budget of $60 stopped the run" in result.stdout
+    spent, done = rows(project, "SELECT sum(cost_usd), count(*) FROM cases WHERE outcome = 'passed'")[0]
+    # One budget for both hosts: each call reserves its worst case ($37: a bound of 34 prompt tokens and 3
+    # answered) from the controller's ledger, over the workers' own channels, before it is sent. The run
+    # never passes $60 and stops only where a call would pass it with nothing reserved: more than $23 spent.
+    # A budget per worker would let each host spend up to $60 of its own.
+    assert 60 - 37 < spent <= 60 and spent == 5 * done, (spent, done)

@@ -30,6 +30,7 @@ from ..backends.base import (
 )
 from ..store.rows import CallRow, now
 from .cache import CacheView
+from .ceiling import BudgetRefused, Ceiling, Hold
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
 from .planner import Planner, Served
@@ -45,8 +46,9 @@ class Model:
                  policy: RetryPolicy = NO_RETRY, breaker: CircuitBreaker | None = None,
                  fallback: Callable[[], "Model"] | None = None, price: Price | None = None,
                  transcript: Transcript | None = None, role: str = "model", planner: Planner | None = None,
-                 cache: CacheView | None = None, sample: Sample | None = None) -> None:
+                 cache: CacheView | None = None, sample: Sample | None = None, ceiling: Ceiling | None = None) -> None:
         self._backend = backend
+        self._ceiling = ceiling  # --evals-budget: a priced call reserves its worst case before it is sent
         self._sample = sample  # which sample of a repeated case this model answers (None: not repeated)
         self._cache = cache  # --evals-cache: this model's calls in the call cache
         self._planner = planner  # batching across cases; None: every call goes to the backend alone
@@ -171,12 +173,13 @@ class Model:
         raise GreedyRepeat(greedy_line(sample.count, shown))
 
     # --- dispatch and logging ---------------------------------------------------------------------
-    def _sender(self, method: str, requests: list[Any], one: bool = True) -> Callable[["Model"], tuple[Any, Served]]:
+    def _sender(self, method: str, requests: list[Any], one: bool = True) -> "Send":
         """What one attempt of the model that answers (this one, or its fallback) does: the call cache's
         answers where it holds them all, else the backend's batch method on ``requests`` (through the
-        batch planner, which may serve them from a round of many cases' requests). Returns the result
+        batch planner, which may serve them from a round of many cases' requests), with the call's worst
+        case reserved against the budget first (in ``holds``, settled by the attempt). Returns the result
         (the one request's, or the list) and how it was served."""
-        def send(model: Model) -> tuple[Any, Served]:
+        def send(model: Model, holds: list[Hold]) -> tuple[Any, Served]:
             view = model._cache
             if view is not None and view.cache.reads:
                 found = view.lookup(method, requests)
@@ -184,6 +187,9 @@ class Model:
                     return (found[0] if one else found), Served(found)
                 if view.cache.mode == "replay":
                     raise view.miss(method, requests, model._backend.spec.raw)
+            if model._ceiling is not None:
+                aside = model._planner.aside() if model._planner is not None else None
+                holds.append(model._ceiling.hold(model._price, method, requests, aside))
             try:
                 if model._planner is not None:
                     sample = model._sample.index if model._sample is not None else 0
@@ -198,7 +204,7 @@ class Model:
 
         return send
 
-    def _call(self, kind: str, shown_input: str, send: Callable[["Model"], tuple[T, Served]], task: str | None = None,
+    def _call(self, kind: str, shown_input: str, send: "Send", task: str | None = None,
               **fields: Any) -> T:
         __tracebackhide__ = True  # (here and above) a backend fault points at the test's own line
         task = task or KIND_TASK[kind]
@@ -213,7 +219,7 @@ class Model:
         # answers, recorded as itself.
         return self._fallback()._call(kind, shown_input, send, task, **fields)
 
-    def _attempts(self, kind: str, shown_input: str, send: Callable[["Model"], tuple[T, Served]],
+    def _attempts(self, kind: str, shown_input: str, send: "Send",
                   fields: dict[str, Any]) -> T:
         __tracebackhide__ = True
 
@@ -223,15 +229,21 @@ class Model:
                           role=self._role, spec=self._backend.spec.raw, **fields)
             self._calls.append(row)  # every attempt is a row, with its error
             watch = Stopwatch()
+            holds: list[Hold] = []
             try:
-                result, served = send(self)
+                result, served = send(self, holds)
+            except BudgetRefused:
+                self._calls.remove(row)  # never sent: not a call
+                raise
             except Exception as exc:  # a fault of the backend, not of the answer
+                _settle(holds, None)  # what a failed call cost is unknown: it keeps all it reserved
                 row.latency_s = watch.elapsed()
                 row.error = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, BackendError):
                     raise
                 raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
             except BaseException as exc:  # the run stops (Ctrl-C, a window's case skipped): never answered
+                _settle(holds, None)
                 row.latency_s = watch.elapsed()
                 row.error = f"not answered: {type(exc).__name__}: {exc}"
                 raise
@@ -251,9 +263,18 @@ class Model:
                                   else "estimated" if row.input_tokens_estimated else "counted")
                 if isinstance(result, Reply):
                     result = replace(result, cost_usd=row.cost_usd)
+            _settle(holds, row.cost_usd)
             return result
 
         return call_with_retries(attempt, self._policy, self._breaker)
+
+
+Send = Callable[[Model, list[Hold]], tuple[Any, Served]]
+
+
+def _settle(holds: list[Hold], cost: float | None) -> None:
+    for hold in holds:
+        hold.settle(cost)
 
 
 def _shown(value: Any) -> str:

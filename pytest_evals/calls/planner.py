@@ -28,6 +28,7 @@ from ..backends.base import Backend, ChatRequest, PartialBatch
 
 WINDOW_PER_BATCH = 2  # a window holds this many batches' worth of cases (a local model's rounds)
 WINDOW_PER_REQUEST = 8  # and this many cases per request in flight (a backend that submits: HTTP)
+ASIDE = object()  # what a body waiting for room in the budget switches to its window (``Planner.aside``)
 
 
 def window_size(batch_size: int | None, concurrency: int | None, budget: bool) -> int:
@@ -144,6 +145,20 @@ class Planner:
             return Served(getattr(backend, method)(requests))
         return Served(answer.results, answer.elapsed, answer.shared)
 
+    def aside(self) -> Callable[[], None] | None:
+        """Where a body of this planner's window runs now: what steps it aside until the window's calls in
+        flight are answered (a call waiting for room in the budget, ``calls.ceiling``); else None."""
+        body = greenlet.getcurrent()
+        if not isinstance(body, Body) or body.planner is not self:
+            return None
+
+        def step_aside() -> None:
+            answer: Answer = body.parent.switch(ASIDE)
+            if answer.stop is not None:
+                raise answer.stop
+
+        return step_aside
+
     def answer(self, backend: Backend, method: str, requests: list[Any], sample: int = 0) -> list[Any]:
         """The results of ``requests`` (see :meth:`serve`)."""
         return self.serve(backend, method, requests, sample).results
@@ -167,11 +182,16 @@ class Planner:
         body, so each raises an exception of its own). ``more()``, asked after each body ends, starts
         further bodies: each with its first Ask (a body that ended at once is the caller's)."""
         local: list[tuple[Body, Ask]] = []
+        aside: list[Body] = []  # bodies waiting for room in the budget until the calls in flight are answered
         flying: dict[_Flight, None] = {}  # (in the order they started)
         in_flight: dict[tuple[int, Hashable], Future[Any]] = {}  # equal requests in flight at once: one
         landing: SimpleQueue[_Flight] = SimpleQueue()  # a flight once per future that lands (any thread)
 
-        def place(body: Body, ask: Ask) -> None:
+        def place(body: Body, ask: Ask | object) -> None:
+            if ask is ASIDE:
+                aside.append(body)
+                return
+            assert isinstance(ask, Ask)
             flight = self._submit(body, ask, in_flight)
             if flight is None:
                 local.append((body, ask))
@@ -198,7 +218,7 @@ class Planner:
 
         for body, ask in parked:
             place(body, ask)
-        while local or flying:
+        while local or flying or aside:
             stopping = stop()
             ready: list[tuple[Body, Answer]]
             if stopping is not None:
@@ -206,8 +226,8 @@ class Planner:
                     for future in flight.futures:
                         future.cancel()
                 ready = [(b, Answer(None, stop=stop() or stopping)) for b in
-                         [b for b, _ in local] + [f.body for f in flying]]
-                local, flying = [], {}
+                         [b for b, _ in local] + [f.body for f in flying] + aside]
+                local, flying, aside = [], {}, []
                 in_flight.clear()
             elif (done := landed()):
                 ready = [(f.body, f.answer()) for f in done]
@@ -215,9 +235,14 @@ class Planner:
                 answers = self._round([ask for _, ask in local])
                 ready = [(body, answer) for (body, _), answer in zip(local, answers)]
                 local = []
-            else:
+            elif flying:
                 landing.put(landing.get())  # sleep until a request lands (it is taken again above)
                 continue
+            else:
+                ready = []
+            if stopping is None:  # calls were answered (their reservations settled), or none is in flight:
+                ready += [(body, Answer(None)) for body in aside]  # the bodies aside ask for room again
+                aside = []
             for body, answer in ready:
                 value = resume(body, answer)
                 if body.dead:

@@ -59,4 +59,5 @@ def _model(state: RunState, spec: ModelSpec, name: str, log: CaseLog, policy: Re
     return Model(backend, log.calls, name=name, policy=policy, breaker=state.pool.breaker(spec, name),
                  fallback=build_fallback if fallback is not None else None, price=state.prices.find(spec.raw, name),
                  transcript=log.transcript, role=role,
-                 planner=planner if backend.batches_across_cases else None, cache=view, sample=sample)
+                 planner=planner if backend.batches_across_cases else None, cache=view, sample=sample,
+                 ceiling=state.ceiling)

@@ -20,6 +20,7 @@ import pytest
 
 from .._pytest_internals import teardown_until
 from ..backends.base import BackendError
+from ..calls.ceiling import BudgetRefused
 from ..calls.reliability import MARKER as RETRY_MARKER
 from ..calls.reliability import policy_from_marker
 from ..calls.routing import JUDGE_MARKER, TASK_MARKER, TASKS, parse_judge, parse_task
@@ -225,6 +226,20 @@ class CasePlugin:
         if marker_problem_key in item.stash:
             pytest.fail(item.stash[marker_problem_key], pytrace=False)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        """A call the budget refused was never sent: its case is skipped, not failed (a later run with
+        --evals-resume runs it), and this process starts no more cases (``session.shouldstop``; under
+        xdist the worker's stop reaches the controller, which also stops as soon as it sees a refusal)."""
+        try:
+            return (yield)
+        except BudgetRefused as refused:
+            if spec_of(item) is None:
+                raise
+            if not item.session.shouldstop:
+                item.session.shouldstop = BUDGET_STOP
+            raise pytest.skip.Exception(str(refused), _use_item_location=True) from None
+
     # --- reports ------------------------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]):
@@ -312,6 +327,9 @@ def replay(item: pytest.Item, nextitem: pytest.Item | None, finished: dict[str, 
     # Tear down what the previous item left set up, as the skipped teardown phase would have.
     teardown_until(item, nextitem)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+BUDGET_STOP = "evals budget: a call's worst case would pass what is left; cases in flight finish, the rest are not run"
 
 
 def one_line(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ class Controller:
         self.state = state
         self.gates = state.gates
         self.storage = RunStorage(config, state.db_path)
-        self.spending = Spending(state.budget)
+        self.spending = Spending(state.budget, state.ceiling.ledger if state.ceiling is not None else None)
         self.usage = Usage()
         self.replay = ReplaySource(config) if state.resume else None
         self.baseline: dict[tuple[str, str], BenchmarkScores] | None = None
@@ -155,6 +155,7 @@ class Controller:
         self.model_calls += sum(1 for c in record.calls if c.role == "model" and not c.cached)  # the cache's: no call
         if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
             self._spend(case.cost_usd)
+        self._stop(self.spending.refusals(self.progress.done))  # a call refused (any worker's): no more cases
         self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker, case.repeat_of,
                        None if case.sample is None else case.sample - 1, case.samples, record.usage_error)
         if self.storage.write_error:
@@ -168,8 +169,10 @@ class Controller:
 
     def _spend(self, cost: float) -> None:
         """The controller adds up what every worker reports and stops the session at the budget."""
-        stop = self.spending.add(cost, self.progress.done)
+        self._stop(self.spending.add(cost, self.progress.done))
         self.progress.spent = self.spending.spent
+
+    def _stop(self, stop: str | None) -> None:
         if stop is not None:
             if self.session is not None:
                 self.session.shouldstop = stop

@@ -18,6 +18,7 @@ from ..backends.base import DEFAULT_BATCH_SIZE, BackendSettings
 from ..backends.registry import BackendRegistry
 from ..backends.specs import parse_specs, spec_ids
 from ..calls.cache import DEFAULT_CACHE, CallCache, parse_mode
+from ..calls.ceiling import Ceiling, Ledger, asker
 from ..calls.metering import Price, PriceTable, parse_price_line
 from ..calls.planner import Planner, window_size
 from ..calls.pool import BackendPool
@@ -33,6 +34,7 @@ from .resume import ResumeState
 from .state import RunState, worker_id
 
 RESUME_WIRE_KEY = "evals_resume"  # workerinput key: the finished cases a worker replays
+CEILING_WIRE_KEY = "evals_ceiling"  # workerinput key: the worker's channel to the controller's budget ledger
 
 
 def usage_error(exc: Exception) -> pytest.UsageError:
@@ -103,8 +105,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--evals-budget", dest="evals_budget", metavar="USD", type=float, default=None,
-        help="stop the run once its model calls cost this much (prices from ini evals_prices); cases in "
-        "flight finish and are recorded. ini: evals_budget",
+        help="a ceiling on what the run's model calls cost (prices from ini evals_prices): each call reserves "
+             "its worst case (prompt bound and max_tokens) before it is sent; one that would pass the budget "
+             "is not sent, its case is skipped and the run stops. ini: evals_budget",
     )
     group.addoption(
         "--evals-route", action="append", dest="evals_route", metavar="TASK=SPEC", default=None,
@@ -313,6 +316,9 @@ def _read(config: pytest.Config) -> RunState:
                               # -x/--maxfail and a budget stop the run when a case is reported; reports wait for
                               # earlier cases, so a sliding window would go on starting cases past the stop
                               sliding=remote and not local and budget is None and not getattr(config.option, "maxfail", 0))
+    if budget is not None:  # the controller's ledger grants every process's reservations
+        state.ceiling = (Ceiling(ask=asker(config.workerinput[CEILING_WIRE_KEY]))  # type: ignore[attr-defined]
+                         if state.is_worker else Ceiling(Ledger(budget)))
     if state.is_worker:
         workerinput = config.workerinput  # type: ignore[attr-defined]
         state.gpus = workerinput.get(WORKER_KEY) or None

@@ -15,6 +15,7 @@ import pytest
 from ..backends.base import BackendSettings
 from ..backends.specs import ModelSpec
 from ..calls.cache import CallCache
+from ..calls.ceiling import Ceiling
 from ..calls.metering import PriceTable
 from ..calls.planner import Planner
 from ..calls.pool import BackendPool
@@ -74,6 +75,7 @@ class RunState:
     limit: int | None = None  # --evals-limit: cases per benchmark
     seed: int = 0  # --evals-seed: which subset --evals-limit takes
     markdown: Path | None = None  # --evals-markdown: where the run's Markdown summary goes
+    ceiling: Ceiling | None = None  # --evals-budget: this process's side of the run's ledger (calls reserve)
 
     @property
     def is_worker(self) -> bool:

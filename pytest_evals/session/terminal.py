@@ -138,6 +138,8 @@ class TerminalPlugin:
         basis = "".join(f"; {n} calls {what}" for n, what in (
             (c.usage.cost_bases.get("estimated", 0), "priced from estimated prompt tokens"),
             (c.usage.cost_unknown, "of priced models with no cost (their token counts are unknown)")) if n)
+        if spending.ledger is not None and spending.ledger.granted + spending.ledger.refused:
+            basis += "; " + spending.ledger.summary()
         if spending.stopped_at is not None:
             not_run = max(c.progress.total - c.progress.done, 0)
             tr.write_line(f"evals-budget: the budget of ${spending.budget:g} stopped the run: {spent} spent on "

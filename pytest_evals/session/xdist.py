@@ -1,15 +1,17 @@
 """The xdist hooks of the controller (registered only where xdist is loaded; defining them without it is
 a ``PluginValidationError``): every worker gets the finished cases of a resumed run and its GPUs
-through ``workerinput``, and the controller learns how many tests the workers collected."""
+through ``workerinput`` (and, under a budget, a channel to the controller's ledger), and the controller
+learns how many tests the workers collected."""
 
 from __future__ import annotations
 
 import pytest
 
-from .._pytest_internals import queue_one_test_per_worker
+from .._pytest_internals import new_worker_channel, queue_one_test_per_worker
+from ..calls.ceiling import serve
 from .controller import Controller
 from .gpus import WORKER_KEY, worker_index
-from .options import RESUME_WIRE_KEY
+from .options import CEILING_WIRE_KEY, RESUME_WIRE_KEY
 from .state import RunState
 
 
@@ -32,3 +34,9 @@ class XdistControllerPlugin:
         gpu_plan = self.state.gpu_plan
         if gpu_plan is not None and gpu_plan.groups:
             workerinput[WORKER_KEY] = gpu_plan.for_worker(worker_index(workerinput["workerid"]))
+        if self.state.ceiling is not None and self.state.ceiling.ledger is not None:
+            # the worker's reservations go to the run's ledger, here, over a channel of their own (sent to the
+            # worker inside its workerinput; execnet carries channels, over ssh too)
+            channel = new_worker_channel(node)
+            serve(self.state.ceiling.ledger, channel)
+            workerinput[CEILING_WIRE_KEY] = channel

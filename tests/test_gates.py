@@ -162,6 +162,9 @@ def test_baseline_gate_fails_a_significant_regression_and_lists_flips(fake_proje
     monkeypatch.setenv("EVALS_WRONG", "c0,c1,c2,c3,c4,c5,c6")
     result = fake_project.runpytest("--model=fake:a", "--evals-baseline=1")
     assert result.ret == 1
+    # each failing row says why in its own row: the pass rate is above its minimum, and fails as a regression
+    result.stdout.fnmatch_lines(["test_gate.py::test_bench*pass_rate*30.0%*>=30%*FAIL  regression against the baseline",
+                                 "*f1*FAIL  regression against the baseline"])
     result.stdout.fnmatch_lines([
         "FAIL test_gate.py::test_bench [[]fake:a[]]: regression against the baseline: pass rate fell 70.0% "
         "on 10 paired cases (7 now fail, 0 now pass; McNemar p=0.0156 < 0.05)",

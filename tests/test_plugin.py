@@ -73,7 +73,7 @@ def test_under_xdist_the_controller_writes_exactly_one_row_per_case(fake_project
     assert len(cases) == 8 and len({c[0] for c in cases}) == 8
     assert {c[1] for c in cases} <= {"gw0", "gw1"}
     assert len(rows(fake_project, "SELECT * FROM calls")) == 8
-    result.stdout.fnmatch_lines(["*evals summary*", "test_suite.py::test_echo*fake:a*pass_rate*4*0*75.0%*FAIL"])
+    result.stdout.fnmatch_lines(["*evals summary*", "test_suite.py::test_echo*fake:a*pass_rate*4*0*75.0%*FAIL*below its minimum*"])
 
 
 def test_summary_table_per_benchmark_and_model(fake_project: pytest.Pytester) -> None:
@@ -81,11 +81,15 @@ def test_summary_table_per_benchmark_and_model(fake_project: pytest.Pytester) ->
     result = fake_project.runpytest("--model=fake:a")
     result.stdout.fnmatch_lines([
         "*= evals summary =*",
-        "benchmark*model*metric*n*errors*score*95% interval*threshold*verdict",
-        "test_suite.py::test_echo*fake:a*pass_rate*4*0*75.0%*[[]30.1%, 95.4%[]]*>=100%*FAIL",
+        "benchmark*model*metric*n*errors*score*95% interval*threshold*verdict*why",
+        "test_suite.py::test_echo*fake:a*pass_rate*4*0*75.0%*[[]30.1%, 95.4%[]]*>=100%*FAIL  below its minimum (default: "
+        "every case must pass)",
         "FAIL test_suite.py::test_echo [[]fake:a[]]: pass_rate 75.0% < 100% (default: every case must pass)",
         "run 1 stored in *evals.sqlite",
     ])
+    # the verdict is the headline: the last line, after pytest's own (yellow: wrong answers are scores)
+    assert result.stdout.lines[-1] == ("evals: 1 of 1 gate fails (exit status 1): test_suite.py::test_echo [fake:a]: "
+                                       "pass_rate 75.0% < 100% (default: every case must pass)")
 
 
 def test_a_backend_fault_is_an_error_not_a_wrong_answer(fake_project: pytest.Pytester) -> None:
@@ -108,7 +112,7 @@ def test_a_backend_fault_is_an_error_not_a_wrong_answer(fake_project: pytest.Pyt
     assert "server went away" in error
     ((call_error,),) = rows(fake_project, "SELECT error FROM calls")
     assert "ConnectionError: server went away" in call_error
-    result.stdout.fnmatch_lines(["test_boom.py::test_boom*fake:a*pass_rate*0*1*-*-*>=100%*FAIL",
+    result.stdout.fnmatch_lines(["test_boom.py::test_boom*fake:a*pass_rate*0*1*-*-*>=100%*FAIL  errors 100.0% > 0.0% allowed",
                                  "FAIL test_boom.py::test_boom [[]fake:a[]]: 1 of 1 cases ended in error*"])
 
 

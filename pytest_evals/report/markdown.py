@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .tables import HEADER, verdict_rows
+from .tables import WHY_COLUMN, verdict_table
 
 if TYPE_CHECKING:
     from ..scoring.gates import Verdict
@@ -55,11 +55,13 @@ def render(verdicts: list["Verdict"], facts: RunFacts) -> str:
                  + (f"; cost {facts.cost}" if facts.cost else "") + ".")
     if facts.incomplete:
         lines.append(f"\n**Incomplete:** {facts.incomplete}")
-    lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" if i < 3 else "---:"
-                                                                   for i in range(len(HEADER))) + "|"]
-    for row in verdict_rows(verdicts):
+    header, rows = verdict_table(verdicts)
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 3 or i == WHY_COLUMN else "---:"
+                                                                   for i in range(len(header))) + "|"]
+    for row in rows:
         cells = [code(row[0]) if row[0] else "", *row[1:]]
-        cells[-1] = f"**{cells[-1]}**" if cells[-1] == "FAIL" else cells[-1]
+        verdict = WHY_COLUMN - 1
+        cells[verdict] = f"**{cells[verdict]}**" if cells[verdict] == "FAIL" else cells[verdict]
         lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
     reasons = [f"- **FAIL** {code(v.benchmark)} [{cell(v.model)}]: {r}"
                for v in verdicts for r in (*v.usage_errors, *v.reasons)]

@@ -10,8 +10,9 @@ from ..scoring.stats import percent as percent_text
 if TYPE_CHECKING:
     from ..scoring.gates import Verdict
 
-HEADER = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict"]
+HEADER = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict", "why"]
 NAME_COLUMNS = 3  # left-aligned; the rest are numbers
+WHY_COLUMN = len(HEADER) - 1  # text: left-aligned
 FLIPS_SHOWN = 5
 
 
@@ -34,8 +35,17 @@ def verdict_rows(verdicts: list["Verdict"]) -> list[list[str]]:
                 estimate.format_interval(percent),
                 "-" if minimum is None else (f">={percent_text(minimum)}" if percent else f">={minimum:g}"),
                 v.row_label(metric, position == 0).upper(),
+                "; ".join(text for name, text in v.why if name == metric) if not v.incomplete else "",
             ])
     return rows
+
+
+def verdict_table(verdicts: list["Verdict"]) -> tuple[list[str], list[list[str]]]:
+    """The verdict table's header and rows; the ``why`` column only where a row fails."""
+    rows = verdict_rows(verdicts)
+    if any(r[WHY_COLUMN] for r in rows):
+        return HEADER, rows
+    return HEADER[:WHY_COLUMN], [r[:WHY_COLUMN] for r in rows]
 
 
 def reason_lines(verdicts: list["Verdict"]) -> list[str]:
@@ -56,11 +66,12 @@ def reason_lines(verdicts: list["Verdict"]) -> list[str]:
     return lines
 
 
-def format_table(header: list[str], rows: list[list[str]], name_columns: int = NAME_COLUMNS) -> list[str]:
+def format_table(header: list[str], rows: list[list[str]], name_columns: int = NAME_COLUMNS,
+                 text_columns: tuple[int, ...] = ()) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < name_columns else c.rjust(w)
+        return "  ".join(c.ljust(w) if i < name_columns or i in text_columns else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]

@@ -87,6 +87,7 @@ class Verdict:
     incomplete: bool = False  # some of its tests did not run (an interrupted run): no verdict either way
     failed: frozenset[str] = frozenset()  # metrics whose own check failed: minimum, missing, regression
     too_many_errors: bool = False  # the error rate is above --evals-max-error-rate
+    why: tuple[tuple[str, str], ...] = ()  # (metric, why its row fails); the error rate's is the pass rate's row's
 
     @property
     def holds(self) -> bool:
@@ -152,6 +153,7 @@ class Gates:
             estimates.update({name: scores.metric(name) for name in sorted(scores.metrics)})
             estimates.update(scores.pass_at())
             reasons, usage, failed = [], list(scores.usage), set()
+            why: list[tuple[str, str]] = []
             for name, minimum in threshold.items():
                 if name not in estimates:
                     if not scores.scored:
@@ -159,6 +161,7 @@ class Gates:
                     usage.append(f"threshold on metric {name!r} ({threshold.source}), "
                                  f"but no case recorded it; record it with evals_score({name}=...) or fix the name")
                     failed.add(name)
+                    why.append((name, "no case recorded it"))
                     estimates[name] = Estimate(None, None, None, 0)  # its row shows the missing metric
                     continue
                 value = estimates[name].value
@@ -168,19 +171,22 @@ class Gates:
                     shown = f"{value:.1%} < {percent(minimum)}" if name == PASS_RATE else f"{value:.3g} < {minimum:g}"
                     reasons.append(f"{name} {shown} ({threshold.source})")
                     failed.add(name)
+                    why.append((name, f"below its minimum ({threshold.source})"))
             errors = scores.count("error")
             too_many_errors = bool(errors) and scores.error_rate > self.max_error_rate
             if too_many_errors:
                 ran = scores.scored + errors
                 reasons.append(f"{errors} of {ran} cases ended in error ({scores.error_rate:.1%} > "
                                f"--evals-max-error-rate {self.max_error_rate:.1%})")
+                why.append((PASS_RATE, f"errors {scores.error_rate:.1%} > {self.max_error_rate:.1%} allowed"))
             comparison = None
             if baseline is not None and (benchmark, model) in baseline:
                 comparison = compare(scores, baseline[(benchmark, model)], self.alpha)
-                for name, why in regressions(comparison, self.alpha, self.margin):
-                    reasons.append(f"regression against the baseline: {why}")
+                for name, text in regressions(comparison, self.alpha, self.margin):
+                    reasons.append(f"regression against the baseline: {text}")
                     failed.add(name)
+                    why.append((name, "regression against the baseline"))
             verdicts.append(Verdict(benchmark, model, threshold, estimates, errors, tuple(reasons), comparison,
                                     tuple(usage), incomplete=benchmark in incomplete, failed=frozenset(failed),
-                                    too_many_errors=too_many_errors))
+                                    too_many_errors=too_many_errors, why=tuple(why)))
         return verdicts

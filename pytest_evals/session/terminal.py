@@ -13,7 +13,7 @@ import pytest
 from .._pytest_internals import terminal_writer
 from ..backends.specs import ModelSpec
 from ..calls.routing import TASKS
-from ..report.tables import HEADER, format_table, reason_lines, verdict_rows
+from ..report.tables import WHY_COLUMN, format_table, reason_lines, verdict_table
 from ..report.usage import Usage
 from ..scoring.gates import Gates
 from .controller import Controller
@@ -70,13 +70,26 @@ class TerminalPlugin:
         return result
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)  # registered after the controller: its finish is inside
-    def pytest_sessionfinish(self) -> Any:
+    def pytest_sessionfinish(self, session: pytest.Session) -> Any:
         """After pytest's own summary: the last lines of an incomplete run say what did not run, and how
-        to run it."""
+        to run it; of a run whose gates fail, which fail (pytest's own last line is yellow when the wrong
+        answers are only scores: the verdict is the headline)."""
         try:
             return (yield)
         finally:
             self._say_incomplete()
+            self._say_failing(session)
+
+    def _say_failing(self, session: pytest.Session) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        verdicts = self.controller.verdicts
+        failing = [v for v in verdicts if not v.holds and not v.incomplete]
+        if reporter is None or not failing:
+            return
+        shown = "; ".join(f"{v.benchmark} [{v.model}]: {(v.usage_errors + v.reasons)[0]}" for v in failing[:3])
+        more = f"; and {len(failing) - 3} more" if len(failing) > 3 else ""
+        reporter.write_line(f"evals: {len(failing)} of {len(verdicts)} gate{'s' * (len(verdicts) != 1)} fail{'s' * (len(failing) == 1)} "
+                            f"(exit status {int(session.exitstatus)}): {shown}{more}", red=True, bold=True)
 
     def _say_incomplete(self) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -124,7 +137,7 @@ class TerminalPlugin:
             tr.write_line(f"evals-limit: a subset of cases (seed {self.state.seed}), cases run of cases in all: "
                           + "; ".join(parts), yellow=True)
         tr.write_line("")
-        for line in format_table(HEADER, verdict_rows(c.verdicts)):
+        for line in format_table(*verdict_table(c.verdicts), text_columns=(WHY_COLUMN,)):
             tr.write_line(line)
         for line in reason_lines(c.verdicts):
             tr.write_line(line, red=line.startswith("FAIL"))

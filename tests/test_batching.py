@@ -253,3 +253,21 @@ def test_the_window_holds_two_batches_or_eight_cases_per_request_in_flight() -> 
     assert window_size(None, 10, budget=False) == 80  # a server: 8 cases per request in flight
     assert window_size(4, 10, budget=False) == 80 and window_size(64, 10, budget=False) == 128
     assert window_size(32, None, budget=True) == 32 and window_size(None, 8, budget=True) == 8  # one batch's worth
+
+
+def test_the_batch_line_counts_the_same_calls_on_both_sides(fake_project: pytest.Pytester) -> None:
+    """A judge's batched calls are not model calls: counted among the shared ones, they made the line say
+    '12 of 6 model calls served from batches across cases; -6 one at a time'."""
+    fake_project.makepyfile(test_judged="""
+        import pytest
+
+        @pytest.mark.evals_judge("fake:j")
+        @pytest.mark.parametrize("i", range(6))
+        def test_judged(model, judge, i):
+            model.generate(f"q{i}")
+            judge.generate(f"grade {i}")
+        """)
+    result = fake_project.runpytest("--model=fake:m")
+    assert rows(fake_project, "SELECT role, sum(batched) FROM calls GROUP BY role ORDER BY role") == [("judge", 6),
+                                                                                                        ("model", 6)]
+    result.stdout.fnmatch_lines(["evals-batch: 6 of 6 model calls served from batches across cases; 0 one at a time"])

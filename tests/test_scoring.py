@@ -78,3 +78,15 @@ def test_a_significant_regression_has_a_reason_and_noise_does_not() -> None:
     assert regression_reasons(compare(noisy, base), alpha=0.05, margin=0.0) == []
     # a margin forgives a drop smaller than itself
     assert not any("pass rate" in r for r in regression_reasons(compare(worse, base), alpha=0.05, margin=0.35))
+
+
+def test_cases_that_never_vary_do_not_make_the_interval_a_point() -> None:
+    """Six cases that all failed were shown as [0.0%, 0.0%]: a bootstrap of values that never vary."""
+    from pytest_evals.scoring.stats import score_estimate
+
+    assert score_estimate([0.0] * 6).format_interval(True) == "[0.0%, 39.0%]"  # Wilson's, for 0 of 6
+    assert score_estimate([1.0] * 6).format_interval(True) == "[61.0%, 100.0%]"
+    assert score_estimate([0.5] * 6).format_interval(False) == "no variation"  # not a share: no interval to give
+    assert score_estimate([0.5] * 6).value == 0.5
+    spread = score_estimate([0.0, 1.0, 0.0, 1.0])
+    assert spread.low is not None and spread.low < spread.value < spread.high  # the bootstrap, as before

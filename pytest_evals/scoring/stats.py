@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Sequence
 
@@ -40,7 +40,7 @@ class Estimate:
 
     def format_interval(self, percent: bool) -> str:
         if self.low is None or self.high is None:
-            return "-"
+            return "no variation" if self.n > 1 and self.value is not None else "-"
         if percent:
             return f"[{self.low:.1%}, {self.high:.1%}]"
         return f"[{self.low:.3g}, {self.high:.3g}]"
@@ -85,6 +85,19 @@ def bootstrap_mean(values: Sequence[float], confidence: float = CONFIDENCE,
     means = sorted(math.fsum(rng.choices(values, k=n)) / n for _ in range(resamples))
     alpha = 1 - confidence
     return Estimate(mean, sorted_quantile(means, alpha / 2), sorted_quantile(means, 1 - alpha / 2), n)
+
+
+def score_estimate(values: Sequence[float]) -> Estimate:
+    """A benchmark's mean score over its cases, with an interval that does not claim certainty from cases
+    that never vary (resampling them gives a point): where every value is 0 or every one is 1 (a share:
+    pass/fail, exact match) the interval is the proportion's (Wilson's: 0 of 6 is [0%, 39%]); other values
+    that never vary have none ("no variation"); the rest get the bootstrap's."""
+    n = len(values)
+    if n > 1 and all(v == values[0] for v in values):
+        if values[0] in (0.0, 1.0):
+            return replace(wilson(int(values[0]) * n, n), value=float(values[0]))
+        return Estimate(float(values[0]), None, None, n)
+    return bootstrap_mean(values)
 
 
 def mcnemar_exact(flips_to_pass: int, flips_to_fail: int) -> float:
@@ -196,11 +209,11 @@ class BenchmarkScores:
         if not self.repeated:
             return wilson(self.count("passed"), self.scored)
         scored = {n: float(o == "passed") for n, o in self.outcomes.items() if o in ("passed", "failed")}
-        return bootstrap_mean(self._per_case(scored))
+        return score_estimate(self._per_case(scored))
 
     def metric(self, name: str) -> Estimate:
         values = self.metrics.get(name, {})
-        return bootstrap_mean(self._per_case(values) if self.repeated else list(values.values()))
+        return score_estimate(self._per_case(values) if self.repeated else list(values.values()))
 
     def pass_at(self) -> dict[str, Estimate]:
         """pass@k over the repeated cases, for k in 5, 10 and the number of samples (k > 1): the mean of each
@@ -211,7 +224,7 @@ class BenchmarkScores:
         found = {}
         for k in sorted({k for k in (5, 10, count) if 1 < k <= count}):
             values = [c.pass_at()[k] for c in self.repeated.values() if c.scored >= k]
-            found[f"pass@{k}"] = bootstrap_mean(values)
+            found[f"pass@{k}"] = score_estimate(values)
         return found
 
     @property

@@ -151,8 +151,9 @@ class Controller:
         if record.limited is not None:
             self.limited[case.benchmark] = record.limited
         self.usage.add(case.model, record.calls)
-        self.shared_calls += sum(1 for c in record.calls if c.batched)
-        self.model_calls += sum(1 for c in record.calls if c.role == "model" and not c.cached)  # the cache's: no call
+        made = [c for c in record.calls if c.role == "model" and not c.cached]  # the cache's: no call made
+        self.model_calls += len(made)
+        self.shared_calls += sum(1 for c in made if c.batched)  # of the same calls (a judge's are not counted)
         if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
             self._spend(case.cost_usd)
         self._stop(self.spending.refusals(self.progress.done))  # a call refused (any worker's): no more cases

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -148,18 +149,28 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs a CUDA GPU")
 
 
+def in_ci() -> bool:
+    """Whether this run is CI's: CI set to true, 1 or yes (any case). CI=false, 0 or empty is a developer's
+    run, which a plain ``os.environ.get("CI")`` would have taken for CI."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing(message: str, module_level: bool = False) -> NoReturn:
+    """A real part a test needs is missing: the test skips locally; in CI it fails, since a proof that
+    cannot run must not pass as a skip there."""
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=module_level)
+
+
 def _required(module: str, install: str, module_level: bool = False) -> None:
-    """Skip when a real part is missing locally; in CI (CI=true) a missing part is a failure: a proof
-    that cannot run must not pass as a skip there."""
+    """Skip when a real part is missing locally; in CI (``in_ci``) a missing part is a failure."""
     try:
         found = importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # its parent package is missing
         found = False
     if not found:
-        message = f"{module} is not installed ({install})"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message, allow_module_level=module_level)
+        missing(f"{module} is not installed ({install})", module_level)
 
 
 def require(module: str, install: str, module_level: bool = False):
@@ -184,9 +195,7 @@ def embedded_gguf_path() -> Path:
 
         return embedded_gguf()
     except Exception as exc:  # SpecError: the package is missing
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 def free_port() -> int:
@@ -196,6 +205,7 @@ def free_port() -> int:
 
 
 def start_llama_server(gguf: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    _required("llama_cpp", "pip install 'llama-cpp-python[server]'")  # not a server that exits at once
     port = free_port()
     with open(log, "w") as handle:
         proc = subprocess.Popen(

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from conftest import FAKE_BACKEND, embedded_gguf_path, require_hf, rows, start_l
 
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, Reply
 from pytest_evals.backends.registry import BackendRegistry
+from pytest_evals.backends.specs import parse_spec
+from pytest_evals.calls import cache as call_cache
 from pytest_evals.calls.cache import CallCache, call_key
 from pytest_evals.calls.pool import BackendPool
-from pytest_evals.backends.specs import parse_spec
 
 # The fake backend, counting the requests that reach it and the instances made (a loaded model).
 COUNTING = FAKE_BACKEND + '''
@@ -349,11 +351,47 @@ def test_cache_stats_prune_and_clear(project: pytest.Pytester) -> None:
     assert lines[2].split() == ["fake", "fake:m", "chat", "2", "0"]
     assert lines[3].split() == ["fake", "fake:m", "generate", "3", "0"]
     assert lines[-1].startswith(".evals/cache.sqlite: 5 answers, ")
-    assert cli("prune", "--older-than", "1").stdout.startswith("removed 0 answers not used for 1 days")
-    assert cli("prune", "--older-than", "0").stdout.startswith("removed 5 answers not used for 0 days")
+    # ages set here, hours from any cutoff, so no run is near one, however slow or whenever it starts
+    now = datetime.now(timezone.utc)
+    used_at(project, [now - timedelta(days=3)] * 2 + [now - timedelta(hours=12)] * 3)
+    assert cli("prune", "--older-than", "1").stdout.startswith("removed 2 answers not used for 1 days")
+    assert cli("prune", "--older-than", "0").stdout.startswith("removed 3 answers not used for 0 days")
     assert cli("clear").stdout.strip() == "removed .evals/cache.sqlite (0 stored answers)"
     assert not (project.path / ".evals" / "cache.sqlite").exists()
     missing = cli("stats")
     assert missing.returncode == 2
     assert missing.stderr.strip() == ("pytest-evals: .evals/cache.sqlite: no call cache here; run pytest with "
                                       "--evals-cache=use to record one, or pass --path")
+
+
+def test_prune_by_0_days_removes_an_answer_used_this_very_second(project: pytest.Pytester,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Times are stored in whole seconds: an answer used at 12:00:00 when the clock reads 12:00:00.9 is as
+    old as the cutoff, and 0 days removes it. The clock is fixed here: on a real one the prune may fall in a
+    later second, and a cutoff that kept such an answer (< for <=) would pass unseen."""
+    project.runpytest("--model=fake:m", "--evals-cache=use").assert_outcomes(passed=4)
+    used = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    used_at(project, [used] * 5)
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return used + timedelta(microseconds=900_000)
+
+    monkeypatch.setattr(call_cache, "datetime", Clock)
+    path = project.path / ".evals" / "cache.sqlite"
+    assert call_cache.prune(path, 1) == 0
+    assert call_cache.prune(path, 0) == 5
+
+
+def used_at(project: pytest.Pytester, times: list[datetime]) -> None:
+    """Sets when each stored answer was last used, as the cache writes it (UTC, whole seconds)."""
+    con = sqlite3.connect(project.path / ".evals" / "cache.sqlite")
+    try:
+        keys = [key for (key,) in con.execute("SELECT key FROM answers ORDER BY key")]
+        assert len(keys) == len(times)
+        con.executemany("UPDATE answers SET used_at = ? WHERE key = ?",
+                        [(t.isoformat(timespec="seconds"), key) for t, key in zip(times, keys)])
+        con.commit()
+    finally:
+        con.close()

@@ -7,13 +7,11 @@ import json
 from typing import Callable
 
 import pytest
-
-from pytest_evals.backends.base import (Backend, BackendSettings, ChatRequest, ContextOverflow, Reply,
-                                        ToolCall)
-from pytest_evals.calls.model import Model
-from pytest_evals.backends.specs import parse_spec
-
 from conftest import rows
+
+from pytest_evals.backends.base import Backend, BackendSettings, ChatRequest, ContextOverflow, Reply, ToolCall
+from pytest_evals.backends.specs import parse_spec
+from pytest_evals.calls.model import Model
 
 
 class Scripted(Backend):

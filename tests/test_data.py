@@ -185,18 +185,35 @@ def test_exact_match_and_f1_are_squads() -> None:
         metrics.f1("x", [])
 
 
-def test_rouge_l_and_bleu_are_their_packages() -> None:
-    rouge_scorer = require("rouge_score.rouge_scorer", "pip install rouge-score")
-    sacrebleu = require("sacrebleu", "pip install sacrebleu")
-    # the LCS "the cat was under the bed": precision 6/7, recall 6/6
+def test_rouge_l_is_the_f_measure_of_the_longest_common_subsequence() -> None:
+    """By hand: P = LCS / prediction's words, R = LCS / reference's words, F = 2PR / (P + R). F is symmetric
+    in P and R, so the order of prediction and reference cannot change it; P != R here, so a wrapper that
+    returned precision or recall instead would."""
+    require("rouge_score", "pip install rouge-score")
+    # LCS "the cat was under the bed": P 6/7, R 6/6
     assert metrics.rouge_l("the cat was found under the bed", "the cat was under the bed") == pytest.approx(12 / 13)
-    pairs = [("the quick brown fox jumps", "a quick brown dog jumps over"), ("hello world", "world hello"),
-             ("Paris is the capital of France.", "The capital of France is Paris.")]
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    for prediction, reference in pairs:
-        assert metrics.rouge_l(prediction, reference) == scorer.score(reference, prediction)["rougeL"].fmeasure
-        assert metrics.bleu(prediction, reference) == sacrebleu.sentence_bleu(prediction, [reference]).score
-    assert metrics.rouge_l("hello world", ["nothing", "world hello"]) == 0.5  # the best reference
+    # LCS "quick brown jumps": P 3/5, R 3/6
+    assert metrics.rouge_l("the quick brown fox jumps", "a quick brown dog jumps over") == pytest.approx(6 / 11)
+    # lower-cased, punctuation dropped; LCS "the capital of france": P = R = 4/6
+    assert metrics.rouge_l("Paris is the capital of France.", "The capital of France is Paris.") == pytest.approx(2 / 3)
+    assert metrics.rouge_l("hello world", ["nothing", "world hello"]) == 0.5  # the best reference, not the first
+    assert metrics.rouge_l("cats running", "cat run") == 0.0
+    assert metrics.rouge_l("cats running", "cat run", stemmer=True) == 1.0  # Porter: cats -> cat, running -> run
+
+
+def test_bleu_is_sacrebleus_sentence_bleu_of_the_prediction() -> None:
+    """By hand: 100 x the brevity penalty x the geometric mean of the clipped n-gram precisions, n = 1..4
+    (sacrebleu's defaults: 13a tokens, exp smoothing of an order with no match)."""
+    require("sacrebleu", "pip install sacrebleu")
+    # 6 words against 7: n-grams 6/6, 4/5, 3/4, 2/3; brevity penalty exp(1 - 7/6)
+    short = 100 * math.exp(1 - 7 / 6) * (6 / 6 * 4 / 5 * 3 / 4 * 2 / 3) ** (1 / 4)
+    assert metrics.bleu("the cat sat on the mat", "the cat sat on the red mat") == pytest.approx(short)  # 67.3
+    # the other way round: 7 words against 6: 6/7, 4/6, 3/5, 2/4, no penalty (the order matters)
+    long = 100 * (6 / 7 * 4 / 6 * 3 / 5 * 2 / 4) ** (1 / 4)
+    assert metrics.bleu("the cat sat on the red mat", "the cat sat on the mat") == pytest.approx(long)  # 64.3
     assert math.isclose(metrics.bleu("the cat sat on the mat", "the cat sat on the mat"), 100.0)
+    # two references: n-grams clipped by either, 6/6, 3/5, 1/4; no 4-gram matches: exp smoothing counts it as
+    # 1/(2 x 3); the reference length is the closest (6, the first's): no penalty
     refs = ["the cat sat on the mat", "there is a cat on the mat"]
-    assert metrics.bleu("the cat is on the mat", refs) == sacrebleu.sentence_bleu("the cat is on the mat", refs).score
+    both = 100 * (6 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** (1 / 4)
+    assert metrics.bleu("the cat is on the mat", refs) == pytest.approx(both)  # 39.8

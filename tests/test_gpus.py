@@ -3,7 +3,6 @@ gpu-marked check in benchmarks/gpu_check.py runs the real thing)."""
 
 from __future__ import annotations
 
-
 import pytest
 from conftest import FAKE_BACKEND, rows
 

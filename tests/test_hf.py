@@ -457,9 +457,9 @@ def test_the_weights_of_a_vllm_folder_enter_the_model_identity(tmp_path: Path, s
     """vllm:/dir has the same fingerprint as hf:/dir (its transport options stay out of the key); a hub id
     vLLM fetches itself has none, and its spec alone identifies it."""
     from pytest_evals.backends.registry import BackendRegistry
+    from pytest_evals.backends.specs import parse_spec
     from pytest_evals.backends.vllm import VLLMBackend
     from pytest_evals.calls.pool import BackendPool
-    from pytest_evals.backends.specs import parse_spec
 
     folder = _weights_folder(tmp_path, Path(smollm2.source) / "config.json")
     spec = parse_spec(f"vllm:{folder}?tensor_parallel_size=2")

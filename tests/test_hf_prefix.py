@@ -13,8 +13,6 @@ from conftest import require_hf
 from pytest_evals.backends.base import ChatRequest, GenerateRequest, LoglikelihoodRequest
 from pytest_evals.backends.hf_prefix import SharedPrefix, shared_length
 
-pytest.importorskip("transformers")
-
 SYSTEM = ("You are a careful assistant. Answer in one short sentence, and never add anything the user did "
           "not ask for. ") * 3
 QUESTIONS = ["What is 2 + 3?", "Name the capital of France.", "Say hello in Spanish.",
@@ -149,8 +147,8 @@ def test_a_chat_batch_equals_each_chat_alone_on_the_plain_path(smollm2, monkeypa
 def test_models_the_prefix_cache_cannot_serve_keep_the_plain_path() -> None:
     """A sliding-window model or generation settings beyond greedy argmax (a repetition penalty) are not
     served by the prefix cache; a plain Llama is."""
-    require_hf()  # the tiny models are torch modules
-    transformers = pytest.importorskip("transformers")
+    require_hf()  # the tiny models are torch modules (where the hf packages are missing: skip, or fail in CI)
+    import transformers
 
     def tiny(config_class, **extra):
         config = config_class(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,

@@ -3,7 +3,6 @@ their structure, and how they look in a real Chromium."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import struct
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import missing
 
 from pytest_evals.report.html.cases import case_label
 from pytest_evals.report.html.page import short_names
@@ -215,13 +215,10 @@ def test_report_rejects_bad_runs_in_one_line(fake_project: pytest.Pytester, args
 
 @pytest.fixture
 def browser() -> str:
-    """Chromium's path; where it is missing the test skips, except in CI (CI set), where it fails."""
+    """Chromium's path; where it is missing the test skips, except in CI (``in_ci``), where it fails."""
     found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if found is None:
-        message = "chromium is not installed (apt-get install chromium): the HTML report's look is unchecked"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("chromium is not installed (apt-get install chromium): the HTML report's look is unchecked")
     return found
 
 

@@ -8,13 +8,13 @@ import sqlite3
 
 import httpx
 import pytest
+from conftest import cases_stored, counts
 
 from pytest_evals.backends.aio import Limiter, shared_loop
 from pytest_evals.backends.base import BackendSettings, GenerateRequest, PartialBatch, TransientError
 from pytest_evals.backends.openai import OpenAIBackend
 from pytest_evals.backends.openai_http import PROBE_TIMEOUT_S
 from pytest_evals.backends.specs import parse_spec
-from conftest import cases_stored, counts
 
 
 def stats(url: str) -> dict:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_hf import PAIRS as HF_PAIRS
 from conftest import _required, embedded_gguf_path, free_port, require_hf, stop, wait_until_serving
+from test_hf import PAIRS as HF_PAIRS
 
 pytestmark = pytest.mark.slow
 

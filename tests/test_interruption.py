@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import FAKE_BACKEND, cases_stored, rows
 
 SLOW_BACKEND = FAKE_BACKEND.replace("import json\n", "import json\nimport time\n").replace(

@@ -7,8 +7,14 @@ import sqlite3
 import httpx
 import pytest
 
-from pytest_evals.backends.base import BackendError, BackendSettings, ChatRequest, GenerateRequest, LoglikelihoodRequest
-from pytest_evals.backends.base import UnsupportedTask
+from pytest_evals.backends.base import (
+    BackendError,
+    BackendSettings,
+    ChatRequest,
+    GenerateRequest,
+    LoglikelihoodRequest,
+    UnsupportedTask,
+)
 from pytest_evals.backends.openai import OpenAIBackend
 from pytest_evals.backends.openai_echo import echo_is_shifted, score_echo
 from pytest_evals.backends.specs import SpecError, parse_spec

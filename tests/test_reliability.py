@@ -8,9 +8,9 @@ import sqlite3
 import time
 
 import pytest
-
 from conftest import FAKE_BACKEND, _required, embedded_gguf_path, rows, start_llama_server, stop
 from faultproxy import FaultMix, FaultProxy
+
 from pytest_evals.backends.base import BackendError, TransientError, parse_retry_after
 from pytest_evals.calls.reliability import CircuitBreaker, CircuitOpen, RetryPolicy, call_with_retries
 

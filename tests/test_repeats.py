@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FAKE_BACKEND, rows, counts
+from conftest import FAKE_BACKEND, counts, rows
 
 from pytest_evals.scoring.stats import BenchmarkScores, pass_at_k, wilson
 
@@ -84,8 +84,24 @@ def test_the_interval_counts_cases_not_samples() -> None:
     naive = wilson(50, 100)
     assert clustered.value == 0.5 and clustered.n == 20
     assert clustered.high - clustered.low > 1.5 * (naive.high - naive.low)
-    assert scores.pass_at() == {"pass@5": scores.pass_at()["pass@5"]} and scores.pass_at()["pass@5"].value == 0.5
+    # pass@5 only (5 samples: no pass@10), over the 20 cases; each case's samples all pass or all fail, so its
+    # pass@5 is 1 or 0, and their mean is 0.5
+    assert {k: (e.value, e.n) for k, e in scores.pass_at().items()} == {"pass@5": (0.5, 20)}
     assert scores.flaky == []
+
+
+def test_pass_at_k_of_a_benchmark_is_the_mean_of_its_cases() -> None:
+    """By hand, with C(n, k) the binomial coefficient: pass@k = 1 - C(n - c, k) / C(n, k) for a case of n
+    scored samples of which c passed; a case with fewer than k scored samples has no pass@k."""
+    scores = BenchmarkScores("b", "m")
+    for case, outcomes in {"a": "PPPFFFFFFF", "b": "FFFFFFFFFF", "c": "EPPFFFFFFF"}.items():
+        for sample, letter in enumerate(outcomes):
+            outcome = {"P": "passed", "F": "failed", "E": "error"}[letter]
+            scores.add(f"t[{case}-s{sample + 1}of10]", outcome, None, f"t[{case}]", sample, 10)
+    # pass@5: a, 3 of 10: 1 - C(7,5)/C(10,5) = 1 - 21/252 = 11/12; b: 0; c, 2 of 9 scored: 1 - C(7,5)/C(9,5)
+    # = 1 - 21/126 = 5/6; the mean (11/12 + 0 + 10/12) / 3 = 7/12. pass@10: a 1, b 0 (c has 9 scored): 1/2
+    found = {k: (e.value, e.n) for k, e in scores.pass_at().items()}
+    assert found == {"pass@5": (pytest.approx(7 / 12), 3), "pass@10": (0.5, 2)}
 
 
 def test_each_sample_is_a_test_and_the_case_keeps_its_pass_rate_pass_at_k_and_flakiness(
@@ -98,7 +114,7 @@ def test_each_sample_is_a_test_and_the_case_keeps_its_pass_rate_pass_at_k_and_fl
     result.stdout.fnmatch_lines([
         "evals-repeat: test_suite.py::test_sampled [fake:m]: 3 cases x 4 samples; scores are means over cases, with "
         "intervals over cases; 1 flaky (their samples disagree): test_sampled[half-fake:m]",
-        "*test_suite.py::test_sampled  fake:m  pass_rate  3       0  50.0%*FAIL",
+        "*test_suite.py::test_sampled  fake:m  pass_rate  3       0  50.0%*FAIL*",
         "*pass@4     3*0.667*"])
     stored = rows(project, "SELECT nodeid, samples, scored, passed, errors, pass_rate, pass_at_k, flaky "
                            "FROM repeated_cases ORDER BY nodeid")

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import FAKE_BACKEND, _required, embedded_gguf_path, rows
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_evals.backends.base import BackendSettings, ChatRequest
-from pytest_evals.calls.model import Model
 from pytest_evals.backends.specs import parse_spec
+from pytest_evals.calls.model import Model
 from pytest_evals.tools import tool
 
 

@@ -20,8 +20,12 @@ pytest (checked against 8.3 to 9.x):
 - ``item._report_sections``: what a parked body printed, joined into one section per phase.
 - ``_pytest.junitxml.xml_key``: the stash key of the JUnit writer, to add the gates' verdicts as
   properties.
-- ``TerminalReporter._tw`` and ``TerminalReporter.currentfspath``: status lines written between pytest's
-  own lines (a line of dots is ended first; pytest starts its next line with the file's name again).
+- ``TerminalReporter._tw`` (its ``_current_line``), ``TerminalReporter.currentfspath`` and ``startpath``:
+  status lines written between pytest's own lines (an open line of dots or a test's name is ended first
+  and opened again after ours, so pytest goes on writing as it would have), with ``_pytest.pathlib``'s
+  ``bestrelpath`` for the file's name as pytest shows it.
+- ``CaptureManager._global_capturing.out.writeorg(text)``: a status line written while a test's phase runs
+  under capture goes to the terminal (the stream pytest saved), not into the test's captured output.
 - ``_pytest.mark.expression.Expression``: ``pytest-evals cases -k EXPR`` matches as ``pytest -k`` does.
 
 pytest-xdist (checked against 3.7 to 3.8; ``torun.lock()`` exists from 3.7):
@@ -41,9 +45,11 @@ pytest-xdist (checked against 3.7 to 3.8; ``torun.lock()`` exists from 3.7):
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from _pytest.pathlib import bestrelpath
 
 
 # --- pytest: the setup stack and fixture values --------------------------------------------------------
@@ -135,18 +141,34 @@ def terminal_writer(reporter: Any) -> Any:
     return reporter._tw
 
 
-def write_between_lines(reporter: Any, verbose: bool, text: str) -> None:
-    """``text`` as a line of its own among pytest's: a line of dots is ended first; left open in modes
-    where pytest starts its next line with the file's name (it ends ours first, and writes the name again)."""
+def capture_stream(config: pytest.Config) -> Any:
+    """The stream to the terminal that pytest's capture saved (``writeorg``), or None (capture is off)."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    return getattr(getattr(capman, "_global_capturing", None), "out", None)
+
+
+def write_between_lines(reporter: Any, verbose: bool, text: str, out: Any = None) -> bool:
+    """``text`` as a whole line of its own among pytest's. An open line is ended first; a line of dots is
+    opened again after it with its file's name (not its dots), and with -v pytest writes the test's name
+    again (after an empty line), so pytest goes on writing as it would have. ``out``: the capture's stream to the terminal, while a test's
+    phase may be captured. False where nothing could be written (the capture stopped meanwhile)."""
     tw = reporter._tw
-    if tw.width_of_current_line:
-        tw.line()
-    if verbose or reporter.showfspath:
-        tw.write(text, flush=True)
-        reporter.currentfspath = -2 if verbose else None  # (a file name unset means "print it")
-    else:  # xdist's dots carry no file name
-        tw.line(text)
-        tw.flush()
+    current = tw._current_line
+    reopen = ""
+    if verbose:  # an open line is a test's name (its word to come) or its result: pytest writes the name again
+        reporter.currentfspath = -2
+    elif current and reporter.showfspath and isinstance(reporter.currentfspath, Path):
+        reopen = bestrelpath(reporter.startpath, reporter.currentfspath) + " "
+    data = ("\n" if current else "") + text + "\n" + reopen
+    if out is None:
+        tw.write(data, flush=True)
+        return True
+    try:
+        out.writeorg(data)
+    except (AssertionError, OSError, ValueError):  # capture stopped meanwhile
+        return False
+    tw._current_line = reopen  # what the terminal shows of the open line now
+    return True
 
 
 def keyword_expression(expr: str) -> Callable[[Callable[..., bool]], bool]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import FAKE_BACKEND, rows
+
 from pytest_evals.backends.base import ChatRequest, GenerateRequest
 from pytest_evals.calls.ceiling import SPECIAL_TOKENS, prompt_bound, worst_case
 from pytest_evals.calls.metering import Price, PriceTable, parse_price_line
@@ -118,9 +118,9 @@ def pytest_evals_prices(register):
 
 
 def test_gpu_memory_is_none_without_a_gpu_never_zero() -> None:
-    from pytest_evals.backends.gpu_memory import nvml_used_mib
-
     import importlib.util
+
+    from pytest_evals.backends.gpu_memory import nvml_used_mib
 
     if importlib.util.find_spec("torch") is not None:
         import torch
@@ -228,3 +228,21 @@ def test_calls_whose_cost_is_unknown_are_never_shown_as_free(pytester: pytest.Py
                                  "with no cost (their token counts are unknown); calls reserved their worst case first*"])
     assert "$0.0000" not in result.stdout.str()
     assert rows(pytester, "SELECT cost_basis, count(*) FROM calls GROUP BY 1") == [("unknown", 3)]
+
+
+def test_output_tokens_per_second_count_the_time_spent_generating_once() -> None:
+    """A batch's calls ran together: its time counts once, not once per call (a batch of 32 read as 1/32 of
+    its rate), and calls that generate nothing (a loglikelihood) do not dilute it."""
+    from pytest_evals.report.usage import Usage
+    from pytest_evals.store.rows import CallRow
+
+    def call(kind: str, at: str, latency: float, tokens: int) -> CallRow:
+        return CallRow(kind=kind, model="m", started_at=f"2026-12-02T12:00:{at}+00:00", latency_s=latency,
+                       output_tokens=tokens)
+
+    usage = Usage()
+    batch = [call("generate", "00.000", 2.0, 10) for _ in range(4)]  # four calls served together for 2 s
+    usage.add("m", [*batch, call("generate", "01.000", 2.0, 10),  # overlaps the batch's last second
+                    call("loglikelihood", "10.000", 5.0, 0), call("chat", "20.000", 1.0, 6)])
+    (row,) = usage.rows()
+    assert row[Usage.HEADER.index("output tok/s")] == f"{(40 + 10 + 6) / (3.0 + 1.0):.1f}"  # 14.0

@@ -192,13 +192,15 @@ def test_status_lines_never_land_inside_a_line_of_results(fake_project: pytest.P
         following = lines[i + 1]
         if not args:  # the next line of dots starts with its file's name again
             assert re.match(r"test_[ab]\.py \.+", following), following
-        elif args == ["-v"]:
+        elif args == ["-v"]:  # (after an empty line: pytest ends the line it thinks open)
+            following = lines[i + 2] if not following else following
             assert re.match(r"test_[ab]\.py::test_slow\[\d+-fake:a\] PASSED", following), following
         else:
             assert re.fullmatch(r"\.+( +\[ *\d+%\])?", following) or "tests done" in following, following
 
 
-def test_a_line_while_no_test_ends(fake_project: pytest.Pytester) -> None:
+@pytest.mark.parametrize("args", [["-n", "1"], ["--evals-batch-size=1"], []], ids=["xdist", "serial", "window"])
+def test_a_line_while_no_test_ends(fake_project: pytest.Pytester, args: list[str]) -> None:
     fake_project.makeconftest(fake_project.path.joinpath("conftest.py").read_text()
                               + "\nfrom pytest_evals.session.progress import Progress\n"
                                 "Progress.FIRST_AFTER_S = 0.0\nProgress.EVERY_S = 0.5\nProgress.QUIET_S = 0.5\n")
@@ -210,16 +212,16 @@ def test_a_line_while_no_test_ends(fake_project: pytest.Pytester) -> None:
         @pytest.mark.parametrize("i", range(2))
         def test_waits(model, i):
             model.generate(f"q{i}")
+            print("the test's own output")
             if i == 1:  # waits until the status line about the silence is out (the runner ends it)
                 marker, deadline = pathlib.Path("said.txt"), time.monotonic() + 60
                 while not marker.exists() and time.monotonic() < deadline:
                     time.sleep(0.05)
         """)
-    # under xdist the controller writes it while the case runs (without xdist, pytest would capture a
-    # line written during a test's call as the test's output)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:a",
-                             "--evals-batch-size=1", "-n", "1"], cwd=fake_project.path, stdout=subprocess.PIPE,
-                            text=True)
+    # under xdist the controller writes it while the case runs; without xdist it is written during the
+    # test's call, which pytest captures: it goes to the terminal's own stream, not into the test's output
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model=fake:a", "-rP",
+                             *args], cwd=fake_project.path, stdout=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stdout:  # type: ignore[union-attr]
         seen.append(line)
@@ -229,3 +231,42 @@ def test_a_line_while_no_test_ends(fake_project: pytest.Pytester) -> None:
     quiet = [line for line in seen if "no test has ended for" in line]
     assert quiet and quiet[0].startswith("evals: 1 of 2 tests done; no test has ended for 0m0"), "".join(seen)
     assert not any("no test has ended" in line and not line.startswith("evals: ") for line in seen)
+    # -rP shows each passed test's captured output: the test's own, never the status line
+    captured = "".join(seen).split("PASSES", 1)[1]
+    assert captured.count("the test's own output") == 2 and "no test has ended" not in captured
+
+
+@pytest.mark.parametrize("args", [[], ["-v"]], ids=["dots", "verbose"])
+def test_a_long_model_load_says_so_as_it_starts(fake_project: pytest.Pytester, args: list[str]) -> None:
+    """The load happens in the first case's setup, which pytest captures: the line goes to the terminal
+    before the load (a marker file shows the order), whole, and is not in the case's captured output."""
+    fake_project.makeconftest(fake_project.path.joinpath("conftest.py").read_text() + '''
+import pathlib
+
+def _note(cls, spec):
+    pathlib.Path("noted.txt").write_text("")
+    return f"evals: loading {spec.raw} (slowly)"
+
+def _init(self, spec, settings):
+    assert pathlib.Path("noted.txt").exists()  # said before the load began
+    Backend.__init__(self, spec, settings)
+
+FakeBackend.load_note = classmethod(_note)
+FakeBackend.__init__ = _init
+''')
+    fake_project.makepyfile(test_loaded="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_loaded(model, i):
+            print("the test's own output")
+            assert model.generate(f"q{i}").text
+        """)
+    result = fake_project.runpytest_subprocess("--model=fake:a", "-rP", *args)
+    assert result.ret == 0, result.stdout.str()
+    lines = result.stdout.lines
+    said = [i for i, line in enumerate(lines) if "(slowly)" in line]
+    assert len(said) == 1 and lines[said[0]] == "evals: loading fake:a (slowly)", lines
+    following = next(line for line in lines[said[0] + 1:] if line)  # (pytest's blank line before its first)
+    assert re.match(r"test_loaded\.py[: ]", following), following  # pytest goes on with the file (or test) name
+    assert "(slowly)" not in result.stdout.str().split("PASSES", 1)[1]

@@ -248,6 +248,12 @@ class Backend:
         return cls.capabilities
 
     @classmethod
+    def load_note(cls, spec: ModelSpec) -> str | None:
+        """A line to show before loading ``spec`` where the load takes long (a conversion, an engine's start),
+        so the run is not silent meanwhile; None where it is quick. Must be cheap."""
+        return None
+
+    @classmethod
     def fingerprint(cls, spec: ModelSpec) -> str | None:
         """What identifies the served weights (a digest, a revision), cheaply; None when unknown.
 

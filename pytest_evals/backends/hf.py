@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Sequence
 
 from .base import Backend, BackendSettings, ChatRequest, GenerateRequest, Reply
-from .gguf_copies import dequantized_copy
+from .gguf_copies import COMPLETE_MARK, copy_dir_for, dequantized_copy
 from .hf_generate import HFGeneration
 from .hf_load import (
     HF_OPTIONS,
@@ -58,6 +58,14 @@ class HFBackend(HFScoring, HFGeneration, TemplateChat, Backend):
     @classmethod
     def fingerprint(cls, spec: ModelSpec) -> str | None:
         return weights_fingerprint(spec)
+
+    @classmethod
+    def load_note(cls, spec: ModelSpec) -> str | None:
+        _, gguf = resolve_source(spec)
+        if gguf is None or (copy_dir_for(gguf) / COMPLETE_MARK).exists():
+            return None  # a model folder, or the copy made before: a few seconds
+        return (f"evals: converting {gguf.name} to a transformers model, once (transformers dequantizes every "
+                "tensor: about 20 s for the default SmolLM2-135M on CPU); later runs load the copy")
 
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         super().__init__(spec, settings)

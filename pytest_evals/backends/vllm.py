@@ -56,6 +56,10 @@ class VLLMBackend(TemplateChat, Backend):
         except (SpecError, OSError, ValueError):
             return None  # a hub id vLLM fetches itself: the spec alone identifies it
 
+    @classmethod
+    def load_note(cls, spec: ModelSpec) -> str | None:
+        return f"evals: starting the vLLM engine for {spec.label} (it loads the weights onto the GPU first)"
+
     def __init__(self, spec: ModelSpec, settings: BackendSettings, llm: Any = None) -> None:
         super().__init__(spec, settings)
         import vllm

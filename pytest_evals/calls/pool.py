@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from ..backends.base import Backend, BackendError, BackendSettings
 from ..backends.registry import BackendRegistry
@@ -32,6 +33,7 @@ class BackendPool:
         self._breakers: dict[ModelSpec, CircuitBreaker] = {}
         self._serves: dict[ModelSpec, frozenset[str]] = {}
         self._batching: dict[ModelSpec, bool] = {}
+        self.announce: Callable[[str], None] | None = None  # says a long load is starting (the controller's)
 
     def serves(self, spec: ModelSpec) -> frozenset[str]:
         """What ``spec`` can serve, asked once per process (routing decides with it)."""
@@ -111,6 +113,8 @@ class BackendPool:
         problem = self._failed.get(spec) or self.availability_problem(spec)
         if problem:
             raise BackendError(problem)
+        if not self.replay and self.announce is not None:
+            self._announce_load(spec)
         try:
             backend = (ReplayBackend(spec, self.settings, self.registry.resolve(spec.backend).capabilities)
                        if self.replay else self.registry.resolve(spec.backend)(spec, self.settings))
@@ -119,6 +123,14 @@ class BackendPool:
             raise BackendError(self._failed[spec]) from exc
         self._loaded[spec] = backend
         return backend
+
+    def _announce_load(self, spec: ModelSpec) -> None:
+        try:
+            note = self.registry.resolve(spec.backend).load_note(spec)
+        except Exception:  # noqa: BLE001 - a note is a courtesy; the load says what is wrong
+            return
+        if note and self.announce is not None:
+            self.announce(note)
 
     def close(self) -> None:
         for backend in self._loaded.values():

@@ -7,6 +7,7 @@ summary prints the table. No pytest import.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from ..scoring.stats import sorted_quantile
@@ -49,7 +50,8 @@ class Usage:
 
     def _add(self, model: str, calls: list) -> None:
         data = self.models.setdefault(model, {k: [] for k in (
-            "cases", "input_tokens", "output_tokens", "cost_usd", "latency_s", "ttft_s", "tpot_s", "gpu_peak_mib")})
+            "cases", "input_tokens", "output_tokens", "cost_usd", "latency_s", "ttft_s", "tpot_s", "gpu_peak_mib",
+            "generating")})
         data["cases"].append(1)
         for call in calls:
             self.calls += 1
@@ -75,6 +77,9 @@ class Usage:
                     value = getattr(call, name)
                     if value is not None:
                         data[name].append(value)
+                span = _span(call)
+                if span is not None:
+                    data["generating"].append((*span, call.output_tokens))
 
     def _add_cached(self, call: Any) -> None:
         """A call the cache answered: it cost nothing and took no model time, so it stays out of the token,
@@ -134,7 +139,6 @@ class Usage:
 
         rows = []
         for model, d in self.models.items():
-            busy = sum(d["latency_s"])
             rows.append([
                 model, str(len(d["cases"])),
                 str(sum(d["input_tokens"])) if d["input_tokens"] else "-",
@@ -142,7 +146,31 @@ class Usage:
                 ("~" if d.get("estimated") else "") + f"{sum(d['cost_usd']):.4f}" if d["cost_usd"] else "-",
                 seconds(percentile(d["latency_s"], 0.5)), seconds(percentile(d["latency_s"], 0.95)),
                 seconds(percentile(d["ttft_s"], 0.5)), seconds(percentile(d["tpot_s"], 0.5)),
-                f"{sum(d['output_tokens']) / busy:.1f}" if d["output_tokens"] and busy else "-",
+                _rate(d["generating"]),
                 f"{max(d['gpu_peak_mib']):.0f}" if d["gpu_peak_mib"] else "-",
             ])
         return rows
+
+
+def _span(call: Any) -> tuple[float, float] | None:
+    """When a call that generated tokens ran: (start, end) in seconds since the epoch; None for one that
+    generated none (a loglikelihood) or whose times are unknown."""
+    if not call.output_tokens or call.latency_s is None or not call.started_at:
+        return None
+    try:
+        start = datetime.fromisoformat(call.started_at).timestamp()
+    except ValueError:
+        return None
+    return start, start + call.latency_s
+
+
+def _rate(spans: list[tuple[float, float, int]]) -> str:
+    """Output tokens per second of the time the model was generating: the calls' tokens over the union of
+    their spans (calls of a batch, or in flight together, overlap: counted once). Not a sum of per-call
+    times (a batch of 32 would count its time 32 times) and not diluted by calls that generate nothing."""
+    busy, end = 0.0, float("-inf")
+    for start, stop, _ in sorted(spans):
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return f"{sum(tokens for _, _, tokens in spans) / busy:.1f}" if spans and busy > 0 else "-"

@@ -47,6 +47,7 @@ class Controller:
         self.verdicts: list[Verdict] = []
         self.other_failures = 0  # failed tests that are not eval cases keep pytest's meaning
         self.progress = Progress(config)
+        state.pool.announce = self.progress.say  # a long model load says so as it starts (this process's loads)
         # cases of a window end together: the time left is estimated once each process's first window ended
         self.progress.warmup = (state.planner.window if state.planner is not None else 1) * (planned_workers(config) or 1)
         self.session: pytest.Session | None = None
@@ -112,6 +113,8 @@ class Controller:
         self.progress.total = len(session.items)
         self.completion.add_collected(item.nodeid for item in session.items)
         self.eval_collected = any(spec_of(item) is not None for item in session.items)
+        self.progress.show = self.eval_collected  # (status lines from the first model load on)
+        self.progress.watch()
         resume = self.state.resume_state
         if resume is None or self.replay is None or not session.items:
             return
@@ -121,6 +124,10 @@ class Controller:
     def node_collected(self, ids: list[str]) -> None:
         """Under xdist: what a worker collected. (xdist does not run under --co.)"""
         self.progress.total = max(self.progress.total, len(ids))
+        # an eval case's id ends with its model's (a worker's first model load may take a while: lines then)
+        ends = tuple(f"{sep}{name}]" for name in self.state.names.values() for sep in "[-")
+        self.progress.show = self.progress.show or any(i.endswith(ends) for i in ids)
+        self.progress.watch()
         self.completion.add_collected(ids)
         if self.replay is not None:
             self.replay.say_for_nodeids(ids)

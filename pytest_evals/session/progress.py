@@ -5,9 +5,10 @@ line first, and pytest starts the next one with its file's name again), and in `
 between two test lines. The time left is estimated only once a first window of batched cases has
 finished (cases of a batch end together: the first case's time is the whole batch's), from the
 average time per test since the first one started (not from the last few: a batch's cases end in a
-burst, which would promise the run in seconds). While no test ends for a while, a line says so: under
-xdist whatever runs; without it, a batch across cases or a model load outside a test's phases (what a
-phase writes, pytest captures as the test's output, so no line is written then).
+burst, which would promise the run in seconds); the rate is shown from then on too. While nothing has
+been written for ``QUIET_S`` (no test ended, no line), a line says so, whatever runs: a batch across
+cases, a model load, a slow case. Where pytest captures output, a line goes to the terminal through the
+stream its capture saved, never into a test's captured output.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .._pytest_internals import write_between_lines
+from .._pytest_internals import capture_stream, write_between_lines
 
 
 class Progress:
@@ -40,7 +41,8 @@ class Progress:
         self.running = False  # between the first test's start and the session's end
         self.show = False  # only sessions with eval cases print status lines
         self._first_start: float | None = None  # when the first test started
-        self._last_end = self._last_start = self.start
+        self._last_end = self._last_output = self.start  # a test's end; anything written (a result, a line)
+        self._verbose = config.get_verbosity() > 0  # pytest writes each test's name as it starts
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -49,13 +51,20 @@ class Progress:
 
     # --- events ---------------------------------------------------------------------------------------
     def started(self) -> None:
-        with self._lock:
-            self._last_start = self.clock()
+        if self._verbose:
+            with self._lock:
+                self._last_output = self.clock()
         if self.running or self._stop.is_set():
             return
         self.running = True
-        self._first_start = self._last_end = self.clock()
-        if self._reporter() is not None:
+        self._first_start = self._last_end = self._last_output = self.clock()
+        self.watch()
+
+    def watch(self) -> None:
+        """Start watching for quiet stretches (once the tests are known: the first may take long to start,
+        a window's cases report only when they end)."""
+        if self._thread is None and not self._stop.is_set() and self._reporter() is not None:
+            self._last_output = max(self._last_output, self.clock())
             self._thread = threading.Thread(target=self._watch, name="evals-progress", daemon=True)
             self._thread.start()
 
@@ -63,7 +72,7 @@ class Progress:
         """A test ended (its teardown report); ``show``: the session has eval cases."""
         with self._lock:
             self.done += 1
-            self._last_end = self.clock()
+            self._last_end = self._last_output = self.clock()
             self.show = self.show or show
 
     def due(self) -> None:
@@ -89,9 +98,9 @@ class Progress:
     # --- text -----------------------------------------------------------------------------------------
     def line(self, now: float) -> str:
         elapsed = max(now - (self._first_start if self._first_start is not None else self.start), 1e-9)
-        line = f"evals: {self.done} of {self.total} tests done, {self.done / elapsed:.1f}/s"
-        left = self.left(now)
-        line += (f", about {_minutes(left)} left" if left is not None
+        line = f"evals: {self.done} of {self.total} tests done"
+        left = self.left(now)  # (and the rate: before the first windows end, both would be a batch's burst)
+        line += (f", {self.done / elapsed:.1f}/s, about {_minutes(left)} left" if left is not None
                  else ", time left not known yet (the first batches are still running)")
         if self.spent is not None and self.done:
             line += f", ${self.spent:.4f} spent, about ${self.spent / self.done * self.total:.4f} for all"
@@ -108,10 +117,15 @@ class Progress:
         return (f"evals: {self.done} of {self.total} tests done; no test has ended for {_minutes(now - self._last_end)} "
                 "(a batch across cases, a model load or a slow case is running)")
 
+    def say(self, text: str) -> None:
+        """A line now (a long model load begins), wherever the run is: between tests or inside a phase."""
+        if not self._stop.is_set():
+            self._write(text)
+
     # --- output ---------------------------------------------------------------------------------------
     def _quiet_since(self) -> float:
-        """When pytest last had something to write: a test's start or end."""
-        return max(self._last_end, self._last_start)
+        """When the terminal last got something: a test's result (or name, with -v), or a line of ours."""
+        return self._last_output
 
     def _reporter(self) -> Any:
         return self.config.pluginmanager.get_plugin("terminalreporter")
@@ -119,10 +133,7 @@ class Progress:
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
             now = self.clock()
-            if self.in_phase and self._captures:
-                continue  # pytest would capture the line as the test's output
-            if self.show and self.total and now - self._quiet_since() >= self.QUIET_S and now >= self.next:
-                self.next = now + self.QUIET_S
+            if self.show and self.total and now - self._quiet_since() >= self.QUIET_S:
                 self._write(self.quiet_line(now), quiet=True)
 
     def _write(self, text: str, quiet: bool = False) -> None:
@@ -130,9 +141,16 @@ class Progress:
         if reporter is None:
             return
         with self._lock:
-            if quiet and (self.clock() - self._quiet_since() < self.QUIET_S or self.in_phase and self._captures):
-                return  # a test ended (or a phase began) meanwhile: pytest is writing now
-            write_between_lines(reporter, self.config.get_verbosity() > 0, text)
+            if quiet and self.clock() - self._quiet_since() < self.QUIET_S:
+                return  # a test ended meanwhile: pytest is writing now
+            # Where pytest captures, through the stream its capture saved: a window's bodies run their
+            # phases in turns, so whether one runs now (and pytest's own writes would be its output) is
+            # not known here; that stream is the terminal either way.
+            out = capture_stream(self.config) if self._captures else None
+            if out is None and self.in_phase and self._captures:
+                return  # no saved stream: the line would be the test's output
+            if write_between_lines(reporter, self._verbose, text, out):
+                self._last_output = self.clock()
 
 
 def _minutes(seconds: float) -> str:

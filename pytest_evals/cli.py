@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -54,6 +55,8 @@ def resolve_run(store: Store, ref: str) -> int:
 
 
 def cmd_runs(store: Store, args: argparse.Namespace) -> list[str]:
+    if args.words:
+        return _runs_verb(store, args.words)
     rows = []
     for run in store.runs():
         counts = dict(store.db.execute(
@@ -67,6 +70,24 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> list[str]:
         return [f"{store.path}: no runs yet"]
     header = ["run", "started (UTC)", "status", "exit", "models", "cases", "passed", "failed", "errors", "git"]
     return format_table(header, rows, name_columns=5)
+
+
+def _runs_verb(store: Store, words: list[str]) -> list[str]:
+    """``runs delete RUN...``: remove runs with their cases, calls, turns, tool calls and verdicts."""
+    verb, refs = words[0], words[1:]
+    if verb != "delete" or not refs:
+        raise CommandError(f"runs {' '.join(words)}: expected 'runs' to list them or 'runs delete RUN [RUN ...]' "
+                           "(run ids or 'latest')")
+    run_ids = sorted({resolve_run(store, ref) for ref in refs})
+    running = [r for r in run_ids if (store.run(r) or {}).get("status") == "running"]
+    if running:
+        raise CommandError(f"run {', '.join(map(str, running))} is still running (or was killed and no run on this "
+                           "host has settled it yet); delete it once it has ended")
+    try:
+        cases = store.delete_runs(run_ids)
+    except sqlite3.Error as exc:  # locked by a run in progress, read-only file
+        raise CommandError(str(store.error(exc)).replace("--evals-db", "--db")) from None
+    return [f"deleted run{'s' * (len(run_ids) != 1)} {', '.join(map(str, run_ids))} with {cases} cases"]
 
 
 def cmd_show(store: Store, args: argparse.Namespace) -> list[str]:
@@ -232,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     after = argparse.ArgumentParser(add_help=False)  # --db after the command too; given, it wins
     after.add_argument("--db", type=Path, default=argparse.SUPPRESS, help=db_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("runs", parents=[after], help="list the stored runs").set_defaults(func=cmd_runs)
+    runs = sub.add_parser("runs", parents=[after], help="list the stored runs; 'runs delete RUN...' removes runs "
+                          "with all they stored")
+    runs.add_argument("words", nargs="*", metavar="delete RUN", help="delete, then run ids or 'latest'")
+    runs.set_defaults(func=cmd_runs)
     show = sub.add_parser("show", parents=[after], help="one run: its benchmarks, scores, intervals and verdicts")
     show.add_argument("run", help="run id or 'latest'")
     show.set_defaults(func=cmd_show)

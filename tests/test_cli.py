@@ -96,3 +96,28 @@ def test_cache_lists_and_clears_the_converted_model_copies(tmp_path, monkeypatch
     assert cleared.stdout.strip() == f"removed 2 converted model copies (3 MiB) from {copy.parent}"
     assert list(copy.parent.iterdir()) == []
     assert cli("cache", "list").stdout.strip() == f"{copy.parent}: no converted model copies"
+
+
+def test_runs_delete_removes_runs_with_all_they_stored(two_runs: pytest.Pytester) -> None:
+    import sqlite3
+
+    def counts() -> dict[str, int]:
+        con = sqlite3.connect(two_runs.path / ".evals" / "evals.sqlite")
+        try:
+            return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("runs", "cases", "calls", "benchmarks")}
+        finally:
+            con.close()
+
+    assert counts() == {"runs": 2, "cases": 16, "calls": 16, "benchmarks": 4}
+    out = cli(two_runs, "runs", "delete", "1")
+    assert (out.returncode, out.stdout.strip()) == (0, "deleted run 1 with 8 cases")
+    assert counts() == {"runs": 1, "cases": 8, "calls": 8, "benchmarks": 2}
+    assert re.match(r"2 +\S+ \S+ +finished", cli(two_runs, "runs").stdout.splitlines()[2])  # the other stays
+    for words, message in ((["delete"], "expected 'runs' to list them or 'runs delete RUN [RUN ...]'"),
+                           (["remove", "2"], "expected 'runs' to list them"),
+                           (["delete", "1"], "no run 1 in")):
+        out = cli(two_runs, "runs", *words)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert cli(two_runs, "runs", "delete", "latest").stdout.strip() == "deleted run 2 with 8 cases"
+    assert counts() == {"runs": 0, "cases": 0, "calls": 0, "benchmarks": 0}

@@ -30,6 +30,7 @@ from .rows import CaseRecord, now
 
 DEFAULT_DB = ".evals/evals.sqlite"  # under rootdir for pytest; in the current directory for the CLI
 CASE_TABLES = ("calls", "turns", "tool_calls")  # rows that belong to one case
+RUN_TABLES = (*CASE_TABLES, "cases", "benchmarks", "repeated_cases")  # every table with a run_id
 
 
 def _import_sqlite_utils() -> Any:
@@ -302,6 +303,17 @@ class Store:
         if table not in CASE_TABLES:
             raise ValueError(f"{table!r} is not one of {', '.join(CASE_TABLES)}")
         return list(self.db.query(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY id", [run_id]))
+
+    def delete_runs(self, run_ids: list[int]) -> int:
+        """Remove runs with everything stored under them, in one transaction; how many cases went with them.
+        (A later run's cases replayed from one keep their rows; their ``resumed_from`` names a run gone.)"""
+        marks = ", ".join("?" * len(run_ids))
+        with self.transaction():
+            (cases,), = self.db.execute(f"SELECT count(*) FROM cases WHERE run_id IN ({marks})", run_ids).fetchall()
+            for table in (*RUN_TABLES, "runs"):
+                column = "id" if table == "runs" else "run_id"
+                self.db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", run_ids)
+        return cases
 
     def close(self) -> None:
         self.db.conn.close()

@@ -8,7 +8,7 @@ read or export one run's cases.
     pytest-evals report BASE CAND --html FILE [--alpha 0.05] [--margin 0]
     pytest-evals cache stats|prune|clear [--path .evals/cache.sqlite] [--older-than DAYS]
     pytest-evals cache list | clear --copies
-    pytest-evals cases RUN [--outcome failed,error] [-k EXPR] [--model SPEC] [--benchmark NAME]
+    pytest-evals cases RUN [--outcome wrong,error] [-k EXPR] [--model SPEC] [--benchmark NAME]
     pytest-evals export RUN --format jsonl|csv [-o FILE] [the same filters as cases]
 
 ``RUN`` is a run id or ``latest``. ``--db PATH`` picks the database (default ``.evals/evals.sqlite``).
@@ -68,7 +68,7 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> list[str]:
                      str(counts.get("error", 0)), (run["git_revision"] or "")[:10]])
     if not rows:
         return [f"{store.path}: no runs yet"]
-    header = ["run", "started (UTC)", "status", "exit", "models", "cases", "passed", "failed", "errors", "git"]
+    header = ["run", "started (UTC)", "status", "exit", "models", "cases", "passed", "wrong", "errors", "git"]
     return format_table(header, rows, name_columns=5)
 
 

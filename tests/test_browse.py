@@ -63,7 +63,8 @@ def test_cases_filters_by_outcome_keyword_model_and_benchmark(run: pytest.Pytest
     out = cli(run, "cases", "latest", "--outcome", "failed")
     assert shown(out) == ["test_suite.py::test_bench[c3-fake:a]"]
     block = out.stdout
-    assert "  model fake:a, failed in " in block
+    assert "  model fake:a, wrong in " in block  # labelled as the terminal labels it (stored as failed)
+    assert cli(run, "cases", "latest", "--outcome", "wrong").stdout == out.stdout  # either name filters
     assert "  scores: f1=0.75" in block
     assert "  input:\n    question 3\n  output:\n    a:QUESTION 3\n  error:\n    AssertionError: wrong <answer>" in block
     # fake:a is priced at $1000/$2000 per million tokens: 10 prompt and 3 completion tokens
@@ -85,7 +86,7 @@ def test_cases_filters_by_outcome_keyword_model_and_benchmark(run: pytest.Pytest
 
     none = cli(run, "cases", "latest", "--outcome", "skipped")
     assert none.returncode == 0
-    assert none.stdout.strip() == ("no cases match in run 1 (0 of 10 cases shown; its cases: 9 passed, 1 failed; "
+    assert none.stdout.strip() == ("no cases match in run 1 (0 of 10 cases shown; its cases: 9 passed, 1 wrong; "
                                    "its models: fake:a, fake:b)")
 
 
@@ -181,7 +182,7 @@ def test_export_to_a_file_with_a_filter(run: pytest.Pytester) -> None:
     (["cases", "latest", "-k", "c1(x=1)"], "pytest-evals: -k 'c1(x=1)': names take no arguments here; "
      "write plain names, e.g. 'c1 or bench'"),
     (["cases", "latest", "--outcome", "passed,xfail"], "pytest-evals: --outcome xfail: not an outcome; pick from "
-     "passed, failed, error, skipped (repeat --outcome or separate them with commas)"),
+     "passed, wrong, error, skipped (repeat --outcome or separate them with commas)"),
     (["export", "latest", "--format", "xml"], "pytest-evals: --format xml: not an export format; "
      "pass --format jsonl or --format csv"),
     (["export", "latest"], "pytest-evals: export needs a format: pass --format jsonl or --format csv"),

@@ -113,7 +113,7 @@ def test_run_page_has_every_case_filters_matrix_and_compact_charts(project: pyte
         assert re.findall(rf'<input type="radio" class="f" name="{group}" id="{group}-([\w-]+)"', cases) == values
     assert "#fo-o-failed:checked~.rows tbody:not(.o-failed){display:none}" in page
     assert "#fb-b-4:checked~.rows tbody:not(.b-4){display:none}" in page
-    assert '<label for="fo-o-failed" title="failed">failed (5)</label>' in cases
+    assert '<label for="fo-o-failed" title="wrong">wrong (5)</label>' in cases  # as the terminal labels it
     assert '" of 28 cases shown"' in page  # the CSS counter of shown cases
     # texts are escaped, long ones collapsed, the error kept
     assert "question 0 &lt;b&gt;bold&lt;/b&gt;" in cases and "<b>bold</b>" not in page
@@ -197,7 +197,7 @@ def test_rep(model, evals_sample, i):
     assert re.search(r'<tr class="differ"><td class="name"[^>]*>test_rep</td><td>c1</td><td class="o-mixed" '
                      r'title="[^"]*"><details><summary>1/2 passed</summary>.*?</td><td class="o-passed" '
                      r'title="[^"]*"><details><summary>2/2 passed</summary>', matrix, re.S)
-    assert "sample 1 (passed): a:Q1\nsample 2 (failed): a:Q1" in matrix
+    assert "sample 1 (passed): a:Q1\nsample 2 (wrong): a:Q1" in matrix
     assert '<tr class="same"><td class="name" title="test_rep.py::test_rep">test_rep</td><td>c2</td>' in matrix
 
 

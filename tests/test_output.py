@@ -105,7 +105,7 @@ def test_markdown_summary_for_ci_pages(project: pytest.Pytester, monkeypatch) ->
     assert lines[2] == "6 cases: 4 passed, 2 wrong; exit status 0."
     assert ("| `test_suite.py::test_bench` | fake:a | pass_rate | 6 | 0 | 66.7% | [30.0%, 90.3%] | >=50% | PASS |"
             in lines)
-    assert "Browse the cases: `pytest-evals cases 1 --outcome failed,error`" in lines
+    assert "Browse the cases: `pytest-evals cases 1 --outcome wrong,error`" in lines
     result.stdout.fnmatch_lines(["evals-markdown: wrote *summary.md"])
 
     # a regression against the baseline: the gate fails and the flipped cases are listed

@@ -20,7 +20,13 @@ from typing import Any, Callable, Iterable, Sequence
 from .._pytest_internals import keyword_expression
 from ..store.database import Store
 
-OUTCOMES = ("passed", "failed", "error", "skipped")
+OUTCOMES = ("passed", "failed", "error", "skipped")  # as stored
+WRONG = "wrong"  # what a person reads for a stored ``failed`` (a wrong answer), as the terminal labels it
+
+
+def outcome_label(outcome: str) -> str:
+    """An outcome as people read it: a wrong answer is ``wrong`` (stored and exported as ``failed``)."""
+    return WRONG if outcome == "failed" else outcome
 FORMATS = ("jsonl", "csv")
 INDENT = "    "
 
@@ -49,9 +55,10 @@ def case_filter(outcomes: Sequence[str] | None = None, keyword: str | None = Non
                 models: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None) -> CaseFilter:
     """The filter the options ask for; ``outcomes`` may hold comma-separated lists."""
     wanted = {o.strip() for value in outcomes or () for o in value.split(",") if o.strip()}
+    wanted = {"failed" if o == WRONG else o for o in wanted}  # (``failed``, as stored, is taken too)
     unknown = sorted(wanted - set(OUTCOMES))
     if unknown:
-        raise BrowseError(f"--outcome {unknown[0]}: not an outcome; pick from {', '.join(OUTCOMES)} "
+        raise BrowseError(f"--outcome {unknown[0]}: not an outcome; pick from {', '.join(map(outcome_label, OUTCOMES))} "
                           "(repeat --outcome or separate them with commas)")
     return CaseFilter(frozenset(wanted), keyword_matcher(keyword) if keyword and keyword.strip() else None,
                       frozenset(models or ()), frozenset(benchmarks or ()))
@@ -124,7 +131,7 @@ def show_cases(store: Store, run_id: int, keep: CaseFilter) -> list[str]:
     if not shown:
         models = sorted({c["model"] for c in cases})
         outcomes = {o: sum(c["outcome"] == o for c in cases) for o in OUTCOMES}
-        held = ", ".join(f"{n} {o}" for o, n in outcomes.items() if n) or "none"
+        held = ", ".join(f"{n} {outcome_label(o)}" for o, n in outcomes.items() if n) or "none"
         return [f"no cases match in run {run_id} (0 of {len(cases)} cases shown; its cases: {held}; "
                 f"its models: {', '.join(models) or 'none'})"]
     calls = _by_case(store.rows("calls", run_id))
@@ -141,7 +148,7 @@ def show_cases(store: Store, run_id: int, keep: CaseFilter) -> list[str]:
 def _case_block(case: dict[str, Any], calls: list[dict[str, Any]], turns: list[dict[str, Any]],
                 tools: list[dict[str, Any]]) -> list[str]:
     duration = "-" if case["duration_s"] is None else f"{case['duration_s']:.3f} s"
-    head = f"  model {case['model']}, {case['outcome']} in {duration}"
+    head = f"  model {case['model']}, {outcome_label(case['outcome'])} in {duration}"
     if case.get("sample"):
         head += f", sample {case['sample']} of {case['samples']}"
     if case.get("resumed_from"):

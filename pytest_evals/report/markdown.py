@@ -71,7 +71,7 @@ def render(verdicts: list["Verdict"], facts: RunFacts) -> str:
     if flips:
         lines += ["", *flips]
     if facts.run_id is not None and (facts.outcomes.get("failed") or facts.outcomes.get("error")):
-        lines += ["", f"Browse the cases: {code(f'pytest-evals cases {facts.run_id} --outcome failed,error')}"]
+        lines += ["", f"Browse the cases: {code(f'pytest-evals cases {facts.run_id} --outcome wrong,error')}"]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ import json
 from html import escape
 from typing import Any
 
+from ..browse import outcome_label
 from .page import clip, duration, ellipsize, json_text, plural, scores_text, short_names, text_block
 
 OUTCOMES = ("passed", "failed", "error", "skipped")
@@ -131,7 +132,7 @@ def case_section(cases: list[dict[str, Any]], turns: list[dict[str, Any]],
     def count(key: str, value: str) -> int:
         return sum(1 for c in cases if c[key] == value)
 
-    groups = [_filter_group("fo", "outcome", [(f"o-{o}", o, o, count("outcome", o)) for o in outcomes]),
+    groups = [_filter_group("fo", "outcome", [(f"o-{o}", outcome_label(o), outcome_label(o), count("outcome", o)) for o in outcomes]),
               _filter_group("fb", "benchmark", [(bench_cls[b], ellipsize(names[b], 48), b, count("benchmark", b))
                                                 for b in benchmarks])]
     if len(models) > 1:
@@ -146,7 +147,7 @@ def case_section(cases: list[dict[str, Any]], turns: list[dict[str, Any]],
             f'<tbody class="case o-{escape(case["outcome"])} {bench_cls[case["benchmark"]]} {model_cls[case["model"]]}">'
             f'<tr><td class="name" title="{escape(case["benchmark"])}">{escape(ellipsize(names[case["benchmark"]], 20))}</td>'
             f'<td class="name" title="{escape(case["nodeid"])}">{escape(ellipsize(case_label(case), 13))}{sample}</td>'
-            f'<td class="name" title="{escape(case["model"])}">{escape(case["model"])}</td><td class="outcome">{escape(case["outcome"])}{took}</td>'
+            f'<td class="name" title="{escape(case["model"])}">{escape(case["model"])}</td><td class="outcome">{escape(outcome_label(case["outcome"]))}{took}</td>'
             f'<td>{scores_text(case.get("scores"))}</td><td>{text_block(case.get("input_text"))}</td>'
             f'<td>{text_block(case.get("output_text"))}</td><td>{text_block(case.get("error"))}</td></tr>')
         if conversation:
@@ -175,14 +176,14 @@ def _cell(found: list[dict[str, Any]]) -> str:
         return '<td class="o-missing" title="not run for this model">–</td>'
     outcomes = [c["outcome"] for c in found]
     if len(found) == 1:
-        outcome, shown = outcomes[0], outcomes[0]
+        outcome, shown = outcomes[0], outcome_label(outcomes[0])
     else:  # the samples of a repeated case
         passed = outcomes.count("passed")
         outcome = outcomes[0] if len(set(outcomes)) == 1 else "mixed"
         shown = f"{passed}/{len(outcomes)} passed"
     texts = [c.get("output_text") or c.get("error") or "" for c in found]
     if len(found) > 1:
-        texts = [f"sample {c.get('sample') or i + 1} ({c['outcome']}): {t}" for i, (c, t) in enumerate(zip(found, texts))]
+        texts = [f"sample {c.get('sample') or i + 1} ({outcome_label(c['outcome'])}): {t}" for i, (c, t) in enumerate(zip(found, texts))]
     text = "\n".join(t for t in texts if t)
     hover = escape(clip(text, 600)) if text else "no output"
     inner = (f"<details><summary>{escape(shown)}</summary><pre>{escape(clip(text))}</pre></details>" if text

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sqlite3
 import sys
 from pathlib import Path
@@ -65,11 +66,18 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> list[str]:
                      "" if run["exit_status"] is None else str(run["exit_status"]),
                      ", ".join(json.loads(run["models"] or "[]")),
                      str(sum(counts.values())), str(counts.get("passed", 0)), str(counts.get("failed", 0)),
-                     str(counts.get("error", 0)), (run["git_revision"] or "")[:10]])
+                     str(counts.get("error", 0)), (run["git_revision"] or "")[:10], _command(run)])
     if not rows:
         return [f"{store.path}: no runs yet"]
-    header = ["run", "started (UTC)", "status", "exit", "models", "cases", "passed", "wrong", "errors", "git"]
-    return format_table(header, rows, name_columns=5)
+    header = ["run", "started (UTC)", "status", "exit", "models", "cases", "passed", "wrong", "errors", "git",
+              "command"]
+    return format_table(header, rows, name_columns=5, text_columns=(len(header) - 1,))
+
+
+def _command(run: dict, width: int = 60) -> str:
+    """The run's command line, as typed (shell-quoted), clipped to ``width``: runs that look alike differ here."""
+    text = "pytest " + shlex.join(json.loads(run["args"] or "[]"))
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _runs_verb(store: Store, words: list[str]) -> list[str]:

@@ -44,6 +44,10 @@ def test_runs_show_compare(two_runs: pytest.Pytester) -> None:
     lines = out.stdout.splitlines()
     assert re.match(r"1 +\S+ \S+ +finished +0 +fake:a +8 +7 +1 +0", lines[2])
     assert re.match(r"2 +\S+ \S+ +finished +1 +fake:a +8 +2 +6 +0", lines[3])
+    # how each was run (pytester adds --basetemp: a long command line is clipped)
+    command = lines[2][lines[2].index("pytest "):]
+    assert lines[0].split()[-1] == "command" and command.startswith("pytest --model=fake:a --basetemp=")
+    assert command.endswith("...") and len(command) == 60
 
     out = cli(two_runs, "show", "latest")
     assert "run 2: finished, exit status 1" in out.stdout

@@ -150,8 +150,9 @@ def capture_stream(config: pytest.Config) -> Any:
 def write_between_lines(reporter: Any, verbose: bool, text: str, out: Any = None) -> bool:
     """``text`` as a whole line of its own among pytest's. An open line is ended first; a line of dots is
     opened again after it with its file's name (not its dots), and with -v pytest writes the test's name
-    again (after an empty line), so pytest goes on writing as it would have. ``out``: the capture's stream to the terminal, while a test's
-    phase may be captured. False where nothing could be written (the capture stopped meanwhile)."""
+    again (after an empty line), so pytest goes on writing as it would have. ``out``: the capture's stream
+    to the terminal, while a test's phase may be captured. False where nothing could be written (the
+    capture stopped meanwhile)."""
     tw = reporter._tw
     current = tw._current_line
     reopen = ""

@@ -10,7 +10,7 @@ call's cost (a failed call, or one whose cost is unknown, keeps all of it: nobod
 
 A call that does not fit waits where reservations held now may free room for it: a process holding none
 sleeps until the others' calls settle; a case's body in a window of batched cases steps aside
-(``Planner.wait_for_room``) until the window's calls in flight are answered. Otherwise, or where its worst
+(``Planner.aside``) until the window's calls in flight are answered. Otherwise, or where its worst
 case would pass the budget even with nothing reserved, it is refused (:class:`BudgetRefused`: its case
 is skipped and the run stops). GPU-time prices (``gpu_hour``) are known only once a call has taken its
 time: such calls are not reserved, and the budget stops the run when their cases are reported, as before.
@@ -30,6 +30,9 @@ from .metering import Price
 SPECIAL_TOKENS = 32  # room for a call's special tokens and what a chat template adds (a default system prompt)
 TOKENS_PER_MESSAGE = 16  # and for each message's role markers and separators
 WAIT_POLL_S = 0.05  # how often a waiting call asks again
+
+
+REFUSED_STOP = "a call's worst case would pass what is left; cases in flight finish, the rest are not run"
 
 
 class BudgetRefused(BaseException):

@@ -85,9 +85,9 @@ class Verdict:
     comparison: Comparison | None = None
     usage_errors: tuple[str, ...] = ()
     incomplete: bool = False  # some of its tests did not run (an interrupted run): no verdict either way
-    failed: frozenset[str] = frozenset()  # metrics whose own check failed: minimum, missing, regression
-    too_many_errors: bool = False  # the error rate is above --evals-max-error-rate
-    why: tuple[tuple[str, str], ...] = ()  # (metric, why its row fails); the error rate's is the pass rate's row's
+    # (metric, why its row fails): below its minimum, missing, a regression; an error rate above
+    # --evals-max-error-rate is the pass rate's row's (the first row carries the error count)
+    why: tuple[tuple[str, str], ...] = ()
 
     @property
     def holds(self) -> bool:
@@ -103,7 +103,7 @@ class Verdict:
         rate, with the error count) also carries the error-rate check; a metric without a minimum has none."""
         if self.incomplete:
             return "incomplete" if first or metric in dict(self.threshold.minimums) else ""
-        if metric in self.failed or (first and self.too_many_errors):
+        if any(name == metric for name, _ in self.why):
             return "fail"
         return "pass" if first or metric in dict(self.threshold.minimums) else ""
 
@@ -152,7 +152,7 @@ class Gates:
             estimates = {PASS_RATE: scores.pass_rate()}
             estimates.update({name: scores.metric(name) for name in sorted(scores.metrics)})
             estimates.update(scores.pass_at())
-            reasons, usage, failed = [], list(scores.usage), set()
+            reasons, usage = [], list(scores.usage)
             why: list[tuple[str, str]] = []
             for name, minimum in threshold.items():
                 if name not in estimates:
@@ -160,7 +160,6 @@ class Gates:
                         continue  # no case got as far as recording metrics (all errored or skipped)
                     usage.append(f"threshold on metric {name!r} ({threshold.source}), "
                                  f"but no case recorded it; record it with evals_score({name}=...) or fix the name")
-                    failed.add(name)
                     why.append((name, "no case recorded it"))
                     estimates[name] = Estimate(None, None, None, 0)  # its row shows the missing metric
                     continue
@@ -170,11 +169,9 @@ class Gates:
                 if value < minimum:
                     shown = f"{value:.1%} < {percent(minimum)}" if name == PASS_RATE else f"{value:.3g} < {minimum:g}"
                     reasons.append(f"{name} {shown} ({threshold.source})")
-                    failed.add(name)
                     why.append((name, f"below its minimum ({threshold.source})"))
             errors = scores.count("error")
-            too_many_errors = bool(errors) and scores.error_rate > self.max_error_rate
-            if too_many_errors:
+            if errors and scores.error_rate > self.max_error_rate:
                 ran = scores.scored + errors
                 reasons.append(f"{errors} of {ran} cases ended in error ({scores.error_rate:.1%} > "
                                f"--evals-max-error-rate {self.max_error_rate:.1%})")
@@ -184,9 +181,7 @@ class Gates:
                 comparison = compare(scores, baseline[(benchmark, model)], self.alpha)
                 for name, text in regressions(comparison, self.alpha, self.margin):
                     reasons.append(f"regression against the baseline: {text}")
-                    failed.add(name)
                     why.append((name, "regression against the baseline"))
             verdicts.append(Verdict(benchmark, model, threshold, estimates, errors, tuple(reasons), comparison,
-                                    tuple(usage), incomplete=benchmark in incomplete, failed=frozenset(failed),
-                                    too_many_errors=too_many_errors, why=tuple(why)))
+                                    tuple(usage), incomplete=benchmark in incomplete, why=tuple(why)))
         return verdicts

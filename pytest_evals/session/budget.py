@@ -9,7 +9,7 @@ unknown amount".
 
 from __future__ import annotations
 
-from ..calls.ceiling import Ledger
+from ..calls.ceiling import REFUSED_STOP, Ledger
 
 
 class Spending:
@@ -36,8 +36,7 @@ class Spending:
         if self.ledger is None or not self.ledger.refused or self.stopped_at is not None:
             return None
         self.stopped_at = done
-        return (f"evals budget of ${self.budget:g}: a call's worst case would pass what is left; "
-                "cases in flight finish, the rest are not run")
+        return f"evals budget of ${self.budget:g}: {REFUSED_STOP}"
 
     def text(self, unknown_costs: int) -> str:
         """Never $0 for costs nobody knows: "at least", or "an unknown amount"."""

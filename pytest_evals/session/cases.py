@@ -20,7 +20,7 @@ import pytest
 
 from .._pytest_internals import teardown_until
 from ..backends.base import BackendError
-from ..calls.ceiling import BudgetRefused
+from ..calls.ceiling import REFUSED_STOP, BudgetRefused
 from ..calls.reliability import MARKER as RETRY_MARKER
 from ..calls.reliability import policy_from_marker
 from ..calls.routing import JUDGE_MARKER, TASK_MARKER, TASKS, parse_judge, parse_task
@@ -237,7 +237,7 @@ class CasePlugin:
             if spec_of(item) is None:
                 raise
             if not item.session.shouldstop:
-                item.session.shouldstop = BUDGET_STOP
+                item.session.shouldstop = f"evals budget: {REFUSED_STOP}"
             raise pytest.skip.Exception(str(refused), _use_item_location=True) from None
 
     # --- reports ------------------------------------------------------------------------------------------
@@ -327,9 +327,6 @@ def replay(item: pytest.Item, nextitem: pytest.Item | None, finished: dict[str, 
     # Tear down what the previous item left set up, as the skipped teardown phase would have.
     teardown_until(item, nextitem)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-
-
-BUDGET_STOP = "evals budget: a call's worst case would pass what is left; cases in flight finish, the rest are not run"
 
 
 def one_line(exc: BaseException) -> str:

@@ -84,9 +84,11 @@ def test_cases_that_never_vary_do_not_make_the_interval_a_point() -> None:
     """Six cases that all failed were shown as [0.0%, 0.0%]: a bootstrap of values that never vary."""
     from pytest_evals.scoring.stats import score_estimate
 
-    assert score_estimate([0.0] * 6).format_interval(True) == "[0.0%, 39.0%]"  # Wilson's, for 0 of 6
-    assert score_estimate([1.0] * 6).format_interval(True) == "[61.0%, 100.0%]"
-    assert score_estimate([0.5] * 6).format_interval(False) == "no variation"  # not a share: no interval to give
-    assert score_estimate([0.5] * 6).value == 0.5
-    spread = score_estimate([0.0, 1.0, 0.0, 1.0])
+    assert score_estimate([0.0] * 6, share=True).format_interval(True) == "[0.0%, 39.0%]"  # Wilson's, 0 of 6
+    assert score_estimate([1.0] * 6, share=True).format_interval(True) == "[61.0%, 100.0%]"
+    # a named metric's scale is the test's own (a judge's grade of 1 to 5): no interval to give
+    for value in (0.0, 1.0, 0.5):
+        constant = score_estimate([value] * 6, share=False)
+        assert constant.value == value and constant.format_interval(False) == "no variation"
+    spread = score_estimate([0.0, 1.0, 0.0, 1.0], share=False)
     assert spread.low is not None and spread.low < spread.value < spread.high  # the bootstrap, as before

@@ -87,14 +87,15 @@ def bootstrap_mean(values: Sequence[float], confidence: float = CONFIDENCE,
     return Estimate(mean, sorted_quantile(means, alpha / 2), sorted_quantile(means, 1 - alpha / 2), n)
 
 
-def score_estimate(values: Sequence[float]) -> Estimate:
+def score_estimate(values: Sequence[float], share: bool) -> Estimate:
     """A benchmark's mean score over its cases, with an interval that does not claim certainty from cases
-    that never vary (resampling them gives a point): where every value is 0 or every one is 1 (a share:
-    pass/fail, exact match) the interval is the proportion's (Wilson's: 0 of 6 is [0%, 39%]); other values
-    that never vary have none ("no variation"); the rest get the bootstrap's."""
+    that never vary (resampling them gives a point). A ``share`` (a pass rate over samples, pass@k: values
+    from 0 to 1) that is all 0 or all 1 gets the proportion's interval (Wilson's: 0 of 6 is [0%, 39%]); a
+    named metric, whose scale is the test's own (a grade of 1 to 5), gets none ("no variation"); the rest
+    get the bootstrap's."""
     n = len(values)
     if n > 1 and all(v == values[0] for v in values):
-        if values[0] in (0.0, 1.0):
+        if share and values[0] in (0.0, 1.0):
             return replace(wilson(int(values[0]) * n, n), value=float(values[0]))
         return Estimate(float(values[0]), None, None, n)
     return bootstrap_mean(values)
@@ -209,11 +210,11 @@ class BenchmarkScores:
         if not self.repeated:
             return wilson(self.count("passed"), self.scored)
         scored = {n: float(o == "passed") for n, o in self.outcomes.items() if o in ("passed", "failed")}
-        return score_estimate(self._per_case(scored))
+        return score_estimate(self._per_case(scored), share=True)
 
     def metric(self, name: str) -> Estimate:
         values = self.metrics.get(name, {})
-        return score_estimate(self._per_case(values) if self.repeated else list(values.values()))
+        return score_estimate(self._per_case(values) if self.repeated else list(values.values()), share=False)
 
     def pass_at(self) -> dict[str, Estimate]:
         """pass@k over the repeated cases, for k in 5, 10 and the number of samples (k > 1): the mean of each
@@ -224,7 +225,7 @@ class BenchmarkScores:
         found = {}
         for k in sorted({k for k in (5, 10, count) if 1 < k <= count}):
             values = [c.pass_at()[k] for c in self.repeated.values() if c.scored >= k]
-            found[f"pass@{k}"] = score_estimate(values)
+            found[f"pass@{k}"] = score_estimate(values, share=True)
         return found
 
     @property

@@ -40,6 +40,10 @@ pytest-xdist (checked against 3.7 to 3.8; ``torun.lock()`` exists from 3.7):
   worker's calls reserve their worst case through it (``calls.ceiling``).
 - the options ``numprocesses``, ``dist``, ``tx`` and ``maxschedchunk`` (their ``dest`` names): how many
   workers a run starts, and few tests queued per worker under a budget.
+- ``workermanage.make_reltoroot`` and the rsync roots ``NodeManager`` computes (pytest's own packages,
+  ``rsyncdir`` and the ini's ``rsyncdirs``): for a worker in a folder of its own (``ssh=``, ``//chdir=``)
+  xdist rewrites each path argument under one of those roots and stops with a traceback at one under none;
+  the controller says so first, in one line.
 """
 
 from __future__ import annotations
@@ -241,6 +245,31 @@ def planned_workers(config: pytest.Config) -> int | None:
 
 def dist_mode(config: pytest.Config) -> str:
     return getattr(config.option, "dist", "no")
+
+
+def paths_remote_workers_miss(config: pytest.Config) -> list[str]:
+    """Path arguments that xdist cannot hand to this run's remote ``--tx`` workers: where a worker runs in a
+    folder of its own (any spec but a plain ``popen``), xdist rewrites a path that exists here relative to
+    an rsync root (``workermanage.make_reltoroot``), and stops with a traceback at one under no root."""
+    if dist_mode(config) == "no" or not getattr(config.option, "tx", None):
+        return []
+    import _pytest
+    from execnet import XSpec
+    from xdist.workermanage import make_reltoroot, parse_tx_spec_config
+
+    specs = [XSpec(spec) for spec in parse_tx_spec_config(config)]  # "3*ssh=..." is three
+    if all(spec.popen and not spec.chdir for spec in specs):
+        return []
+    roots = [Path(pytest.__file__).parent, Path(_pytest.__file__).parent,
+             *config.option.rsyncdir, *config.getini("rsyncdirs")]
+    roots = list(dict.fromkeys(Path(root).resolve() for root in roots))
+    missed = []
+    for arg in config.invocation_params.args:
+        try:
+            make_reltoroot(roots, [str(arg)])
+        except ValueError:
+            missed.append(str(arg))
+    return missed
 
 
 def queue_one_test_per_worker(config: pytest.Config) -> None:

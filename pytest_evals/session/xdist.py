@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from .._pytest_internals import new_worker_channel, queue_one_test_per_worker
+from .._pytest_internals import new_worker_channel, paths_remote_workers_miss, queue_one_test_per_worker
 from ..calls.ceiling import serve
+from ..errors import ConfigError
 from .controller import Controller
 from .gpus import WORKER_KEY, worker_index
-from .options import CEILING_WIRE_KEY, RESUME_WIRE_KEY
+from .options import CEILING_WIRE_KEY, RESUME_WIRE_KEY, usage_error
 from .state import RunState
 
 
@@ -20,6 +21,12 @@ class XdistControllerPlugin:
         self.config = config
         self.state = state
         self.controller = controller
+        missed = paths_remote_workers_miss(config)
+        if missed:  # xdist would stop at it with a traceback, once the workers start
+            raise usage_error(ConfigError(
+                f"{missed[0]}: xdist hands --tx workers in folders of their own (ssh=, //chdir=) no path outside an "
+                "--rsyncdir; with the suite already on each host, give no path: name the tests in the ini's "
+                "testpaths and pick with -k or -m"))
         if state.budget is not None:
             # Few tests queued per worker, so a spent budget stops the run within the cases in flight.
             queue_one_test_per_worker(config)

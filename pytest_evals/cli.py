@@ -10,6 +10,9 @@ read or export one run's cases.
     pytest-evals cache list | clear --copies
     pytest-evals cases RUN [--outcome wrong,error] [-k EXPR] [--model SPEC] [--benchmark NAME]
     pytest-evals export RUN --format jsonl|csv [-o FILE] [the same filters as cases]
+    pytest-evals plan threshold --expect 0.7 --threshold 0.6 [--power 0.8]
+    pytest-evals plan metric --mean 0.62 --sd 0.2 --threshold 0.55 [--power 0.8]
+    pytest-evals plan baseline --drop 0.05 --discordance 0.2 | --from RUN [--alpha 0.05] [--margin 0]
 
 ``RUN`` is a run id or ``latest``. ``--db PATH`` picks the database (default ``.evals/evals.sqlite``).
 """
@@ -254,6 +257,52 @@ def cmd_cache(args: argparse.Namespace) -> list[str]:
             f"first stored {data['first'] or '-'}, last used {data['last_used'] or '-'}"]
 
 
+PLAN_NEEDS = {"threshold": ("expect", "threshold"), "metric": ("mean", "sd", "threshold"), "baseline": ("drop",)}
+PLAN_EXAMPLES = {"threshold": "plan threshold --expect 0.7 --threshold 0.6",
+                 "metric": "plan metric --mean 0.62 --sd 0.2 --threshold 0.55",
+                 "baseline": "plan baseline --drop 0.05 --discordance 0.2 (or --from RUN)"}
+
+
+def cmd_plan(args: argparse.Namespace) -> list[str]:
+    """The cases a gate needs (``scoring.power``): a pass-rate threshold, a metric's, or the baseline gate."""
+    from .report import plan
+    from .scoring.power import PlanError
+
+    flags = {"expect": "--expect", "threshold": "--threshold", "mean": "--mean", "sd": "--sd", "drop": "--drop",
+             "discordance": "--discordance", "from_run": "--from"}
+    kind = PLAN_NEEDS[args.gate]
+    allowed = (*kind, "discordance", "from_run") if args.gate == "baseline" else kind
+    missing = [flags[n] for n in kind if getattr(args, n) is None]
+    stray = [flags[n] for n in flags if n not in allowed and getattr(args, n) is not None]
+    if missing or stray:
+        what = f"needs {' '.join(missing)}" if missing else f"does not take {' '.join(stray)}"
+        raise CommandError(f"plan {args.gate} {what}: e.g. pytest-evals {PLAN_EXAMPLES[args.gate]}")
+    try:
+        if args.gate == "threshold":
+            return plan.threshold_lines(args.expect, args.threshold, args.power)
+        if args.gate == "metric":
+            return plan.metric_lines(args.mean, args.sd, args.threshold, args.power)
+        if (args.discordance is None) == (args.from_run is None):
+            raise CommandError("plan baseline takes --discordance D (the share of cases on which two runs disagree) "
+                               "or --from RUN (a stored run's cases give it), one of the two")
+        if args.from_run is None:
+            return plan.baseline_lines(args.drop, args.discordance, args.power, args.alpha, args.margin)
+        store = open_store(args.db)
+        try:
+            run_id = resolve_run(store, args.from_run)
+            scores = {key: found for key, found in scores_of(store.cases(run_id)).items()
+                      if (not args.benchmark or any(key[0] == b or key[0].endswith(f"::{b}") for b in args.benchmark))
+                      and (not args.model or key[1] in args.model)}
+        finally:
+            store.close()
+        if not scores:
+            raise CommandError(f"run {run_id} has no cases" + (" of that --benchmark/--model; `pytest-evals show "
+                               f"{run_id}` lists its benchmarks" if args.benchmark or args.model else ""))
+        return plan.baseline_from_run_lines(run_id, scores, args.drop, args.power, args.alpha, args.margin)
+    except PlanError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-evals", description="Read the runs that pytest-evals stored.")
     db_help = f"database (default {DEFAULT_DB}); before or after the command"
@@ -309,6 +358,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", metavar="jsonl|csv", help="jsonl or csv (default: -o FILE's suffix)")
     export.add_argument("-o", "--output", metavar="FILE", help="write there (default: stdout)")
     export.set_defaults(func=cmd_export)
+    plan = sub.add_parser("plan", parents=[after], help="the cases a gate needs to hold (or to detect a drop) "
+                          "with the power asked; exact figures from the gate's own decision")
+    plan.add_argument("gate", choices=list(PLAN_NEEDS), help="threshold: a pass-rate gate; metric: a named metric's "
+                      "minimum; baseline: the regression gate against --evals-baseline")
+    plan.add_argument("--expect", type=float, metavar="RATE", help="threshold: the pass rate you expect, e.g. 0.7")
+    plan.add_argument("--threshold", type=float, metavar="MIN", help="threshold, metric: the gate's minimum")
+    plan.add_argument("--mean", type=float, help="metric: the mean you expect of the cases' values")
+    plan.add_argument("--sd", type=float, help="metric: the spread (standard deviation) of the cases' values")
+    plan.add_argument("--drop", type=float, metavar="SHARE", help="baseline: the fall in pass rate to detect, "
+                      "e.g. 0.05 for 5 points")
+    plan.add_argument("--discordance", type=float, metavar="SHARE", help="baseline: the share of cases on which "
+                      "the two runs disagree (at least the drop)")
+    plan.add_argument("--from", dest="from_run", metavar="RUN", help="baseline: a stored run (id or 'latest') "
+                      "whose cases' pass rates, resampled, give the discordance; one plan per benchmark and model")
+    plan.add_argument("--benchmark", action="append", metavar="NAME", help="--from: only this benchmark "
+                      "(file::test or the test's name; repeatable)")
+    plan.add_argument("--model", action="append", metavar="SPEC", help="--from: only this model (repeatable)")
+    plan.add_argument("--power", type=float, default=0.8, help="the chance the gate holds (threshold, metric) or "
+                      "catches the drop (baseline); default 0.8")
+    plan.add_argument("--alpha", type=float, default=0.05, help="baseline: as --evals-alpha (default 0.05)")
+    plan.add_argument("--margin", type=float, default=0.0, help="baseline: as --evals-margin (default 0)")
+    plan.set_defaults(func=cmd_plan, needs_store=False)
     return parser
 
 

@@ -34,8 +34,10 @@ def test_a_gate_that_holds_exits_0_although_cases_failed(fake_project: pytest.Py
     assert result.ret == 0
     result.stdout.fnmatch_lines([
         "*evals summary*",
-        "test_gate.py::test_bench*fake:a*pass_rate*10*0*90.0%*[[]59.6%, 98.2%[]]*>=80%*PASS",
-        "*f1*10*0.83*>=0.5*",
+        # the strength column: 90% on 10 cases holds, but no score on 10 cases puts the interval above 80%
+        "test_gate.py::test_bench*fake:a*pass_rate*10*0*90.0%*[[]59.6%, 98.2%[]]*>=80%*PASS  "
+        "interval spans it: even 10 of 10 would not clear it",
+        "*f1*10*0.83*>=0.5*PASS  interval clears it by 0.19",
         "evals: all 1 gates hold; exit status 0: its 1 wrong answer counts in the scores, not as test failures",
     ])
 
@@ -74,7 +76,8 @@ def test_errors_fail_the_run_unless_allowed(fake_project: pytest.Pytester) -> No
                                  "(25.0% > --evals-max-error-rate 0.0%)"])
     result = fake_project.runpytest("--model=fake:a", "--evals-max-error-rate=0.25")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["test_err.py::test_calls*pass_rate*3*1*100.0%*PASS"])  # errors not scored
+    result.stdout.fnmatch_lines(["test_err.py::test_calls*pass_rate*3*1*100.0%*PASS  "  # errors not scored
+                                 "interval spans it: even 3 of 3 would not clear it"])
 
 
 def test_precedence_marker_then_command_line_then_ini(fake_project: pytest.Pytester, monkeypatch) -> None:
@@ -157,13 +160,17 @@ def test_baseline_gate_fails_a_significant_regression_and_lists_flips(fake_proje
     monkeypatch.setenv("EVALS_WRONG", "c1")
     result = fake_project.runpytest("--model=fake:a", "--evals-baseline=latest")
     assert result.ret == 0  # one flip is not significant
+    # what the comparison could have caught: on 10 paired cases, only a drop of two thirds
     result.stdout.fnmatch_lines(["baseline: run 1 (paired by case; alpha 0.05, margin 0)",
+                                 "test_gate.py::test_bench*pass_rate*90.0%*>=30%*PASS  interval clears it by 4 cases; "
+                                 "80% power for a drop of 67.3 points",
                                  "*vs baseline: 1 now fail: test_bench[[]c1-fake:a[]]"])
     monkeypatch.setenv("EVALS_WRONG", "c0,c1,c2,c3,c4,c5,c6")
     result = fake_project.runpytest("--model=fake:a", "--evals-baseline=1")
     assert result.ret == 1
     # each failing row says why in its own row: the pass rate is above its minimum, and fails as a regression
-    result.stdout.fnmatch_lines(["test_gate.py::test_bench*pass_rate*30.0%*>=30%*FAIL  regression against the baseline",
+    result.stdout.fnmatch_lines(["test_gate.py::test_bench*pass_rate*30.0%*>=30%*FAIL  regression against the baseline  "
+                                 "interval spans it: 3 cases short of clearing; 80% power for a drop of 68.6 points",
                                  "*f1*FAIL  regression against the baseline"])
     result.stdout.fnmatch_lines([
         "FAIL test_gate.py::test_bench [[]fake:a[]]: regression against the baseline: pass rate fell 70.0% "

@@ -146,6 +146,11 @@ def test_run_page_has_every_case_filters_matrix_and_compact_charts(project: pyte
     assert ">test_a_benchmark…utting_in_charts</text>" in bars  # cut in the middle to fit; in full in <title>
     assert "<title>test_suite.py::test_a_benchmark_whose_name_is_long_enough_to_need_cutting_in_charts [fake:a]" in bars
     assert page.count('class="histogram"') == 2
+    # the table's strength column: 7 of 8 clears 50% with one wrong answer to spare; the default gate has none
+    table = page[page.index("<th>strength</th>"):]
+    assert re.search(r"<td>test_suite.py::test_bench</td><td>fake:a</td><td>pass rate</td><td class='num'>8</td>"
+                     r".*?<td class='pass'>PASS</td><td>interval clears it by 1 case</td></tr>", table)
+    assert table.count("<td>interval") == 2 and table.count("<td></td></tr>") == len(re.findall("<tr><td>", table)) - 2
 
 
 def test_comparison_page_has_changes_with_intervals_and_flips_side_by_side(project: pytest.Pytester) -> None:
@@ -165,7 +170,7 @@ def test_comparison_page_has_changes_with_intervals_and_flips_side_by_side(proje
     # its pass rate: 6 now fail, 1 now pass; McNemar p = 0.125, not significant
     assert re.search(r"<td>pass rate</td><td class='num'>8</td><td class='num'>87.5% \[52.9%, 97.8%\]</td>"
                      r"<td class='num'>25.0% \[7.1%, 59.1%\]</td><td class='num'>-62.5% \[[^]]+\]</td>"
-                     r"<td>McNemar p=0.125</td><td class=''>-</td>", page)
+                     r"<td>McNemar p=0.125; 80% power for a drop of 83.8 points</td><td class=''>-</td>", page)
     # flips: fake:a c0-c5 and q0 now fail, c7 now passes; fake:b c0-c2 now pass
     assert page.count('<tr class="flip to-fail">') == 7 and page.count('<tr class="flip to-pass">') == 4
     flip = re.search(r'<tr class="flip to-fail"><td title="test_suite.py::test_bench\[c0-fake:a\]">c0<br>.*?</tr>', page,

@@ -103,8 +103,11 @@ def test_markdown_summary_for_ci_pages(project: pytest.Pytester, monkeypatch) ->
     lines = text.splitlines()
     assert lines[0] == "## pytest-evals run 1: all 1 gates hold"
     assert lines[2] == "6 cases: 4 passed, 2 wrong; exit status 0."
-    assert ("| `test_suite.py::test_bench` | fake:a | pass_rate | 6 | 0 | 66.7% | [30.0%, 90.3%] | >=50% | PASS |"
-            in lines)
+    # the strength column, left-aligned as text: 4 of 6 holds a 50% gate, but its interval spans 50%
+    assert "| benchmark | model | metric | n | errors | score | 95% interval | threshold | verdict | strength |" in lines
+    assert "|---|---|---|---:|---:|---:|---:|---:|---:|---|" in lines
+    assert ("| `test_suite.py::test_bench` | fake:a | pass_rate | 6 | 0 | 66.7% | [30.0%, 90.3%] | >=50% | PASS | "
+            "interval spans it: 2 cases short of clearing |" in lines)
     assert "Browse the cases: `pytest-evals cases 1 --outcome wrong,error`" in lines
     result.stdout.fnmatch_lines(["evals-markdown: wrote *summary.md"])
 

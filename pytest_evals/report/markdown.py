@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .tables import WHY_COLUMN, verdict_table
+from .tables import NAME_COLUMNS, TEXT_HEADERS, verdict_table
 
 if TYPE_CHECKING:
     from ..scoring.gates import Verdict
@@ -56,11 +56,11 @@ def render(verdicts: list["Verdict"], facts: RunFacts) -> str:
     if facts.incomplete:
         lines.append(f"\n**Incomplete:** {facts.incomplete}")
     header, rows = verdict_table(verdicts)
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 3 or i == WHY_COLUMN else "---:"
-                                                                   for i in range(len(header))) + "|"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" if i < NAME_COLUMNS or name in TEXT_HEADERS
+                                                                   else "---:" for i, name in enumerate(header)) + "|"]
+    verdict = header.index("verdict")
     for row in rows:
         cells = [code(row[0]) if row[0] else "", *row[1:]]
-        verdict = WHY_COLUMN - 1
         cells[verdict] = f"**{cells[verdict]}**" if cells[verdict] == "FAIL" else cells[verdict]
         lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
     reasons = [f"- **FAIL** {code(v.benchmark)} [{cell(v.model)}]: {r}"

@@ -10,9 +10,12 @@ from ..scoring.stats import percent as percent_text
 if TYPE_CHECKING:
     from ..scoring.gates import Verdict
 
-HEADER = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict", "why"]
+HEADER = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict", "why",
+          "strength"]
 NAME_COLUMNS = 3  # left-aligned; the rest are numbers
-WHY_COLUMN = len(HEADER) - 1  # text: left-aligned
+WHY_COLUMN = HEADER.index("why")  # text: left-aligned
+STRENGTH_COLUMN = HEADER.index("strength")  # text: what the gate could tell (``power.gate_strength``)
+TEXT_HEADERS = ("why", "strength")  # format_table left-aligns columns of these names wherever they land
 FLIPS_SHOWN = 5
 
 
@@ -36,16 +39,17 @@ def verdict_rows(verdicts: list["Verdict"]) -> list[list[str]]:
                 "-" if minimum is None else (f">={percent_text(minimum)}" if percent else f">={minimum:g}"),
                 v.row_label(metric, position == 0).upper(),
                 "; ".join(text for name, text in v.why if name == metric) if not v.incomplete else "",
+                dict(v.strength).get(metric, "") if not v.incomplete else "",
             ])
     return rows
 
 
 def verdict_table(verdicts: list["Verdict"]) -> tuple[list[str], list[list[str]]]:
-    """The verdict table's header and rows; the ``why`` column only where a row fails."""
+    """The verdict table's header and rows; the ``why`` column only where a row fails, the ``strength``
+    column only where a gate has a minimum to be measured against."""
     rows = verdict_rows(verdicts)
-    if any(r[WHY_COLUMN] for r in rows):
-        return HEADER, rows
-    return HEADER[:WHY_COLUMN], [r[:WHY_COLUMN] for r in rows]
+    keep = [i for i in range(len(HEADER)) if i not in (WHY_COLUMN, STRENGTH_COLUMN) or any(r[i] for r in rows)]
+    return [HEADER[i] for i in keep], [[r[i] for i in keep] for r in rows]
 
 
 def reason_lines(verdicts: list["Verdict"]) -> list[str]:
@@ -71,7 +75,7 @@ def format_table(header: list[str], rows: list[list[str]], name_columns: int = N
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < name_columns or i in text_columns else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < name_columns or i in text_columns or header[i] in TEXT_HEADERS
+                         else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]

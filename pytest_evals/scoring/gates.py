@@ -11,12 +11,14 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable
 
 import pytest
 
 from ..errors import ConfigError
-from .stats import PASS_RATE, BenchmarkScores, Comparison, Estimate, Threshold, compare, percent, regressions
+from .power import gate_strength
+from .stats import PASS_RATE, BenchmarkScores, Comparison, Estimate, Threshold, compare, meets, percent, regressions
 
 MARKER = "evals_threshold"
 
@@ -88,6 +90,16 @@ class Verdict:
     # (metric, why its row fails): below its minimum, missing, a regression; an error rate above
     # --evals-max-error-rate is the pass rate's row's (the first row carries the error count)
     why: tuple[tuple[str, str], ...] = ()
+    alpha: float = 0.05  # the baseline gate's settings, for the drop it could detect
+    margin: float = 0.0
+    passes: int | None = None  # cases passed, where the pass rate is over cases run once (not over samples)
+
+    @cached_property
+    def strength(self) -> tuple[tuple[str, str], ...]:
+        """(metric, what its gate could tell): the interval's distance from each minimum (none for the default,
+        every case must pass) and, against a baseline, the drop it had 80% power to detect."""
+        minimums = {} if self.threshold == DEFAULT_THRESHOLD else dict(self.threshold.minimums)
+        return gate_strength(self.passes, minimums, self.estimates, self.comparison, self.alpha, self.margin)
 
     @property
     def holds(self) -> bool:
@@ -166,7 +178,7 @@ class Gates:
                 value = estimates[name].value
                 if value is None:
                     continue  # nothing scored: all skipped (as pytest, no failure) or errored (gated below)
-                if value < minimum:
+                if not meets(value, minimum):
                     shown = f"{value:.1%} < {percent(minimum)}" if name == PASS_RATE else f"{value:.3g} < {minimum:g}"
                     reasons.append(f"{name} {shown} ({threshold.source})")
                     why.append((name, f"below its minimum ({threshold.source})"))
@@ -183,5 +195,7 @@ class Gates:
                     reasons.append(f"regression against the baseline: {text}")
                     why.append((name, "regression against the baseline"))
             verdicts.append(Verdict(benchmark, model, threshold, estimates, errors, tuple(reasons), comparison,
-                                    tuple(usage), incomplete=benchmark in incomplete, why=tuple(why)))
+                                    tuple(usage), incomplete=benchmark in incomplete, why=tuple(why),
+                                    alpha=self.alpha, margin=self.margin,
+                                    passes=None if scores.repeated else scores.count("passed")))
         return verdicts

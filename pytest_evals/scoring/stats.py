@@ -107,8 +107,19 @@ def mcnemar_exact(flips_to_pass: int, flips_to_fail: int) -> float:
     if n == 0:
         return 1.0
     k = min(flips_to_pass, flips_to_fail)
-    tail = math.fsum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    # in integers (a float sum of the binomial coefficients overflows past about 1,030 discordant pairs),
+    # each coefficient from the one before
+    term = total = 1
+    for i in range(k):
+        term = term * (n - i) // (i + 1)
+        total += term
+    return min(1.0, 2 * total / 2 ** n)
+
+
+def meets(value: float, minimum: float) -> bool:
+    """A gate's minimum holds on the point estimate (the pass rate, a metric's mean), not on its interval:
+    the one comparison every threshold gate makes (``pytest-evals plan`` computes its power from it)."""
+    return value >= minimum
 
 
 @dataclass(frozen=True)
@@ -272,15 +283,22 @@ def compare(now: BenchmarkScores, baseline: BenchmarkScores, alpha: float = 1 - 
             if o in ("passed", "failed") and baseline.outcomes.get(n) in ("passed", "failed")]
     to_fail = tuple(n for n in both if baseline.outcomes[n] == "passed" and now.outcomes[n] == "failed")
     to_pass = tuple(n for n in both if baseline.outcomes[n] == "failed" and now.outcomes[n] == "passed")
-    difference = (len(to_pass) - len(to_fail)) / len(both) if both else None
     metric_differences = {}
     for name, values in now.metrics.items():
         before = baseline.metrics.get(name, {})
         diffs = [values[n] - before[n] for n in values if n in before]
         if diffs:
             metric_differences[name] = bootstrap_mean(diffs, confidence=1 - alpha)
-    return Comparison(len(both), to_fail, to_pass, difference, mcnemar_exact(len(to_pass), len(to_fail)),
-                      metric_differences)
+    return flip_comparison(len(both), to_fail, to_pass, metric_differences)
+
+
+def flip_comparison(paired: int, to_fail: tuple[str, ...], to_pass: tuple[str, ...],
+                    metric_differences: dict[str, Estimate] | None = None) -> Comparison:
+    """The pass rate's side of a comparison from its flips: the change over the paired cases and McNemar's p
+    (``compare`` pairs two runs' cases into it; ``power`` counts flips into it)."""
+    difference = (len(to_pass) - len(to_fail)) / paired if paired else None
+    return Comparison(paired, to_fail, to_pass, difference, mcnemar_exact(len(to_pass), len(to_fail)),
+                      metric_differences or {})
 
 
 def regressions(comparison: Comparison, alpha: float, margin: float) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ...scoring.power import could_detect
 from ...scoring.stats import PASS_RATE, Estimate, bootstrap_mean, compare, regressions, scores_of
 from ...store.database import Store
 from .cases import case_label
@@ -32,7 +33,8 @@ def comparison_rows(before: dict, after: dict, alpha: float, margin: float) -> t
         rows.append({"benchmark": key[0], "model": key[1], "metric": PASS_RATE, "paired": result.paired,
                      "base": before[key].pass_rate(), "cand": after[key].pass_rate(), "diff": rate,
                      "verdict": "worse" if PASS_RATE in worse else "better" if better else None,
-                     "significance": f"McNemar p={result.p_value:.3g}",
+                     "significance": "; ".join(filter(None, (f"McNemar p={result.p_value:.3g}", could_detect(
+                         result.paired, len(result.to_fail), len(result.to_pass), alpha, margin)))),
                      "note": f"p={result.p_value:.2g}, flips -{len(result.to_fail)} +{len(result.to_pass)}"})
         for name, diff in result.metric_differences.items():
             rows.append({"benchmark": key[0], "model": key[1], "metric": name, "paired": diff.n,

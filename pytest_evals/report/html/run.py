@@ -12,10 +12,12 @@ Two runs compared on one page: ``htmlcompare``.
 
 from __future__ import annotations
 
+import math
 from html import escape
 from typing import Any
 
-from ...scoring.stats import PASS_RATE, scores_of
+from ...scoring.power import minimum_strength
+from ...scoring.stats import PASS_RATE, Estimate, scores_of, wilson
 from ...store.database import Store
 from .cases import case_section, matrix_section
 from .charts import histogram, score_chart
@@ -36,6 +38,17 @@ def score_rows(store: Store, run_id: int) -> list[dict[str, Any]]:
     return result
 
 
+def strength(r: dict[str, Any]) -> str:
+    """What a stored gate row could tell (``power.minimum_strength``): its pass count where its interval is
+    Wilson's (cases run once), none for the default gate (every case must pass: no interval clears 100%)."""
+    if r.get("minimum") is None or (r.get("threshold_source") or "").startswith("default") or r["value"] is None:
+        return ""
+    estimate = Estimate(r["value"], r["low"], r["high"], r["n"])
+    passes = round(r["value"] * r["n"])
+    wilsons = r["metric"] == PASS_RATE and r["low"] is not None and math.isclose(wilson(passes, r["n"]).low, r["low"])
+    return minimum_strength(r["metric"], r["minimum"], estimate, passes if wilsons else None)
+
+
 def _score_row(r: dict[str, Any]) -> str:
     interval = "-" if r["low"] is None else f"{number(r['low'])} – {number(r['high'])}"
     minimum = "-" if r.get("minimum") is None else format(r["minimum"], "g")
@@ -43,7 +56,7 @@ def _score_row(r: dict[str, Any]) -> str:
     return (f"<tr><td>{escape(r['benchmark'])}</td><td>{escape(r['model'])}</td>"
             f"<td>{escape(metric_label(r['metric']))}</td><td class='num'>{r['n']}</td>"
             f"<td class='num'>{number(r['value'])}</td><td class='num'>{interval}</td><td class='num'>{minimum}</td>"
-            f"<td class='{verdict}'>{(verdict or '-').upper()}</td></tr>")
+            f"<td class='{verdict}'>{(verdict or '-').upper()}</td><td>{escape(strength(r))}</td></tr>")
 
 
 def latency_section(calls: list[dict[str, Any]]) -> str:
@@ -84,7 +97,7 @@ for pass rates, bootstrap for means); amber tick: threshold. Hover a row for its
 {charts}
 <details><summary>the same figures as a table</summary>
 <table><tr><th>benchmark</th><th>model</th><th>metric</th><th>n</th><th>score</th><th>95% interval</th>
-<th>threshold</th><th>verdict</th></tr>{table}</table></details>
+<th>threshold</th><th>verdict</th><th>strength</th></tr>{table}</table></details>
 {matrix_part}
 <h2>Cases ({len(cases)}{": " + tally if tally else ""})</h2>
 {case_table}

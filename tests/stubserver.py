@@ -6,10 +6,12 @@ starts with ``garble`` a stream whose second event is a malformed JSON line, and
 starts with ``cut`` a stream cut after its first event (no ``finish_reason``, no ``[DONE]``), as
 llama-cpp-python's server cuts a stream when another request arrives.
 
-    python stubserver.py PORT LATENCY_S RATE_LIMIT_EVERY [MODELS_DELAY_S] [--api-key=KEY]   (0: never)
+    python stubserver.py PORT LATENCY_S RATE_LIMIT_EVERY [MODELS_DELAY_S] [--api-key=KEY] [--serial]   (0: never)
 
 With ``--api-key=KEY`` every ``/v1`` request must carry ``Authorization: Bearer KEY``: one without a key
-is answered 401, one with another key 403 (``/stats`` stays open, for readiness probes).
+is answered 401, one with another key 403 (``/stats`` stays open, for readiness probes). With ``--serial``
+it serves one request at a time, as a server bound by its model does (a llama.cpp server): the others
+wait their turn, so its throughput is one request per LATENCY_S however many are sent at once.
 
 The first model list (the readiness probe) comes at once; later ones after MODELS_DELAY_S, as from a
 busy server.
@@ -33,6 +35,7 @@ LATENCY = float(ARGS[1])
 EVERY = int(ARGS[2])
 MODELS_DELAY = float(ARGS[3]) if len(ARGS) > 3 else 0.0
 API_KEY = FLAGS.get("api-key")
+SERIAL = asyncio.Lock() if "serial" in FLAGS else None  # one request served at a time
 stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "rate_limited": 0, "refused": 0, "garbled": 0,
          "cut": 0}
 
@@ -65,7 +68,15 @@ async def get_stats(request: Request) -> Response:
 
 
 async def in_flight() -> None:
-    """The server's latency, counted as a request in flight."""
+    """The server's latency, counted as a request in flight (after its turn, with --serial)."""
+    if SERIAL is not None:
+        async with SERIAL:
+            await _serve()
+    else:
+        await _serve()
+
+
+async def _serve() -> None:
     stats["in_flight"] += 1
     stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
     try:

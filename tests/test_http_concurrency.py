@@ -10,8 +10,9 @@ import httpx
 import pytest
 from conftest import cases_stored, counts
 
-from pytest_evals.backends.aio import Limiter, shared_loop
+from pytest_evals.backends.aio import shared_loop
 from pytest_evals.backends.base import BackendSettings, GenerateRequest, PartialBatch, TransientError
+from pytest_evals.backends.fleet import Fleet
 from pytest_evals.backends.openai import OpenAIBackend
 from pytest_evals.backends.openai_http import PROBE_TIMEOUT_S
 from pytest_evals.backends.specs import parse_spec
@@ -21,19 +22,24 @@ def stats(url: str) -> dict:
     return httpx.get(url.removesuffix("/v1") + "/stats", timeout=5).json()
 
 
+def one_server(limit: int) -> Fleet:
+    """The limit of a spec naming one server."""
+    return Fleet([("http://server/v1", None)], limit)
+
+
 def test_limiter_halves_on_429_and_grows_back_one_by_one() -> None:
     """In flight never exceeds the limit of the moment; the limit follows AIMD."""
-    limiter = Limiter(8)
+    limiter = one_server(8)
     seen: list[tuple[int, int]] = []  # (in flight, limit) as each request starts
 
     async def request(i: int) -> int:
-        async with limiter.slot():
-            seen.append((limiter.active, limiter.limit))
+        async with limiter.slot() as server:
+            seen.append((server.active, server.limit))
             await asyncio.sleep(0.001)
             if i == 20:
-                limiter.throttled()
+                limiter.throttled(server)
             else:
-                limiter.succeeded()
+                limiter.succeeded(server)
         return i
 
     async def main() -> list[int]:
@@ -69,7 +75,7 @@ def test_429s_in_a_batch_are_waited_out_and_the_limit_backs_off(stub_server) -> 
         assert [r.text for r in replies] == [f"echo:r{i}" for i in range(40)]
         served = stats(url)
         assert served["rate_limited"] >= 8 and served["requests"] == 40 + served["rate_limited"]
-        assert backend.limiter.limit < 8  # backed off, and not yet grown back
+        assert backend.fleet.lanes[0].limit < 8  # backed off, and not yet grown back
         # a lone request meets its 429 itself (the case's retry policy decides)
         with pytest.raises(TransientError, match="429") as caught:
             for i in range(5):
@@ -188,7 +194,7 @@ def test_ctrl_c_ends_the_run_at_once_and_keeps_what_finished(pytester: pytest.Py
 
 def test_urgent_requests_go_before_queued_batch_requests() -> None:
     """A case's own call (urgent) does not wait behind the next window's queued requests."""
-    limiter = Limiter(1)
+    limiter = one_server(1)
     order: list[str] = []
 
     async def request(name: str, urgent: bool) -> None:
@@ -209,7 +215,7 @@ def test_urgent_requests_go_before_queued_batch_requests() -> None:
 
 
 def test_a_cancelled_waiter_hands_its_slot_on() -> None:
-    limiter = Limiter(1)
+    limiter = one_server(1)
 
     async def hold(seconds: float) -> None:
         async with limiter.slot():
@@ -223,7 +229,7 @@ def test_a_cancelled_waiter_hands_its_slot_on() -> None:
         waiter.cancel()
         await holder
         await asyncio.wait_for(hold(0.0), timeout=1)  # the slot was not lost to the cancelled waiter
-        return limiter.active
+        return limiter.lanes[0].active
 
     assert shared_loop().run(main()) == 0
 

@@ -48,7 +48,7 @@ def test_server_forced_tool_is_streamed_and_run(server_backend) -> None:
     assert call.name == "add" and call.error is None
     assert set(call.arguments) == {"a", "b"} and call.result == call.arguments["a"] + call.arguments["b"]
     assert call.id and calls[0].ttft_s is not None  # the call arrived as streamed deltas
-    assert server_backend._stream_tools  # no fallback was needed
+    assert server_backend.fleet.lanes[0].item.stream_tools  # no fallback was needed
 
 
 def test_server_required_with_one_tool_is_that_tool(server_backend) -> None:
@@ -67,7 +67,7 @@ def test_server_automatic_choice_falls_back_to_an_unstreamed_request(llama_tools
     reply = Model(backend, []).chat(messages, tools=[weather, add], max_tokens=48, max_rounds=1)
     assert [(c.name, c.arguments) for c in reply.tool_calls] == [("weather", {"city": "Paris"})]
     assert reply.tool_calls[0].result == "sunny in Paris"
-    assert not backend._stream_tools
+    assert not backend.fleet.lanes[0].item.stream_tools
     backend.close()
 
 

@@ -56,6 +56,7 @@ class Reply:
     stream_cuts: int = 0  # times the server cut this request's stream before it was answered whole
     cached: bool = False  # answered from the call cache (--evals-cache): the figures above are the recorded call's
     gpu_peak_mib: float | None = None  # peak GPU memory of the backend call that answered it, where measured
+    server: str | None = None  # the URL of the server that answered (HTTP backends), one of the spec's servers
 
     def __str__(self) -> str:
         return self.text
@@ -105,6 +106,7 @@ class Loglikelihood:
     latency_s: float | None = None  # until this result was ready (its forward pass's end), where measured
     cached: bool = False  # answered from the call cache (--evals-cache); latency_s is the recorded call's
     gpu_peak_mib: float | None = None  # peak GPU memory of the backend call that scored it, where measured
+    server: str | None = None  # the URL of the server that scored it (HTTP backends)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Chat and completions are streamed, so time to first token is the arrival of the first content.
 Each request is its own HTTP call, many in flight on one event loop (``aio``) under a limit that halves
-on HTTP 429 and on cut streams and grows back. The server's client and errors are ``openai_http``; prompt
+on HTTP 429 and on cut streams and grows back. A spec may name several servers of one model
+(``openai:NAME@URL1,URL2``): each request goes to one of them (``fleet``: fewest outstanding first, each
+server with its own limit and circuit breaker), and one that a server fails for want of the server
+(connection, timeout, 5xx) goes to another. The server's client and errors are ``openai_http``; prompt
 tokens the server does not report are ``openai_tokens``; loglikelihood (completions with ``echo``) is
 ``openai_echo``.
 """
@@ -13,12 +16,12 @@ import asyncio
 import os
 import random
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Sequence
 
 import httpx
 
-from .aio import Limiter, shared_loop
+from .aio import shared_loop
 from .base import (
     Backend,
     BackendError,
@@ -36,6 +39,7 @@ from .base import (
     split_whitespace,
     tpot,
 )
+from .fleet import Fleet, Lane
 from .openai_echo import EchoScorer, echoes_aligned
 from .openai_format import Streamed, chat_payload, tool_calls_of
 from .openai_http import PROBE_TIMEOUT_S, Server, check_server
@@ -54,6 +58,22 @@ MAX_BATCH_WAIT_S = 5.0
 CUT_PAUSES_S = 20.0
 MAX_CUT_WAIT_S = 2.0
 INTERRUPT_FLAG = "--interrupt_requests False"  # llama-cpp-python's server flag that stops the cuts
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One server of the spec: its client, its tokenizer endpoint, its echo check, and whether it
+    streams tools requests."""
+
+    server: Server
+    tokens: PromptCounter
+    echo: EchoScorer
+    stream_tools: bool = True  # False once it failed a streamed tools request that it answers unstreamed
+
+    @classmethod
+    def of(cls, spec: ModelSpec, settings: BackendSettings) -> "Endpoint":
+        server = Server(spec, settings.timeout_s, settings.concurrency)
+        return cls(server, PromptCounter(spec, lambda: server.client), EchoScorer(server))
 
 
 class OpenAIBackend(Backend):
@@ -78,40 +98,38 @@ class OpenAIBackend(Backend):
     def __init__(self, spec: ModelSpec, settings: BackendSettings) -> None:
         super().__init__(spec, settings)
         self._loop = shared_loop()
-        self.server = Server(spec, settings.timeout_s, settings.concurrency)
-        self._tokens = PromptCounter(spec, lambda: self.server.client)
-        self._echo = EchoScorer(self.server)
+        # each server with its own limit of --evals-concurrency requests in flight
+        self.fleet = Fleet([(url, Endpoint.of(spec.at(url), settings)) for url in spec.urls], settings.concurrency)
         self._inflight: set[Future[Any]] = set()  # the request lists on the loop now, for cancel()
         self._cancelled = False
         # Extra request fields from the spec's options, e.g. openai:NAME@URL?top_p=0.9
         self.extra = {k: v for k, v in spec.options if k not in OWN_OPTIONS}
         window = spec.option("context_window")
-        self.server.window = int(window) if isinstance(window, (int, float)) else None
-        self._window_asked = self.server.window is not None
-        self._stream_tools = True  # False once the server failed a streamed tools request that it answers unstreamed
-        self.limiter = Limiter(settings.concurrency)
+        for lane in self.fleet.lanes:
+            lane.item.server.window = int(window) if isinstance(window, (int, float)) else None
+        self._window_asked = self._window() is not None
 
     # --- generate and chat ----------------------------------------------------------------------
-    async def _complete(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+    async def _complete(self, at: Endpoint, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
         payload = {**self.extra, **payload, "model": self.spec.target}
         with_tools = bool(payload.get("tools"))
-        if with_tools and not self._stream_tools:
-            return await self._complete_unstreamed(path, payload, stop)
+        if with_tools and not at.stream_tools:
+            return await self._complete_unstreamed(at, path, payload, stop)
         watch = Stopwatch()
         answer = Streamed()
         try:
-            async for event in self.server.stream(path, {**payload, "stream": True, "stream_options": {"include_usage": True}}):
+            async for event in at.server.stream(path, {**payload, "stream": True, "stream_options": {"include_usage": True}}):
                 answer.add(event, watch)
         except TransientError as exc:
             if answer.events == 0 and with_tools and exc.kind == "server":
-                return await self._after_failed_stream(path, payload, stop)
+                return await self._after_failed_stream(at, path, payload, stop)
             if answer.events and exc.kind == "connection":  # the body stopped half-way: the server cut the stream
                 raise StreamInterrupted(f"{exc}; the server cut the stream after {answer.events} chunks") from exc
             raise
         latency = watch.elapsed()
         if answer.finish is None:
             if answer.events == 0 and path == "/chat/completions":
-                return await self._after_failed_stream(path, payload, stop)
+                return await self._after_failed_stream(at, path, payload, stop)
             # Every OpenAI-compatible server ends a stream with a finish_reason; without one the
             # stream was cut (llama-cpp-python interrupts a stream when another request arrives).
             raise StreamInterrupted(f"{self.spec.label}: POST {path}: the stream ended without a finish_reason "
@@ -120,14 +138,15 @@ class OpenAIBackend(Backend):
         # Servers that send no usage in streams (llama.cpp) stream one token per chunk, and their
         # tokenizer endpoint counts the prompt.
         completion_tokens = answer.usage.get("completion_tokens", answer.with_content)
-        prompt_tokens, estimated = await self._tokens.prompt_tokens(payload, answer.usage)
+        prompt_tokens, estimated = await at.tokens.prompt_tokens(payload, answer.usage)
         ttft = watch.ttft()
         return Reply(text=text, prompt_tokens=prompt_tokens, prompt_tokens_estimated=estimated,
                      completion_tokens=completion_tokens, latency_s=latency, ttft_s=ttft,
                      tpot_s=tpot(latency, ttft, completion_tokens), tool_calls=answer.tool_calls(),
                      finish_reason="stop" if stopped else answer.finish, backend=self.spec.raw)
 
-    async def _after_failed_stream(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+    async def _after_failed_stream(self, at: Endpoint, path: str, payload: dict[str, Any],
+                                   stop: Sequence[str]) -> Reply:
         """A chat stream that failed before its first event: ask once more without streaming.
 
         llama-cpp-python answers some requests it cannot stream (an automatic tool choice, a prompt
@@ -135,15 +154,16 @@ class OpenAIBackend(Backend):
         succeeds or says what is wrong. When it succeeds for a tools request, later tools requests go
         unstreamed (no time to first token for them).
         """
-        await self.server.renew()
-        reply = await self._complete_unstreamed(path, payload, stop)
+        await at.server.renew()
+        reply = await self._complete_unstreamed(at, path, payload, stop)
         if payload.get("tools"):
-            self._stream_tools = False
+            at.stream_tools = False
         return reply
 
-    async def _complete_unstreamed(self, path: str, payload: dict[str, Any], stop: Sequence[str]) -> Reply:
+    async def _complete_unstreamed(self, at: Endpoint, path: str, payload: dict[str, Any],
+                                   stop: Sequence[str]) -> Reply:
         watch = Stopwatch()
-        response = await self.server.post(path, {**payload, "stream": False})
+        response = await at.server.post(path, {**payload, "stream": False})
         latency = watch.elapsed()
         try:
             body = response.json()
@@ -154,7 +174,7 @@ class OpenAIBackend(Backend):
         message = choice.get("message") or {}
         text, stopped = apply_stop(message.get("content") or choice.get("text") or "", stop)
         usage = body.get("usage") or {}
-        prompt_tokens, estimated = await self._tokens.prompt_tokens(payload, usage)
+        prompt_tokens, estimated = await at.tokens.prompt_tokens(payload, usage)
         return Reply(text=text, prompt_tokens=prompt_tokens, prompt_tokens_estimated=estimated,
                      completion_tokens=usage.get("completion_tokens"), latency_s=latency,
                      tool_calls=tool_calls_of(message), finish_reason="stop" if stopped else choice.get("finish_reason"),
@@ -166,7 +186,7 @@ class OpenAIBackend(Backend):
     def chat(self, requests: Sequence[ChatRequest]) -> list[Reply]:
         return self._map(self._one_chat, requests)
 
-    def _map(self, one: Callable[[Any], Awaitable[Any]], requests: Sequence[Any]) -> list[Any]:
+    def _map(self, one: One, requests: Sequence[Any]) -> list[Any]:
         """Each request on its own HTTP call, all of them on the event loop at once, up to the
         concurrency limit in flight (AIMD: a 429 halves the limit and the request waits and tries again,
         up to twice; successes grow it back). A lone request meets its 429 itself: the case's retry
@@ -189,15 +209,15 @@ class OpenAIBackend(Backend):
             futures.append(future)
         return futures
 
-    def _one_generate(self, r: GenerateRequest) -> Awaitable[Reply]:
-        return self._complete("/completions", {"prompt": r.prompt, "max_tokens": r.max_tokens,
+    def _one_generate(self, at: Endpoint, r: GenerateRequest) -> Awaitable[Reply]:
+        return self._complete(at, "/completions", {"prompt": r.prompt, "max_tokens": r.max_tokens,
                                                "temperature": r.temperature, **({"stop": list(r.stop)} if r.stop else {})},
                               r.stop)
 
-    def _one_chat(self, r: ChatRequest) -> Awaitable[Reply]:
-        return self._complete("/chat/completions", chat_payload(r), ())
+    def _one_chat(self, at: Endpoint, r: ChatRequest) -> Awaitable[Reply]:
+        return self._complete(at, "/chat/completions", chat_payload(r), ())
 
-    async def _gather(self, one: Callable[[Any], Awaitable[Any]], requests: Sequence[Any]) -> list[Any]:
+    async def _gather(self, one: One, requests: Sequence[Any]) -> list[Any]:
         lone = len(requests) == 1
         outcomes = await asyncio.gather(*(self._one(one, r, lone) for r in requests), return_exceptions=True)
         for outcome in outcomes:
@@ -210,22 +230,25 @@ class OpenAIBackend(Backend):
             raise PartialBatch([None if isinstance(o, Exception) else o for o in outcomes], failed[0])
         return list(outcomes)
 
-    async def _one(self, one: Callable[[Any], Awaitable[Any]], request: Any, lone: bool) -> Any:
-        """One request of a call: a ``lone`` one (the only request of its call: a case's own) meets its 429
-        itself (the case's retry policy decides); one of several waits and tries again. A cut stream is
-        sent again either way."""
+    async def _one(self, one: One, request: Any, lone: bool) -> Any:
+        """One request of a call, on the server the fleet chooses: a ``lone`` one (the only request of its
+        call: a case's own) meets its 429 itself (the case's retry policy decides); one of several waits and
+        tries again. A cut stream is sent again either way. A fault of the server (no connection, a
+        timeout, a 5xx) sends it to another server, until every server failed it."""
         tries = 1 if lone else RATE_LIMIT_TRIES
         attempt, cuts, paused = 1, 0, 0.0
+        failed_on: list[Lane[Endpoint]] = []
         while True:
-            async with self.limiter.slot(urgent=lone):  # a case's own call goes first
+            wait = 0.0
+            async with self.fleet.slot(urgent=lone, avoid=failed_on) as lane:  # a case's own call goes first
                 if not lone and self._cancelled:
                     raise BackendError(f"{self.spec.label}: not sent: the cases of this batch will not run")
                 try:
-                    result = await one(request)
+                    result = await one(lane.item, request)
                 except StreamInterrupted as exc:
                     # the server cuts a stream when another request arrives: fewer at once, and again,
                     # after a random pause so that two processes' requests stop meeting
-                    self.limiter.throttled()
+                    self.fleet.throttled(lane)
                     cuts += 1
                     wait = cut_pause(cuts, random)
                     if paused + wait > CUT_PAUSES_S:
@@ -235,31 +258,39 @@ class OpenAIBackend(Backend):
                     paused += wait
                 except TransientError as exc:
                     if exc.kind != "rate_limit":
-                        raise
-                    self.limiter.throttled()
+                        self.fleet.failed(lane)
+                        failed_on.append(lane)
+                        if len(failed_on) == len(self.fleet.lanes):
+                            raise
+                        continue  # to another server, at once
+                    self.fleet.throttled(lane)
                     if attempt >= tries:
                         raise
                     attempt += 1
                     wait = min(exc.retry_after if exc.retry_after is not None else 0.5, MAX_BATCH_WAIT_S)
                 else:
-                    self.limiter.succeeded()
-                    return replace(result, stream_cuts=cuts) if cuts and isinstance(result, Reply) else result
-            await asyncio.sleep(wait)  # outside the limiter: the others go on meanwhile
+                    self.fleet.succeeded(lane)
+                    return answered_by(result, lane.name, cuts)
+            await asyncio.sleep(wait)  # outside the slot: the others go on meanwhile
+
+    def _window(self) -> int | None:
+        return next((lane.item.server.window for lane in self.fleet.lanes if lane.item.server.window), None)
 
     def context_window(self) -> int | None:
         """From the spec (``?context_window=N``), the server's model list (vLLM's ``max_model_len``),
         or the limit a refused request named."""
-        if self.server.window is None and not self._window_asked:
+        if self._window() is None and not self._window_asked:
             self._window_asked = True
             self._loop.run(self._ask_window())
-        return self.server.window
+        return self._window()
 
     async def _ask_window(self) -> None:
+        server = self.fleet.up().item.server
         try:
-            models = (await self.server.client.get("/models", timeout=PROBE_TIMEOUT_S)).json().get("data") or []
+            models = (await server.client.get("/models", timeout=PROBE_TIMEOUT_S)).json().get("data") or []
             entry = next((m for m in models if m.get("id") == self.spec.target), models[0] if models else {})
             limit = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
-            self.server.window = int(limit) if limit else None
+            server.window = int(limit) if limit else None
         except (httpx.HTTPError, ValueError, AttributeError, TypeError):
             pass
 
@@ -267,16 +298,15 @@ class OpenAIBackend(Backend):
         """The server's own count where it has a chat tokenizer endpoint (vLLM), else an estimate
         that errs high (a token per three characters), so trimming keeps the request inside the window."""
         payload = chat_payload(request)
-        counted = self._loop.run(self._tokens.count(payload))
+        counted = self._loop.run(self.fleet.up().item.tokens.count(payload))
         return counted if counted is not None else length_estimate(payload)
 
     # --- loglikelihood --------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         """Completions with ``echo`` (``openai_echo``), once the server's echo was found aligned."""
-        self._loop.run(self._echo.check_alignment(), self._inflight)
-
-        async def one(r: LoglikelihoodRequest) -> Loglikelihood:
-            return await self._echo.score(*split_whitespace(r.context, r.continuation))
+        async def one(at: Endpoint, r: LoglikelihoodRequest) -> Loglikelihood:
+            await at.echo.check_alignment()
+            return await at.echo.score(*split_whitespace(r.context, r.continuation))
 
         return self._map(one, requests)
 
@@ -288,7 +318,20 @@ class OpenAIBackend(Backend):
             future.cancel()
 
     def close(self) -> None:
-        self._loop.run(self.server.close())
+        for lane in self.fleet.lanes:
+            self._loop.run(lane.item.server.close())
+
+
+One = Callable[[Endpoint, Any], Awaitable[Any]]  # a request on one server
+
+
+def answered_by(result: Any, server: str, cuts: int) -> Any:
+    """A request's result with the server that answered it (and how often its stream was cut before)."""
+    if isinstance(result, Reply):
+        return replace(result, server=server, stream_cuts=cuts)
+    if isinstance(result, Loglikelihood):
+        return replace(result, server=server)
+    return result
 
 
 def cut_pause(cuts: int, rng: Any) -> float:

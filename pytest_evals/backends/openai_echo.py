@@ -10,6 +10,7 @@ distribution.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Sequence
 
 import httpx
@@ -60,7 +61,10 @@ def score_echo(logprobs: dict[str, Any], context: str, prompt: str, label: str) 
 
 def echoes_aligned(spec: ModelSpec) -> bool | None:
     """Before loading, once: whether the server echoes prompt logprobs, aligned (False: no logprobs, or
-    one token off); None where it could not be asked (an unreachable server is reported at start-up)."""
+    one token off); None where it could not be asked (an unreachable server is reported at start-up). Of
+    several servers, the first that can be asked answers for all: they serve the same model."""
+    if spec.servers:
+        return next((found for found in map(echoes_aligned, map(spec.at, spec.servers)) if found is not None), None)
     try:
         with httpx.Client(base_url=spec.base_url or "", headers=headers(), timeout=PROBE_TIMEOUT,
                           verify=tls("sync")) as client:
@@ -80,6 +84,7 @@ class EchoScorer:
     def __init__(self, server: Server) -> None:
         self.server = server
         self._aligned: bool | None = None  # whether echoed prompt logprobs can be trusted
+        self._asking = asyncio.Lock()  # the first request asks; those that come meanwhile wait for its answer
 
     async def score(self, context: str, continuation: str) -> Loglikelihood:
         """The loglikelihood of ``continuation`` after ``context`` (whitespace already moved; the
@@ -103,8 +108,10 @@ class EchoScorer:
     async def check_alignment(self) -> None:
         """Refuse a server whose echoed logprobs are one token off (see the module's text)."""
         if self._aligned is None:
-            logprobs = await self.echo(ALIGNMENT_PROBE)
-            self._aligned = not echo_is_shifted(logprobs["tokens"], logprobs.get("top_logprobs") or [])
+            async with self._asking:
+                if self._aligned is None:  # (a fault leaves it unknown: the next request asks again)
+                    logprobs = await self.echo(ALIGNMENT_PROBE)
+                    self._aligned = not echo_is_shifted(logprobs["tokens"], logprobs.get("top_logprobs") or [])
         if not self._aligned:
             spec = self.server.spec
             raise UnsupportedTask(

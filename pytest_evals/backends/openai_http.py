@@ -43,16 +43,37 @@ def headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+class NoServer(SpecError):
+    """No server answers at the URL (as opposed to one that answers but refuses); ``reason`` in a word."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def check_server(spec: ModelSpec) -> None:
-    """At start-up: a server answers its model list at the spec's URL, with this key (a SpecError if not)."""
+    """At start-up: a server answers its model list at the spec's URL, with this key (a SpecError if not).
+    Of a spec naming several servers, one that answers is enough (the others are left out until they
+    do, ``fleet``); one that answers but refuses is an error all the same."""
+    if spec.servers:
+        missing = []
+        for url in spec.servers:
+            try:
+                check_server(spec.at(url))
+            except NoServer as exc:
+                missing.append(f"{url} ({exc.reason})")
+        if len(missing) == len(spec.servers):
+            raise NoServer(f"--model {spec.raw}: none of its {len(missing)} servers answers: {', '.join(missing)}; "
+                           "start one or fix the URLs after '@'", "none answers")
+        return
     url = f"{spec.base_url}/models"
     try:
         response = httpx.get(url, headers=headers(), verify=tls("sync"), timeout=PROBE_TIMEOUT)
     except httpx.HTTPError as exc:
-        raise SpecError(
+        raise NoServer(
             f"--model {spec.raw}: no OpenAI-compatible server answers at {spec.base_url} "
-            f"({type(exc).__name__}); start the server or fix the URL after '@' (or OPENAI_BASE_URL)"
-        ) from None
+            f"({type(exc).__name__}); start the server or fix the URL after '@' (or OPENAI_BASE_URL)",
+            type(exc).__name__) from None
     if response.status_code in (401, 403):
         raise SpecError(f"--model {spec.raw}: the server refused the API key (HTTP {response.status_code}); set OPENAI_API_KEY")
     if response.status_code >= 400:

@@ -7,11 +7,12 @@ A spec names a backend and what it serves, with options after ``?``::
     hf:/models/smol            hf:/models/smol.gguf
     vllm:/models/smol?tensor_parallel_size=2
     openai:gpt-4o-mini         openai:smollm2@http://127.0.0.1:8080/v1
+    openai:smollm2@http://10.0.0.1:8080/v1,http://10.0.0.2:8080/v1    (several servers of one model)
 
 Parsing does no I/O: it runs in every process, xdist workers included. What a prefix's specs look
 like is declared on its backend class (imported through the registry, which keeps imports light): a
-backend with ``takes_url`` reads ``TARGET@http://HOST:PORT/v1``, and without ``@URL`` its
-``default_url()``.
+backend with ``takes_url`` reads ``TARGET@http://HOST:PORT/v1`` (or several URLs joined by commas: one model
+served by several servers), and without ``@URL`` its ``default_url()``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class ModelSpec:
     options: tuple[tuple[str, object], ...] = field(default=())
     embedded: bool = False  # the built-in default model
     fallback: "ModelSpec | None" = None  # serves a call when this backend fails: "PRIMARY || FALLBACK"
+    # a spec naming several servers (NAME@URL1,URL2,...): every URL, base_url being the first; empty for one
+    servers: tuple[str, ...] = field(default=())
 
     @property
     def label(self) -> str:
@@ -56,6 +59,15 @@ class ModelSpec:
         if self.embedded:
             return self.raw
         return f"{self.backend}:{self.target}"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The servers it names: several for ``NAME@URL1,URL2``, else its one ``base_url`` (none: no server)."""
+        return self.servers or ((self.base_url,) if self.base_url else ())
+
+    def at(self, url: str) -> "ModelSpec":
+        """The same spec as served by one of its servers (what that server's client is built from)."""
+        return replace(self, base_url=url, servers=())
 
     def option(self, name: str, default: object = None) -> object:
         return dict(self.options).get(name, default)
@@ -118,16 +130,28 @@ def parse_spec(text: str, backends: Backends = None) -> ModelSpec:
     if not backend.takes_url:
         return ModelSpec(raw=text, backend=prefix, target=target, options=typed_options)
     name, at, url = target.partition("@")
-    if at:
-        if not url.startswith(("http://", "https://")):
-            raise SpecError(f"--model {text!r}: the URL after '@' must start with http:// or https://")
-        base_url: str | None = _strip_credentials(url).rstrip("/")
-    else:
-        base_url = backend.default_url()
+    urls = _server_urls(text, url) if at else ()
+    base_url = urls[0] if urls else backend.default_url()
     if not name:
         raise SpecError(f"--model {text!r}: name the model before '@', e.g. {prefix}:NAME@{url}")
-    raw = f"{prefix}:{name}" + (f"@{base_url}" if base_url else "") + (f"?{query}" if query else "")
-    return ModelSpec(raw=raw, backend=prefix, target=name, base_url=base_url, options=typed_options)
+    raw = f"{prefix}:{name}" + (f"@{','.join(urls or [base_url])}" if base_url else "") + (f"?{query}" if query else "")
+    return ModelSpec(raw=raw, backend=prefix, target=name, base_url=base_url, options=typed_options,
+                     servers=urls if len(urls) > 1 else ())
+
+
+def _server_urls(text: str, after_at: str) -> tuple[str, ...]:
+    """The URLs after '@': one, or several joined by commas (one model served by several servers)."""
+    urls = []
+    for url in after_at.split(","):
+        url = url.strip()
+        if not url.startswith(("http://", "https://")):
+            which = f"each URL after '@' ({url!r} does not)" if "," in after_at else "the URL after '@'"
+            raise SpecError(f"--model {text!r}: {which} must start with http:// or https://")
+        url = _strip_credentials(url).rstrip("/")
+        if url in urls:
+            raise SpecError(f"--model {text!r}: {url} is named twice after '@'; name each server once")
+        urls.append(url)
+    return tuple(urls)
 
 
 def parse_specs(texts: list[str] | None, backends: Backends = None) -> list[ModelSpec]:

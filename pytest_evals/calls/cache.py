@@ -11,9 +11,11 @@
 A key is the SHA-256 of a versioned JSON list: the backend kind, the model (its spec without the
 options its backend declares as transport, so the spec's other options, such as ``seed`` or extra
 request fields, are in it), the method, the whole request (prompt or messages, tool schemas,
-tool_choice, max_tokens, temperature, stop) and the sample index. The weights' fingerprint is kept
-beside the answer rather than in the key: an answer recorded for other weights is stale (``use``
-calls the model again), while a machine without the weights (replay-only CI) can still replay.
+tool_choice, max_tokens, temperature, stop) and the sample index; never the server that answered (of a
+spec naming several, ``openai:NAME@URL1,URL2``, any may), which is not stored with the answer either.
+The weights' fingerprint is kept beside the answer rather than in the key: an answer recorded for other
+weights is stale (``use`` calls the model again), while a machine without the weights (replay-only CI)
+can still replay.
 
 The cache is its own SQLite file (default ``.evals/cache.sqlite``), so it can be kept as a CI artifact
 or committed. Every process (each xdist worker) opens it itself; SQLite's locking (WAL, a busy timeout)
@@ -101,11 +103,12 @@ def dump_result(result: Reply | Loglikelihood) -> str:
     """An answer as JSON, its dicts in their own order (a tool call's arguments are sent back as written)."""
     if isinstance(result, Reply):
         data = asdict(result)
-        for name in ("cost_usd", "stream_cuts", "cached", "gpu_peak_mib"):  # this run's, not the answer's
+        for name in ("cost_usd", "stream_cuts", "cached", "gpu_peak_mib", "server"):  # this run's, not the answer's
             data.pop(name, None)
         data = {"type": "reply", **data}
     else:
-        data = {"type": "loglikelihood", **{k: v for k, v in asdict(result).items() if k not in ("cached", "gpu_peak_mib")}}
+        data = {"type": "loglikelihood",
+                **{k: v for k, v in asdict(result).items() if k not in ("cached", "gpu_peak_mib", "server")}}
     return json.dumps(data, default=repr, ensure_ascii=False)
 
 

@@ -7,6 +7,9 @@ fault that outlives its retries is an ``error``, never a wrong answer; a dead ba
   an HTTP date) wins when given, capped at ``max_wait_s``.
 - Each backend (per process) has a circuit breaker: after ``threshold`` consecutive transient faults
   it opens, and calls fail at once until a cool-down has passed; then one call may probe it.
+- A spec naming several servers (``openai:NAME@URL1,URL2``) has a breaker per server too, below the
+  calls (``backends.fleet``): a request a server fails goes to another, so a call fails, and meets the
+  retries and the breaker above, only when no server could answer it.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ import csv
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
 
 from .._pytest_internals import keyword_expression
 from ..store.database import Store
+from ..store.reads import iter_case_rows, iter_cases, rows_of
 
 OUTCOMES = ("passed", "failed", "error", "skipped")  # as stored
 WRONG = "wrong"  # what a person reads for a stored ``failed`` (a wrong answer), as the terminal labels it
@@ -115,34 +116,30 @@ def call_totals(calls: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return totals
 
 
-def _by_case(rows: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    grouped: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        grouped.setdefault(row["case_id"], []).append(row)
-    return grouped
-
-
 # --- pytest-evals cases --------------------------------------------------------------------------
 
-def show_cases(store: Store, run_id: int, keep: CaseFilter) -> list[str]:
-    """The readable blocks of the run's cases that ``keep`` keeps, and a last line with the count."""
-    cases = store.cases(run_id)
-    shown = [case for case in cases if keep(case)]
+def show_cases(store: Store, run_id: int, keep: CaseFilter) -> Iterator[str]:
+    """The readable blocks of the run's cases that ``keep`` keeps, line by line as the cases are read (one
+    case in memory at a time), and a last line with the count."""
+    total, shown = 0, 0
+    models: dict[str, None] = {}
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    for case in iter_case_rows(store, run_id, ["*"]):
+        total += 1
+        models[case["model"]] = None
+        outcomes[case["outcome"]] = outcomes.get(case["outcome"], 0) + 1
+        if not keep(case):
+            continue
+        shown += 1
+        rows = rows_of(store, case["id"])
+        yield from _case_block(case, rows["calls"], rows["turns"], rows["tool_calls"])
+        yield ""
     if not shown:
-        models = sorted({c["model"] for c in cases})
-        outcomes = {o: sum(c["outcome"] == o for c in cases) for o in OUTCOMES}
-        held = ", ".join(f"{n} {outcome_label(o)}" for o, n in outcomes.items() if n) or "none"
-        return [f"no cases match in run {run_id} (0 of {len(cases)} cases shown; its cases: {held}; "
-                f"its models: {', '.join(models) or 'none'})"]
-    calls = _by_case(store.rows("calls", run_id))
-    turns = _by_case(store.rows("turns", run_id))
-    tools = _by_case(store.rows("tool_calls", run_id))
-    lines: list[str] = []
-    for case in shown:
-        lines += _case_block(case, calls.get(case["id"], []), turns.get(case["id"], []), tools.get(case["id"], []))
-        lines.append("")
-    lines.append(f"{len(shown)} of {len(cases)} cases of run {run_id} shown")
-    return lines
+        held = ", ".join(f"{n} {outcome_label(o)}" for o, n in outcomes.items() if n and o in OUTCOMES) or "none"
+        yield (f"no cases match in run {run_id} (0 of {total} cases shown; its cases: {held}; "
+               f"its models: {', '.join(sorted(models)) or 'none'})")
+        return
+    yield f"{shown} of {total} cases of run {run_id} shown"
 
 
 def _case_block(case: dict[str, Any], calls: list[dict[str, Any]], turns: list[dict[str, Any]],
@@ -248,37 +245,58 @@ CASE_COLUMNS = (("run_id", "run_id"), ("nodeid", "nodeid"), ("benchmark", "bench
 SAMPLE_COLUMNS = ("sample", "samples", "repeat_of")  # only for runs with repeated cases (--evals-repeat)
 
 
-def export_rows(store: Store, run_id: int, keep: CaseFilter) -> tuple[list[str], list[dict[str, Any]]]:
-    """The header and one row per kept case: its columns, its calls' totals, its scores as ``score.NAME``."""
-    cases = [case for case in store.cases(run_id) if keep(case)]
-    calls = _by_case(store.rows("calls", run_id))
-    scores = [json.loads(case["scores"]) if case["scores"] else {} for case in cases]
-    names = list(dict.fromkeys(name for s in scores for name in s))
-    repeated = any(case.get("sample") is not None for case in cases)
+def export_header(store: Store, run_id: int, keep: CaseFilter) -> tuple[list[str], int]:
+    """The export's columns, from a first pass over the kept cases' scores and samples (only those columns
+    are read): its case columns, its calls' totals, each score as ``score.NAME``; and how many cases it holds."""
+    names: dict[str, None] = {}
+    repeated, count = False, 0
+    for case in iter_case_rows(store, run_id, ["nodeid", "benchmark", "model", "outcome", "scores", "sample"]):
+        if keep(case):
+            count += 1
+            names.update(dict.fromkeys(json.loads(case["scores"]) if case["scores"] else ()))
+            repeated = repeated or case["sample"] is not None
     header = [name for name, _ in CASE_COLUMNS] + list(SAMPLE_COLUMNS) * repeated + list(TOTALS) + [
         f"score.{name}" for name in names]
-    rows = []
-    for case, case_scores in zip(cases, scores):
+    return header, count
+
+
+def export_rows(store: Store, run_id: int, keep: CaseFilter, header: list[str]) -> Iterator[dict[str, Any]]:
+    """One row per kept case, as ``header`` names them, read case by case with its calls."""
+    names = [column[len("score."):] for column in header if column.startswith("score.")]
+    repeated = SAMPLE_COLUMNS[0] in header
+    for case, rows in iter_cases(store, run_id, ("calls",)):
+        if not keep(case):
+            continue
+        scores = json.loads(case["scores"]) if case["scores"] else {}
         row = {name: case[column] for name, column in CASE_COLUMNS}
         row.update({name: case[name] for name in SAMPLE_COLUMNS if repeated})
-        row.update(call_totals(calls.get(case["id"], [])))
-        row.update({f"score.{name}": case_scores.get(name) for name in names})
-        rows.append(row)
-    return header, rows
+        row.update(call_totals(rows["calls"]))
+        row.update({f"score.{name}": scores.get(name) for name in names})
+        yield row
+
+
+def write_export(store: Store, run_id: int, keep: CaseFilter, fmt: str, out: TextIO) -> int:
+    """The export in ``fmt`` (``jsonl`` or ``csv``) written to ``out`` row by row; how many cases it holds."""
+    if fmt not in FORMATS:
+        raise BrowseError(f"--format {fmt}: not an export format; pass --format jsonl or --format csv")
+    header, count = export_header(store, run_id, keep)
+    rows = export_rows(store, run_id, keep, header)
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return count
+    writer = csv.DictWriter(out, fieldnames=header)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return count
 
 
 def export_text(store: Store, run_id: int, keep: CaseFilter, fmt: str) -> tuple[str, int]:
-    """The export in ``fmt`` (``jsonl`` or ``csv``), and how many cases it holds."""
-    if fmt not in FORMATS:
-        raise BrowseError(f"--format {fmt}: not an export format; pass --format jsonl or --format csv")
-    header, rows = export_rows(store, run_id, keep)
-    if fmt == "jsonl":
-        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), len(rows)
+    """The whole export as one text (small runs, tests), and how many cases it holds."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue(), len(rows)
+    count = write_export(store, run_id, keep, fmt, out)
+    return out.getvalue(), count
 
 
 def export_format(fmt: str | None, output: str | None) -> str:

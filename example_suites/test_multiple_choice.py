@@ -12,5 +12,6 @@ CASES = load_jsonl(__file__, "multiple_choice.jsonl")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["id"])
 def test_multiple_choice(model, case):
     context = f"Question: {case['question']}\nAnswer:"
-    picked = model.choose(context, [f" {choice}" for choice in case["choices"]])
+    # answer= is only recorded: the report shows the option picked and the right one
+    picked = model.choose(context, [f" {choice}" for choice in case["choices"]], answer=case["answer"])
     assert case["choices"][picked] == case["choices"][case["answer"]]

@@ -13,6 +13,8 @@ read or export one run's cases.
     pytest-evals plan threshold --expect 0.7 --threshold 0.6 [--power 0.8]
     pytest-evals plan metric --mean 0.62 --sd 0.2 --threshold 0.55 [--power 0.8]
     pytest-evals plan baseline --drop 0.05 --discordance 0.2 | --from RUN [--alpha 0.05] [--margin 0]
+    pytest-evals merge --into ALL.sqlite SHARD.sqlite... [--force]
+    pytest-evals gate RUN
 
 ``RUN`` is a run id or ``latest``. ``--db PATH`` picks the database (default ``.evals/evals.sqlite``).
 """
@@ -179,44 +181,46 @@ def cmd_report(store: Store, args: argparse.Namespace) -> list[str]:
         from .report.html.compare import render_comparison
 
         page = render_comparison(store, ids[0], ids[1], args.alpha, args.margin)
-    else:
-        from .report.html.run import render
-
-        page = render(store, ids[0])
+    else:  # over PAGE_CASES cases: a summary page, and pages of cases in the folder beside it
+        from .report.html.pages import write_html
     try:
-        Path(args.html).write_text(page, encoding="utf-8")
+        if len(ids) == 2:
+            Path(args.html).write_text(page, encoding="utf-8")
+        note = "" if len(ids) == 2 else write_html(store, ids[0], Path(args.html))
     except OSError as exc:
         raise CommandError(f"{args.html}: cannot write the report ({exc.strerror or exc}); "
                            "create its folder or pass another --html FILE") from None
-    return [f"wrote {args.html} (run {ids[-1]}" + (f" against run {ids[0]})" if len(ids) == 2 else ")")]
+    return [f"wrote {args.html} (run {ids[-1]}" + (f" against run {ids[0]})" if len(ids) == 2 else ")") + note]
 
 
-def cmd_cases(store: Store, args: argparse.Namespace) -> list[str]:
+def cmd_cases(store: Store, args: argparse.Namespace) -> None:
     from .report.browse import BrowseError, case_filter, show_cases
 
     run_id = resolve_run(store, args.run)
-    try:
-        return show_cases(store, run_id, case_filter(args.outcome, args.keyword, args.model, args.benchmark))
+    try:  # printed as the cases are read: memory holds one case, however big the run
+        for line in show_cases(store, run_id, case_filter(args.outcome, args.keyword, args.model, args.benchmark)):
+            print(line)
     except BrowseError as exc:
         raise CommandError(str(exc)) from None
 
 
-def cmd_export(store: Store, args: argparse.Namespace) -> list[str]:
-    from .report.browse import BrowseError, case_filter, export_format, export_text
+def cmd_export(store: Store, args: argparse.Namespace) -> list[str] | None:
+    from .report.browse import BrowseError, case_filter, export_format, write_export
 
-    try:
+    try:  # written row by row as the cases are read: memory holds one case
         fmt = export_format(args.format, args.output)
         keep = case_filter(args.outcome, args.keyword, args.model, args.benchmark)
         run_id = resolve_run(store, args.run)
-        text, count = export_text(store, run_id, keep, fmt)
+        if args.output is None:
+            write_export(store, run_id, keep, fmt, sys.stdout)
+            return None
+        with open(args.output, "w", encoding="utf-8", newline="") as handle:
+            count = write_export(store, run_id, keep, fmt, handle)
     except BrowseError as exc:
         raise CommandError(str(exc)) from None
-    if args.output is None:  # stdout: main prints the lines and the last line's end
-        return text[:-1].split("\n") if text else []
-    try:
-        with open(args.output, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
     except OSError as exc:
+        if args.output is None:
+            raise
         raise CommandError(f"{args.output}: cannot write the export ({exc.strerror or exc}); "
                            "create its folder or pass another -o FILE") from None
     return [f"wrote {count} cases of run {run_id} to {args.output} ({fmt})"]
@@ -255,6 +259,31 @@ def cmd_cache(args: argparse.Namespace) -> list[str]:
     lines = format_table(["backend", "model", "method", "answers", "served"], rows, name_columns=3) if rows else []
     return [*lines, f"{path}: {data['answers']} answers, {data['bytes'] / 2**20:.1f} MiB, served {data['hits']} times; "
             f"first stored {data['first'] or '-'}, last used {data['last_used'] or '-'}"]
+
+
+def cmd_gate(store: Store, args: argparse.Namespace) -> tuple[list[str], int]:
+    """A stored run's evals summary; the exit status is the run's (0 gates hold, 1 one fails, 2 cases missing)."""
+    from .report.gate import GateError, decide, summary_lines
+
+    # latest: the newest run, finished or not (one that lacks cases exits 2)
+    run_id = store.latest_run_id(finished_only=False) if args.run == "latest" else resolve_run(store, args.run)
+    if run_id is None:
+        raise CommandError(f"{store.path} holds no run yet; run the evals once first")
+    try:
+        result = decide(store, run_id)
+    except GateError as exc:
+        raise CommandError(str(exc)) from None
+    return summary_lines(result), result.exit_status
+
+
+def cmd_merge(args: argparse.Namespace) -> list[str]:
+    """One run in --into from the runs of the shards' databases; refused (one line a problem) unless --force."""
+    from .report.gate import GateError, merge_shards
+
+    try:
+        return merge_shards(Path(args.into), [Path(p) for p in args.shards], args.force)
+    except GateError as exc:
+        raise CommandError("\npytest-evals: ".join(str(exc).splitlines())) from None
 
 
 PLAN_NEEDS = {"threshold": ("expect", "threshold"), "metric": ("mean", "sd", "threshold"), "baseline": ("drop",)}
@@ -380,6 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--alpha", type=float, default=0.05, help="baseline: as --evals-alpha (default 0.05)")
     plan.add_argument("--margin", type=float, default=0.0, help="baseline: as --evals-margin (default 0)")
     plan.set_defaults(func=cmd_plan, needs_store=False)
+    merge = sub.add_parser("merge", help="one run from shards' databases (pytest --evals-shard K/N); refused where a "
+                           "case is in two shards, a shard is missing or they differ, unless --force")
+    merge.add_argument("--into", required=True, metavar="ALL.sqlite", help="the database the run goes to")
+    merge.add_argument("shards", nargs="+", metavar="SHARD.sqlite", help="each shard's --evals-db file")
+    merge.add_argument("--force", action="store_true", help="merge despite the problems found")
+    merge.set_defaults(func=cmd_merge, needs_store=False)
+    gate = sub.add_parser("gate", parents=[after], help="a stored run's evals summary; exits as the run would have: "
+                          "0 gates hold, 1 one fails, 2 cases missing")
+    gate.add_argument("run", help="run id, or 'latest' (here: the newest run, finished or not)")
+    gate.set_defaults(func=cmd_gate)
     return parser
 
 
@@ -397,8 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"pytest-evals: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(lines))
-    return 0
+    lines, status = lines if isinstance(lines, tuple) else (lines, 0)  # gate: the run's exit status
+    if lines is not None:  # (None: the command printed its own output as it went: cases, export)
+        print("\n".join(lines))
+    return status
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 - on the one process that owns the database: ``session.controller.Controller`` (the store, budget, gates
   and exit status), ``session.progress.ProgressPlugin`` (status lines), ``session.terminal.TerminalPlugin``
   (header and summary) and, under xdist, ``session.xdist.XdistControllerPlugin``.
+- ``session.sharding.ShardPlugin``: with ``--evals-shard``, this shard's part of the eval cases.
 - ``session.interruption.SignalPlugin``: SIGTERM as Ctrl-C, and signals held back while the run finishes.
 - here: parametrization by model, and the ``model``, ``judge`` and ``evals_score`` fixtures.
 """
@@ -33,7 +34,13 @@ from .session.interruption import SignalPlugin
 from .session.options import pytest_addoption  # noqa: F401 - a hook: the options live in their own module
 from .session.repeats import MARKER as REPEAT_MARKER
 from .session.repeats import SAMPLE_PARAM, repeat_from_marker
+from .session.sharding import ShardPlugin
 from .session.state import RunState, case_log_key, state_key, state_of
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    options.resume_args(args)  # `--evals-resume PATH`: the path stays a path
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -59,6 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
     manager.register(CasePlugin(config, state), "evals-cases")
     if state.planner is not None:
         manager.register(WindowPlugin(config, state, state.planner), "evals-windows")
+    if state.shard is not None:
+        manager.register(ShardPlugin(config, state, state.shard), "evals-shard")
     if not state.is_worker:
         _register_controller(config, state)  # only the controller owns the store
     manager.register(SignalPlugin(state.signals), "evals-signals")  # last: its finish encloses the others'
@@ -76,6 +85,13 @@ def _register_controller(config: pytest.Config, state: RunState) -> None:
     manager.register(controller, "evals-controller")
     manager.register(ProgressPlugin(controller.progress), "evals-progress")
     manager.register(TerminalPlugin(config, state, controller), "evals-terminal")
+    if state.stop_early:
+        from .session.stop_early import StopEarlyPlugin, usage_problem
+
+        problem = usage_problem(config, state)
+        if problem:
+            raise pytest.UsageError(problem)
+        manager.register(StopEarlyPlugin(config, state, controller), "evals-stop-early")
     if manager.hasplugin("xdist"):
         from .session.xdist import XdistControllerPlugin
 
@@ -107,7 +123,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     except ConfigError as exc:  # reported as this file's collection error: the one line, no traceback
         raise pytest.Collector.CollectError(str(exc)) from None
     if repeat is not None and repeat.count > 1:  # each sample a test of its own; the id names it last
-        samples = [Sample(i, repeat.count, repeat.greedy) for i in range(repeat.count)]
+        samples = [Sample(i, repeat.count, repeat.greedy, repeat.from_option) for i in range(repeat.count)]
         if SAMPLE_PARAM not in metafunc.fixturenames:
             metafunc.fixturenames.append(SAMPLE_PARAM)
         metafunc.parametrize(SAMPLE_PARAM, samples, ids=[s.id for s in samples], indirect=True)

@@ -169,7 +169,38 @@ def test_limit_runs_the_same_seeded_subset_for_every_model(limited: pytest.Pytes
 def test_a_bad_limit_is_a_usage_error(limited: pytest.Pytester) -> None:
     result = limited.runpytest("--model=fake:a", "--evals-limit=0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --evals-limit 0: must be at least 1 case per benchmark"])
+    result.stderr.fnmatch_lines(["ERROR: --evals-limit 0: must be a number of cases per benchmark (at least 1) "
+                                 "or 'all'"])
+
+
+def test_a_limit_marker_is_its_benchmarks_default_subset(limited: pytest.Pytester) -> None:
+    """A test marked evals_limit(4) runs 4 seeded cases and says so; --evals-limit N on the command line
+    sets every benchmark (marker included), --evals-limit all runs every case; ini evals_limit yields to it."""
+    limited.makepyfile(test_limited=LIMITED.replace('@pytest.mark.parametrize("case"',
+                                                    '@pytest.mark.evals_limit(4)\n@pytest.mark.parametrize("case"'))
+    result = limited.runpytest("--model=fake:a", "-v")
+    result.assert_outcomes(passed=4 + 7 + 1)
+    assert len(passed(result, "test_rows", "fake:a")) == 4
+    result.stdout.fnmatch_lines(["evals-limit: a subset of cases (seed 0), cases run of cases in all: "
+                                 "test_limited.py::test_rows 4 of 12 (its evals_limit marker); "
+                                 "--evals-limit all runs every case"])
+    every = limited.runpytest("--model=fake:a", "--evals-limit", "all", "-v")
+    every.assert_outcomes(passed=12 + 7 + 1)
+    assert "evals-limit:" not in every.stdout.str()
+    two = limited.runpytest("--model=fake:a", "--evals-limit=2", "-v")
+    two.assert_outcomes(passed=2 + 2 + 1)
+    limited.makeini("[pytest]\nevals_limit = 6\n")
+    ini = limited.runpytest("--model=fake:a", "-v")
+    ini.assert_outcomes(passed=4 + 6 + 1)  # the marker wins over the ini file's default
+
+
+def test_a_bad_limit_marker_is_one_line(limited: pytest.Pytester) -> None:
+    limited.makepyfile(test_limited=LIMITED.replace('@pytest.mark.parametrize("case"',
+                                                    '@pytest.mark.evals_limit(0)\n@pytest.mark.parametrize("case"'))
+    result = limited.runpytest("--model=fake:a")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: test_limited.py::test_rows: @pytest.mark.evals_limit takes a number of "
+                                 "cases (at least 1), e.g. @pytest.mark.evals_limit(20)"])
 
 
 # --- metrics --------------------------------------------------------------------------------------------------
@@ -217,3 +248,13 @@ def test_bleu_is_sacrebleus_sentence_bleu_of_the_prediction() -> None:
     refs = ["the cat sat on the mat", "there is a cat on the mat"]
     both = 100 * (6 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** (1 / 4)
     assert metrics.bleu("the cat is on the mat", refs) == pytest.approx(both)  # 39.8
+
+
+def test_a_suite_skipped_whole_is_named_with_its_reason(limited: pytest.Pytester) -> None:
+    """A suite whose package is missing skips at import; the evals summary says which and why (pytest
+    itself shows only an 's', and the reason with -rs)."""
+    limited.makepyfile(test_needs_pkg="import pytest\npytest.skip('needs the nothere package (pip install nothere)', "
+                       "allow_module_level=True)\n")
+    for args in ([], ["-n", "2"]):
+        result = limited.runpytest_subprocess("--model=fake:a", *args)
+        result.stdout.fnmatch_lines(["skipped: test_needs_pkg.py: needs the nothere package (pip install nothere)"])

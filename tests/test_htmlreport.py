@@ -58,9 +58,9 @@ MODELS = ("--model=fake:a", "--model=fake:b")
 
 @pytest.fixture
 def project(fake_project: pytest.Pytester, monkeypatch) -> pytest.Pytester:
-    """Run 1: model a misses c7, model b misses c0-c2 and q1. Run 2: model a misses c0-c5 and q0."""
+    """Run 1: model a misses c7, model b misses c0-c3 and q1. Run 2: model a misses c0-c5 and q0."""
     fake_project.makepyfile(test_suite=SUITE)
-    monkeypatch.setenv("EVALS_WRONG", "fake:a/c7,fake:b/c0,fake:b/c1,fake:b/c2,fake:b/q1")
+    monkeypatch.setenv("EVALS_WRONG", "fake:a/c7,fake:b/c0,fake:b/c1,fake:b/c2,fake:b/c3,fake:b/q1")
     fake_project.runpytest(*MODELS)
     monkeypatch.setenv("EVALS_WRONG", ",".join([f"fake:a/c{i}" for i in range(6)] + ["fake:a/q0", "fake:b/q1"]))
     fake_project.runpytest(*MODELS)
@@ -105,7 +105,7 @@ def test_run_page_has_every_case_filters_matrix_and_compact_charts(project: pyte
     cases = section(page, "cases")
     assert cases.count('<tbody class="case ') == 28
     outcome = {o: len(re.findall(rf'<tbody class="case o-{o} ', cases)) for o in ("passed", "failed", "error", "skipped")}
-    assert outcome == {"passed": 19, "failed": 5, "error": 2, "skipped": 2}
+    assert outcome == {"passed": 18, "failed": 6, "error": 2, "skipped": 2}
     assert len(re.findall(r'<tbody class="case o-\w+ b-0 m-1"', cases)) == 8  # test_bench on fake:b
     # the filters: one radio group per outcome, benchmark and model, and the CSS that hides the others
     for group, values in (("fo", ["all", "o-passed", "o-failed", "o-error", "o-skipped"]),
@@ -113,7 +113,7 @@ def test_run_page_has_every_case_filters_matrix_and_compact_charts(project: pyte
         assert re.findall(rf'<input type="radio" class="f" name="{group}" id="{group}-([\w-]+)"', cases) == values
     assert "#fo-o-failed:checked~.rows tbody:not(.o-failed){display:none}" in page
     assert "#fb-b-4:checked~.rows tbody:not(.b-4){display:none}" in page
-    assert '<label for="fo-o-failed" title="wrong">wrong (5)</label>' in cases  # as the terminal labels it
+    assert '<label for="fo-o-failed" title="wrong">wrong (6)</label>' in cases  # as the terminal labels it
     assert '" of 28 cases shown"' in page  # the CSS counter of shown cases
     # texts are escaped, long ones collapsed, the error kept
     assert "question 0 &lt;b&gt;bold&lt;/b&gt;" in cases and "<b>bold</b>" not in page
@@ -127,7 +127,7 @@ def test_run_page_has_every_case_filters_matrix_and_compact_charts(project: pyte
     assert cases.count('<span class="role">assistant</span><pre>the answer is 5</pre>') == 2
     # the matrix: a row per case without its model id, a column per model, coloured outcomes
     matrix = section(page, "matrix")
-    assert matrix.count("<tr class=") == 14 and matrix.count('<tr class="differ">') == 5  # c0-c2, c7, q1
+    assert matrix.count("<tr class=") == 14 and matrix.count('<tr class="differ">') == 6  # c0-c3, c7, q1
     assert re.search(r'<tr class="differ"><td class="name" title="test_suite.py::test_bench">test_bench</td><td>c7</td>'
                      r'<td class="o-failed" title="a:QUESTION 7 &lt;B&gt;BOLD&lt;/B&gt;">.*?</td>'
                      r'<td class="o-passed"', matrix)
@@ -135,7 +135,7 @@ def test_run_page_has_every_case_filters_matrix_and_compact_charts(project: pyte
     assert matrix.count('<td class="o-error"') == 2 and matrix.count('<td class="o-skipped"') == 2
     assert '<input type="checkbox" class="f" id="mx-differ">' in matrix
     assert "#mx-differ:checked~table tr.same{display:none}" in page
-    assert re.findall(r">(\d+ / \d+) passed</td>", matrix) == ["11 / 14", "8 / 14"]
+    assert re.findall(r">(\d+ / \d+) passed</td>", matrix) == ["11 / 14", "7 / 14"]
     # compact charts: per metric one chart, 20 px per benchmark and model with a score (f1 only where
     # evals_score recorded it; the errored and skipped benchmarks have no pass rate)
     charts = re.findall(r'<svg class="bars" data-metric="([^"]+)" width="\d+" height="(\d+)"', page)
@@ -171,8 +171,8 @@ def test_comparison_page_has_changes_with_intervals_and_flips_side_by_side(proje
     assert re.search(r"<td>pass rate</td><td class='num'>8</td><td class='num'>87.5% \[52.9%, 97.8%\]</td>"
                      r"<td class='num'>25.0% \[7.1%, 59.1%\]</td><td class='num'>-62.5% \[[^]]+\]</td>"
                      r"<td>McNemar p=0.125; 80% power for a drop of 83.8 points</td><td class=''>-</td>", page)
-    # flips: fake:a c0-c5 and q0 now fail, c7 now passes; fake:b c0-c2 now pass
-    assert page.count('<tr class="flip to-fail">') == 7 and page.count('<tr class="flip to-pass">') == 4
+    # flips: fake:a c0-c5 and q0 now fail, c7 now passes; fake:b c0-c3 now pass
+    assert page.count('<tr class="flip to-fail">') == 7 and page.count('<tr class="flip to-pass">') == 5
     flip = re.search(r'<tr class="flip to-fail"><td title="test_suite.py::test_bench\[c0-fake:a\]">c0<br>.*?</tr>', page,
                      re.S)
     assert flip is not None
@@ -218,6 +218,55 @@ def test_report_rejects_bad_runs_in_one_line(fake_project: pytest.Pytester, args
     assert not (fake_project.path / "x.html").exists()
 
 
+FEW_SHOT_AND_CHOICE = """
+import pytest
+
+SHOTS = "Q: What animal says meow?\\nA: cat\\n\\nQ: What color is the sky?\\nA: blue\\n\\n"
+QUESTIONS = [("France", " Paris"), ("Japan", " Tokyo"), ("Italy", " Rome")]
+
+
+@pytest.mark.evals_threshold(0.0)
+@pytest.mark.parametrize("country,capital", QUESTIONS)
+def test_few_shot(model, country, capital):
+    assert model.generate(f"{SHOTS}Q: What is the capital of {country}?\\nA:").text == capital
+
+
+@pytest.mark.evals_threshold(0.0)
+@pytest.mark.parametrize("right", [0, 1])
+def test_choice(model, right):
+    choices = [" Paris", " Rome and more"]
+    assert model.choose("Capital of France?", choices, answer=right) == right
+
+
+def test_chat(model):
+    chat = model.conversation(system="Be brief.")
+    assert chat.say("Name a red fruit.").text
+    assert chat.say("And a yellow one?").text
+"""
+
+
+def test_inputs_show_the_cases_own_part_and_choices_the_option_picked(fake_project: pytest.Pytester) -> None:
+    """The input column's summary is what a case does not share with its benchmark's others (the question
+    after the few-shot examples; the user's message after the system prompt), the whole prompt folded
+    under it; a multiple-choice case's output is the option picked and the right one, as text, with the
+    log-probabilities below; cases and export carry the same text."""
+    fake_project.makepyfile(test_suite=FEW_SHOT_AND_CHOICE)
+    fake_project.runpytest("--model=fake:a")
+    page = section(write_page(fake_project, "1"), "cases")
+    assert "<summary>Q: What is the capital of Japan?</summary>" in page
+    assert "Q: What animal says meow?\nA: cat" in page  # the whole prompt, folded
+    assert "<summary>What animal" not in page
+    assert "<summary>picked [0] Paris; right [1] Rome and more</summary>" in page
+    assert "log-probabilities: -6.000000 -14.000000" in page
+    assert "<summary>user: And a yellow one?</summary>" in page  # the last user message, not "system: Be brief."
+    reply = re.search(r"<summary>user: And a yellow one\?</summary>.*?</td><td>(.*?)</td>", page, re.S).group(1)
+    assert "<summary>?eno wolley a dnA</summary>" in reply  # beside it, the last reply (the fake reverses the message)
+    out = cli(fake_project, "cases", "1", "-k", "test_choice")
+    assert "picked [0] Paris; right [0] Paris" in out.stdout, out.stdout
+    exported = cli(fake_project, "export", "1", "--format", "jsonl", "-k", "test_choice")
+    assert "picked [0] Paris; right [1] Rome and more" in exported.stdout
+
+
 @pytest.fixture
 def browser() -> str:
     """Chromium's path; where it is missing the test skips, except in CI (``in_ci``), where it fails."""
@@ -248,7 +297,7 @@ def test_pages_render_in_headless_chromium(browser: str, project: pytest.Pyteste
               .replace('id="mx-differ">', 'id="mx-differ" checked>'))
     pruned = re.sub(r'<tbody class="case o-(?!failed )[^"]*">.*?</tbody>', "", chosen, flags=re.S)
     pruned = re.sub(r'<tr class="same">.*?</tr>', "", pruned, flags=re.S)
-    assert pruned.count('<tbody class="case') == 5 and chosen.count('<tbody class="case') == 28
+    assert pruned.count('<tbody class="case') == 6 and chosen.count('<tbody class="case') == 28
     (project.path / "chosen.html").write_text(chosen)
     (project.path / "pruned.html").write_text(pruned)
     shots = {}

@@ -118,6 +118,25 @@ def test_sigterm_in_a_test_body_ends_the_run_as_ctrl_c_does(fake_project: pytest
                                  "evals: resume with: pytest *--model=fake:m -p no:cacheprovider --evals-resume"])
 
 
+def test_a_second_sigterm_as_the_process_ends_keeps_its_exit_status(fake_project: pytest.Pytester) -> None:
+    """CI runners send SIGTERM more than once. Once a run is stopped by one, everything is recorded as the
+    process ends, and a later one (here: as the interpreter exits) must not turn exit status 2 into a kill."""
+    fake_project.makepyfile(test_suite="""
+        import atexit, os, signal
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_a(model, i):
+            assert model.generate(f"q{i}").text
+            if i == 1:
+                atexit.register(os.kill, os.getpid(), signal.SIGTERM)  # the second one, after pytest's end
+                os.kill(os.getpid(), signal.SIGTERM)
+    """)
+    result = fake_project.runpytest_subprocess("--model=fake:m", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.ret
+    assert rows(fake_project, "SELECT status, exit_status, tests, tests_not_run FROM runs") == [("interrupted", 2, 4, 3)]
+
+
 def test_a_run_interrupted_before_its_first_case_ended_is_still_stored(fake_project: pytest.Pytester) -> None:
     fake_project.makepyfile(test_suite="""
         import os, signal

@@ -265,7 +265,7 @@ def test_private_pytest_and_xdist_internals_are_used_in_one_module() -> None:
 def documented_imports() -> set[tuple[str, str]]:
     """(module, name) of every ``from pytest_evals... import ...`` in the README and docs/."""
     found = set()
-    for document in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for document in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         for module, names in re.findall(r"from (pytest_evals[\w.]*) import ([\w, ]+)", document.read_text()):
             found.update((module, name.strip()) for name in names.split(",") if name.strip())
     return found

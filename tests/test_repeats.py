@@ -157,12 +157,45 @@ def test_the_marker_wins_and_a_bad_one_is_a_usage_error(project: pytest.Pytester
                                  "must be a whole number, at least 1", "*short test summary*"])
 
 
-def test_greedy_samples_are_a_usage_error_unless_meant(project: pytest.Pytester) -> None:
+def test_under_the_option_a_greedy_case_runs_once_beside_sampled_ones(project: pytest.Pytester) -> None:
+    """--evals-repeat over a mixed suite: the sampled test is repeated; the greedy one runs its first
+    sample, skips the others with the reason, and the summary says so; the run exits 0."""
     project.makepyfile(test_greedy="""
         def test_greedy(model):
             assert model.generate("x").text
         """)
-    result = project.runpytest("--model=fake:m", "--evals-repeat=3", "test_greedy.py")
+    for args in ([], ["-n", "2"]):
+        result = project.runpytest_subprocess("--model=fake:m", "--evals-repeat=3", "test_greedy.py", "test_suite.py",
+                                              "--evals-threshold=test_suite.py::test_sampled 0.5", "-rs", *args)
+        assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+        assert counts(result) == {"passed": 1 + 5, "wrong": 4, "skipped": 2}
+        result.stdout.fnmatch_lines([
+            "*greedy: model.generate() asks for temperature 0, so all 3 samples would be the same answer: the case "
+            "runs once (sample 1); --evals-repeat-greedy repeats it anyway*",
+            "evals-repeat: test_greedy.py::test_greedy [[]fake:m[]]: 1 case ran once, not repeated: greedy calls "
+            "(temperature 0) give every sample the same answer; --evals-repeat-greedy repeats them anyway",
+            "test_greedy.py::test_greedy *pass_rate  1 * 100.0%  [[]20.7%, 100.0%[]] * PASS"])
+        assert "test_greedy [fake:m]: 1 case x 3 samples" not in result.stdout.str()
+        assert requests_sent(project) == 1 + 9
+        greedy = [r for r in rows(project, "SELECT nodeid, outcome FROM cases WHERE run_id = (SELECT max(id) FROM runs)")
+                  if "test_greedy" in r[0]]
+        assert sorted(greedy) == [("test_greedy.py::test_greedy[fake:m-s1of3]", "passed"),
+                                  ("test_greedy.py::test_greedy[fake:m-s2of3]", "skipped"),
+                                  ("test_greedy.py::test_greedy[fake:m-s3of3]", "skipped")]
+    result = project.runpytest("--model=fake:m", "--evals-repeat=3", "--evals-repeat-greedy", "test_greedy.py")
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=3)
+
+
+def test_a_tests_own_repeat_marker_on_greedy_calls_is_a_usage_error_unless_meant(project: pytest.Pytester) -> None:
+    project.makepyfile(test_greedy="""
+        import pytest
+
+        @pytest.mark.evals_repeat(3)
+        def test_greedy(model):
+            assert model.generate("x").text
+        """)
+    result = project.runpytest("--model=fake:m", "test_greedy.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.assert_outcomes(errors=3)
     result.stdout.fnmatch_lines([
@@ -170,7 +203,14 @@ def test_greedy_samples_are_a_usage_error_unless_meant(project: pytest.Pytester)
         "times, so every sample would be the same answer; pass temperature > 0 to the call, or say greedy samples "
         "are meant: @pytest.mark.evals_repeat(3, greedy=True) or --evals-repeat-greedy"])
     assert requests_sent(project) == 0
-    result = project.runpytest("--model=fake:m", "--evals-repeat=3", "--evals-repeat-greedy", "test_greedy.py")
+    project.makepyfile(test_greedy="""
+        import pytest
+
+        @pytest.mark.evals_repeat(3, greedy=True)
+        def test_greedy(model):
+            assert model.generate("x").text
+        """)
+    result = project.runpytest("--model=fake:m", "test_greedy.py")
     assert result.ret == pytest.ExitCode.OK
     result.assert_outcomes(passed=3)
 

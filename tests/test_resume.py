@@ -295,3 +295,26 @@ def test_kill_9_with_windows_on_loses_at_most_the_documented_reports_and_repeats
         assert committed & ran_after == set(), where  # nothing committed runs again
         if committed:
             assert f"evals-resume: {len(committed)} of {MANY} cases already done in run 1" in resumed.stdout, where
+
+
+def test_resume_names_a_run_and_a_path_after_the_option_stays_a_path(project: pytest.Pytester) -> None:
+    """--evals-resume RUN replays run RUN, not the newest; `--evals-resume suites/` keeps suites/ as the path
+    to collect (the newest run); a run that is not there is one line."""
+    interrupted = run(project, "-x", "test_bench.py", "--evals-limit=4")  # run 1: 4 cases, -x stops at the first wrong
+    assert interrupted.returncode in (1, 2), interrupted.stdout
+    whole = run(project, "test_bench.py")  # run 2: every case
+    assert whole.returncode == 0, whole.stdout
+    (project.path / "executed.log").unlink()
+    first = rows(project, "SELECT count(*) FROM cases WHERE run_id = 1 AND outcome IN ('passed', 'failed')")[0][0]
+    named = run(project, "--evals-resume", "1", "test_bench.py")
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert f"evals-resume: {first} of {CASES} cases already done in run 1" in named.stdout
+    assert len(executed(project)) == CASES - first
+    (project.path / "executed.log").unlink()
+    newest = run(project, "--evals-resume", str(project.path / "test_bench.py"))  # a path, not a run id
+    assert newest.returncode == 0, newest.stdout + newest.stderr
+    assert f"evals-resume: {CASES} of {CASES} cases already done in run 3" in newest.stdout
+    assert executed(project) == []
+    missing = run(project, "--evals-resume=9", "test_bench.py")
+    assert missing.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: --evals-resume 9: no run 9 in " in missing.stderr

@@ -1,4 +1,4 @@
-"""A backend registered through the hook is treated as a built-in one: the README's one-file backend
+"""A backend registered through the hook is treated as a built-in one: the docs' one-file backend
 runs on a real model, and a registered class's declarations (``takes_url``, ``transport_options``)
 drive spec parsing and case keys as they do for built-in backends."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import FAKE_BACKEND, _required, embedded_gguf_path, rows
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "backends.md"
 
 SUITE = """
 import pytest
@@ -26,19 +26,19 @@ def test_chat(model):
 """
 
 
-def readme_backend() -> str:
-    """The Python block of the README's Backends section, as the README shows it."""
-    section = README.read_text(encoding="utf-8").split("## Backends\n", 1)[1].split("\n## ", 1)[0]
+def guide_backend() -> str:
+    """The Python block of the backends how-to's "Writing a backend" section, as it shows it."""
+    section = GUIDE.read_text(encoding="utf-8").split("## Writing a backend\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 1, "the Backends section shows one complete backend"
+    assert len(blocks) == 1, "the section shows one complete backend"
     return blocks[0]
 
 
 @pytest.mark.slow
-def test_the_readme_backend_runs_on_a_real_model(pytester: pytest.Pytester) -> None:
+def test_the_guide_backend_runs_on_a_real_model(pytester: pytest.Pytester) -> None:
     _required("llama_cpp", "pip install 'llama-cpp-python[server]'")
     gguf = embedded_gguf_path()
-    pytester.makeconftest(readme_backend())
+    pytester.makeconftest(guide_backend())
     pytester.makepyfile(test_suite=SUITE)
     spec = f"llamacpp:{gguf}?n_threads=2"
     result = pytester.runpytest_subprocess(f"--model={spec}", "-p", "no:cacheprovider")

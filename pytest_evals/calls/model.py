@@ -36,7 +36,7 @@ from .metering import Price
 from .planner import Planner, Served
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .routing import KIND_TASK, cannot_serve
-from .sampling import GreedyRepeat, Sample, greedy_line
+from .sampling import GreedyOnce, GreedyRepeat, Sample, greedy_line, greedy_once_line
 
 T = TypeVar("T")
 
@@ -141,12 +141,23 @@ class Model:
         result = self._call("loglikelihood", context + continuation, self._sender("loglikelihood", [request]))
         return result.logprob
 
-    def choose(self, context: str, choices: Sequence[str]) -> int:
-        """Index of the most likely continuation among ``choices`` (ties go to the first)."""
+    def choose(self, context: str, choices: Sequence[str], answer: int | None = None) -> int:
+        """Index of the most likely continuation among ``choices`` (ties go to the first). ``answer``, the
+        right choice's index, is only recorded: the call's output reads ``picked [2] Paris; right [2] Paris``,
+        its log-probabilities on the next line (the test still asserts what is right)."""
         __tracebackhide__ = True
         if not choices:
             raise ValueError("choose() needs at least one choice")
-        return likeliest([r.logprob for r in self.score(context, choices)])
+        if answer is not None and (isinstance(answer, bool) or not isinstance(answer, int)
+                                   or not 0 <= answer < len(choices)):
+            raise ValueError(f"model.choose(answer={answer!r}): expected the right choice's index, 0 to "
+                             f"{len(choices) - 1}")
+        before = len(self._calls)
+        picked = likeliest([r.logprob for r in self.score(context, choices)])
+        answered = [row for row in self._calls[before:] if row.kind == "choose" and row.error is None]
+        if answered:
+            answered[-1].output_text = choice_text(choices, picked, answer, answered[-1].output_text)
+        return picked
 
     def score(self, context: str, continuations: Sequence[str]) -> list[Loglikelihood]:
         """Each continuation's loglikelihood after ``context`` (with ``is_greedy`` and token counts), in one
@@ -170,6 +181,10 @@ class Model:
         if sample is None or sample.count < 2 or sample.greedy or (temperature is not None and temperature > 0):
             return
         shown = f"model.{kind}()" + (" (a loglikelihood has no randomness)" if temperature is None else "")
+        if sample.once_if_greedy:  # a mixed suite under --evals-repeat: the greedy case runs once
+            if sample.index == 0:
+                return
+            raise GreedyOnce(greedy_once_line(sample.count, shown))
         raise GreedyRepeat(greedy_line(sample.count, shown))
 
     # --- dispatch and logging ---------------------------------------------------------------------
@@ -311,6 +326,7 @@ def _fill(row: CallRow, result: object) -> bool:
         row.tpot_s = result.tpot_s
         row.cost_usd = result.cost_usd
         row.gpu_peak_mib = result.gpu_peak_mib
+        row.server = result.server
         if result.latency_s is not None:
             row.latency_s = result.latency_s
             return True
@@ -320,6 +336,8 @@ def _fill(row: CallRow, result: object) -> bool:
         _fill_loglikelihoods(row, results)
         peaks = [r.gpu_peak_mib for r in results if r.gpu_peak_mib is not None]
         row.gpu_peak_mib = max(peaks) if peaks else None
+        # a question's choices may be scored by several servers of the spec: each named once
+        row.server = ",".join(dict.fromkeys(r.server for r in results if r.server)) or None
         times = [r.latency_s for r in results]
         if all(t is not None for t in times):
             row.latency_s = max(times)  # a question's choices: until its last choice was scored
@@ -355,6 +373,17 @@ def _fill_cached(row: CallRow, result: T, price: Price | None) -> T:
 def _own_latency(result: object) -> bool:
     results = result if isinstance(result, list) else [result]
     return all(getattr(r, "latency_s", None) is not None for r in results)
+
+
+def choice_text(choices: Sequence[str], picked: int, answer: int | None, logprobs: str | None) -> str:
+    """What a person reads of a multiple-choice call: the option picked (and the right one, where the test
+    said), as text; the log-probabilities below it."""
+    def option(i: int) -> str:
+        text = choices[i].strip()
+        return f"[{i}] {text if text and len(text) <= 80 else repr(choices[i][:77])}"
+
+    line = f"picked {option(picked)}" + ("" if answer is None else f"; right {option(answer)}")
+    return line + (f"\nlog-probabilities: {logprobs}" if logprobs else "")
 
 
 def _fill_loglikelihoods(row: CallRow, results: list[Loglikelihood]) -> None:

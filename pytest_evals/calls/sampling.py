@@ -17,6 +17,11 @@ class GreedyRepeat(Exception):
     """A repeated case sampled at temperature 0: every sample would be the same answer."""
 
 
+class GreedyOnce(Exception):
+    """A later sample of a case that ``--evals-repeat`` repeats, at a greedy call: the first sample's answer
+    is every sample's, so this one is skipped (the case runs once) rather than failing the run."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """The parameter of one sample: which of how many, and whether greedy samples are meant."""
@@ -24,6 +29,7 @@ class Sample:
     index: int  # from 0
     count: int
     greedy: bool = False
+    once_if_greedy: bool = False  # --evals-repeat (not the test's own marker): a greedy case runs once
 
     @property
     def id(self) -> str:
@@ -33,6 +39,11 @@ class Sample:
 def sample_id(index: int, count: int) -> str:
     return f"s{index + 1}of{count}"
 
+
+
+def greedy_once_line(count: int, shown: str) -> str:
+    return (f"greedy: {shown} asks for temperature 0, so all {count} samples would be the same answer: the case "
+            f"runs once (sample 1); --evals-repeat-greedy repeats it anyway")
 
 
 def greedy_line(count: int, shown: str) -> str:

@@ -70,6 +70,17 @@ def reason_lines(verdicts: list["Verdict"]) -> list[str]:
     return lines
 
 
+def failing_line(verdicts: list["Verdict"], exit_status: int) -> str | None:
+    """The headline of a run whose gates fail (the last line of its output), naming them; None when none fails."""
+    failing = [v for v in verdicts if not v.holds and not v.incomplete]
+    if not failing:
+        return None
+    shown = "; ".join(f"{v.benchmark} [{v.model}]: {(v.usage_errors + v.reasons)[0]}" for v in failing[:3])
+    more = f"; and {len(failing) - 3} more" if len(failing) > 3 else ""
+    return (f"evals: {len(failing)} of {len(verdicts)} gate{'s' * (len(verdicts) != 1)} fail{'s' * (len(failing) == 1)} "
+            f"(exit status {exit_status}): {shown}{more}")
+
+
 def format_table(header: list[str], rows: list[list[str]], name_columns: int = NAME_COLUMNS,
                  text_columns: tuple[int, ...] = ()) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -125,13 +125,36 @@ class Gates:
 
     def __init__(self, command_line: Iterable[str], ini: Iterable[str], max_error_rate: float,
                  alpha: float, margin: float) -> None:
-        self.command_line = [parse_threshold_line(l, "--evals-threshold") for l in command_line]
-        self.ini = [parse_threshold_line(l, "ini evals_thresholds") for l in ini if l.strip()]
+        self.lines = ([*command_line], [l for l in ini if l.strip()])  # as given: stored with the run (settings)
+        self.command_line = [parse_threshold_line(l, "--evals-threshold") for l in self.lines[0]]
+        self.ini = [parse_threshold_line(l, "ini evals_thresholds") for l in self.lines[1]]
         self.max_error_rate = max_error_rate
         self.alpha = alpha
         self.margin = margin
         self.scores: dict[tuple[str, str], BenchmarkScores] = {}
         self.markers: dict[str, Threshold] = {}
+
+    def settings(self, baseline: int | None) -> dict[str, Any]:
+        """What decides the verdicts besides the cases (``runs.gates``, with the baseline run's id), so that a
+        stored run's verdicts can be decided again from its stored cases (:meth:`from_settings`)."""
+        return {"command_line": self.lines[0], "ini": self.lines[1], "max_error_rate": self.max_error_rate,
+                "alpha": self.alpha, "margin": self.margin, "baseline": baseline,
+                "markers": {b: [[list(m) for m in t.minimums], t.source] for b, t in sorted(self.markers.items())},
+                "usage": [[b, m, s.usage] for (b, m), s in self.scores.items() if s.usage]}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], scores: dict[tuple[str, str], BenchmarkScores]) -> "Gates":
+        """The gates a run was decided by (:meth:`settings`), holding ``scores`` (``stats.scores_of`` of its
+        stored cases)."""
+        gates = cls(settings["command_line"], settings["ini"], settings["max_error_rate"], settings["alpha"],
+                    settings["margin"])
+        gates.markers = {b: Threshold(tuple((n, float(v)) for n, v in minimums), source)
+                         for b, (minimums, source) in settings["markers"].items()}
+        gates.scores = scores
+        for benchmark, model, lines in settings["usage"]:
+            if (benchmark, model) in scores:
+                scores[(benchmark, model)].usage.extend(l for l in lines if l not in scores[(benchmark, model)].usage)
+        return gates
 
     def add(self, benchmark: str, model: str, nodeid: str, outcome: str, scores: dict[str, float] | None,
             marker: Threshold | None, case: str | None = None, sample: int | None = None,
@@ -199,3 +222,14 @@ class Gates:
                                     alpha=self.alpha, margin=self.margin,
                                     passes=None if scores.repeated else scores.count("passed")))
         return verdicts
+
+
+def exit_status(verdicts: list[Verdict], other_failures: int = 0, unrecorded: bool = False) -> pytest.ExitCode:
+    """A whole run's exit status from its verdicts: 4 when a case ended on a usage error; 1 when a gate fails,
+    a test that is not an eval case failed, or cases could not be recorded; else 0. (A run with tests that
+    did not run is 2 before this is asked.)"""
+    if any(v.usage_errors for v in verdicts):
+        return pytest.ExitCode.USAGE_ERROR
+    if other_failures or unrecorded or not all(v.holds for v in verdicts):
+        return pytest.ExitCode.TESTS_FAILED
+    return pytest.ExitCode.OK

@@ -1,8 +1,9 @@
 """Aggregates, 95% intervals, gates and paired comparisons. Pure Python: no pytest, no numpy.
 
 - Proportions (pass rate) get a Wilson score interval.
-- Means of named metrics get a percentile bootstrap interval with a fixed seed, so the same cases
-  give the same interval on every run and machine.
+- Means of named metrics get a percentile bootstrap interval with a fixed seed over the values in
+  sorted order, so the same cases give the same interval on every run and machine, in whatever order
+  they ended.
 - Repeated samples of a case (--evals-repeat): the case is the unit (means over its samples, a
   bootstrap over cases), with the unbiased pass@k of each case.
 - Two runs are compared on the cases both have, matched by identity: an exact McNemar test on
@@ -82,7 +83,10 @@ def bootstrap_mean(values: Sequence[float], confidence: float = CONFIDENCE,
     if n == 1:
         return Estimate(mean, mean, mean, 1)
     rng = random.Random(seed)
-    means = sorted(math.fsum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    # resampled in sorted order: the same values in any order (cases ending in another order under xdist, a
+    # run merged from shards) give the same interval
+    ordered = sorted(values)
+    means = sorted(math.fsum(rng.choices(ordered, k=n)) / n for _ in range(resamples))
     alpha = 1 - confidence
     return Estimate(mean, sorted_quantile(means, alpha / 2), sorted_quantile(means, 1 - alpha / 2), n)
 
@@ -92,9 +96,9 @@ def score_estimate(values: Sequence[float], share: bool) -> Estimate:
     that never vary (resampling them gives a point). A ``share`` (a pass rate over samples, pass@k: values
     from 0 to 1) that is all 0 or all 1 gets the proportion's interval (Wilson's: 0 of 6 is [0%, 39%]); a
     named metric, whose scale is the test's own (a grade of 1 to 5), gets none ("no variation"); the rest
-    get the bootstrap's."""
+    get the bootstrap's. One case is such a case too: resampling it gives only itself."""
     n = len(values)
-    if n > 1 and all(v == values[0] for v in values):
+    if n >= 1 and all(v == values[0] for v in values):
         if share and values[0] in (0.0, 1.0):
             return replace(wilson(int(values[0]) * n, n), value=float(values[0]))
         return Estimate(float(values[0]), None, None, n)
@@ -278,9 +282,10 @@ class Comparison:
 
 
 def compare(now: BenchmarkScores, baseline: BenchmarkScores, alpha: float = 1 - CONFIDENCE) -> Comparison:
-    """Pair the cases both runs scored; metric differences get a (1 - alpha) paired bootstrap interval."""
-    both = [n for n, o in now.outcomes.items()
-            if o in ("passed", "failed") and baseline.outcomes.get(n) in ("passed", "failed")]
+    """Pair the cases both runs scored; metric differences get a (1 - alpha) paired bootstrap interval. The
+    flips are listed by nodeid, whatever order the cases ended in."""
+    both = sorted(n for n, o in now.outcomes.items()
+                  if o in ("passed", "failed") and baseline.outcomes.get(n) in ("passed", "failed"))
     to_fail = tuple(n for n in both if baseline.outcomes[n] == "passed" and now.outcomes[n] == "failed")
     to_pass = tuple(n for n in both if baseline.outcomes[n] == "failed" and now.outcomes[n] == "passed")
     metric_differences = {}

@@ -10,6 +10,7 @@ only when every collected test ended, else ``interrupted``. What the terminal sh
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -18,8 +19,9 @@ from .._pytest_internals import planned_workers, stop_xdist
 from ..errors import ConfigError
 from ..report.markdown import RunFacts
 from ..report.usage import Usage
-from ..scoring.gates import Verdict
+from ..scoring.gates import Verdict, exit_status
 from ..scoring.stats import BenchmarkScores, Threshold, scores_of
+from ..scoring.verdict_rows import benchmark_rows, repeated_rows
 from ..store.rows import CaseRecord
 from .budget import Spending
 from .interruption import Completion
@@ -29,7 +31,7 @@ from .recorder import record_from_data
 from .replay import ReplaySource
 from .state import CASE_ATTR, RECORD_ATTR, RunState, case_key_of, spec_of
 from .storage import RunStorage
-from .verdicts import add_junit_properties, benchmark_rows, repeated_rows, write_markdown
+from .verdicts import add_junit_properties, write_markdown
 
 
 class Controller:
@@ -37,7 +39,7 @@ class Controller:
         self.config = config
         self.state = state
         self.gates = state.gates
-        self.storage = RunStorage(config, state.db_path)
+        self.storage = RunStorage(config, state.db_path, state.shard.label if state.shard else None)
         self.spending = Spending(state.budget, state.ceiling.ledger if state.ceiling is not None else None)
         self.usage = Usage()
         self.replay = ReplaySource(config) if state.resume else None
@@ -55,7 +57,9 @@ class Controller:
         self.model_calls = 0
         self.completion = Completion()  # which collected tests reported their end
         self.incomplete_reason: str | None = None  # why tests did not run, once the run ends without them
-        self.limited: dict[str, tuple[int, int]] = {}  # --evals-limit: benchmark -> (cases kept, in all)
+        self.limited: dict[str, tuple[int, int, int]] = {}  # --evals-limit: benchmark -> (kept, in all, by marker)
+        self.stopped_early: dict = {}  # --evals-stop-early: (benchmark, model) -> where it stopped (stop_early.Stop)
+        self.greedy_once: dict[tuple[str, str], set[str]] = {}  # (benchmark, model) -> cases that ran once
         self.markdown_notes: list[str] = []  # --evals-markdown: what was written, or why not
         self.eval_collected = False  # eval cases were collected here (without xdist): a run exists even if none ends
 
@@ -89,7 +93,7 @@ class Controller:
         if self.state.baseline:
             self._load_baseline(self.state.baseline)
         if self.replay is not None:
-            self.state.resume_state = self.replay.load(self.state.db_path, self.storage.open)
+            self.state.resume_state = self.replay.load(self.state.db_path, self.storage.open, self.state.resume_run)
 
     def _load_baseline(self, ref: str) -> None:
         path = self.state.db_path
@@ -157,6 +161,8 @@ class Controller:
         case = record.case
         if record.limited is not None:
             self.limited[case.benchmark] = record.limited
+        if record.greedy_once:
+            self.greedy_once.setdefault((case.benchmark, case.model), set()).add(case.repeat_of or case.nodeid)
         self.usage.add(case.model, record.calls)
         made = [c for c in record.calls if c.role == "model" and not c.cached]  # the cache's: no call made
         self.model_calls += len(made)
@@ -197,7 +203,10 @@ class Controller:
         if session.exitstatus == pytest.ExitCode.USAGE_ERROR and self.run_id is None:
             return (yield)  # a usage error (a bad marker, option or spec) before any case: no run, no resume advice
         missing = self.completion.missing
-        if missing and self.run_id is None and self.eval_collected and not self.storage.write_error:
+        # a shard stores its run even with no eval case of its own (more shards than cases): merge needs each one's
+        shard = (self.state.shard is not None and self.state.shard.suite is not None
+                 and not session.config.option.collectonly)
+        if (missing and self.eval_collected or shard) and self.run_id is None and not self.storage.write_error:
             try:  # interrupted before its first case was recorded: the run is still stored, as interrupted
                 self.storage.ensure_run(self.models)
             except (pytest.UsageError, sqlite3.Error):
@@ -206,7 +215,7 @@ class Controller:
             self.incomplete_reason = self._why_incomplete(session)
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.INTERRUPTED  # nothing else says the run is not whole
-        if self.gates.scores:
+        if self.gates.scores or (shard and self.run_id is not None):
             self._decide(session, self.completion.incomplete_benchmarks() if self.incomplete_reason else set())
         status = "interrupted" if self.incomplete_reason is not None else "finished"
         self.storage.finish(int(session.exitstatus), status, len(self.completion.collected) or None, len(missing))
@@ -232,15 +241,18 @@ class Controller:
     def _decide(self, session: pytest.Session, incomplete: set[str]) -> None:
         self.verdicts = self.gates.verdicts(self.baseline, incomplete)
         # stored before the exit status is decided: a write that fails here fails the run too
-        self.storage.write_benchmarks(benchmark_rows(self.verdicts), repeated_rows(self.gates))
-        # A run cut short by -x/--maxfail keeps pytest's status: its gates saw only part of the cases.
-        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not session.shouldfail:
-            if any(v.usage_errors for v in self.verdicts):
-                session.exitstatus = pytest.ExitCode.USAGE_ERROR
-            elif self.other_failures or self.storage.write_error or not all(v.holds for v in self.verdicts):
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-            else:
-                session.exitstatus = pytest.ExitCode.OK
+        # with what decided them, so `pytest-evals gate` and `merge` decide them again from the stored cases
+        shard = self.state.shard
+        facts = {"gates": json.dumps(self.gates.settings(self.baseline_id)),
+                 **({"suite": json.dumps(shard.suite)} if shard is not None and shard.suite else {})}
+        self.storage.write_benchmarks(benchmark_rows(self.verdicts), repeated_rows(self.gates), facts)
+        # A run cut short by -x/--maxfail keeps pytest's status: its gates saw only part of the cases. A shard
+        # that got no test is a part of a run, not a run of no tests.
+        decided = [pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED]
+        if shard is not None:
+            decided.append(pytest.ExitCode.NO_TESTS_COLLECTED)
+        if session.exitstatus in decided and not session.shouldfail:
+            session.exitstatus = exit_status(self.verdicts, self.other_failures, bool(self.storage.write_error))
         add_junit_properties(self.config, self.verdicts)
 
     def pytest_unconfigure(self) -> None:

@@ -38,6 +38,7 @@ class SignalGuard:
 
     def __init__(self) -> None:
         self.held: list[int] = []  # signals held back while finishing
+        self.signalled = False  # a SIGTERM interrupted the run
         self._original: Any = None  # SIGTERM's handler before install()
         self._before_hold: dict[int, Any] = {}
 
@@ -48,9 +49,12 @@ class SignalGuard:
             signal.signal(signal.SIGTERM, self._interrupt)
 
     def uninstall(self) -> None:
+        """SIGTERM's handler back as it was; but once a stopping signal has come, the run is exiting with
+        status 2 and everything is recorded: a second SIGTERM (a CI runner sends more than one) is ignored
+        until the process exits, so that it cannot turn the exit status into a kill."""
         self.release()
         if self._original is not None and _main_thread():
-            signal.signal(signal.SIGTERM, self._original)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if self.signalled or self.held else self._original)
             self._original = None
 
     def hold(self) -> None:
@@ -88,8 +92,8 @@ class SignalGuard:
             for signum in dict.fromkeys(came):
                 signal.raise_signal(signum)  # to the handler it would have met: Ctrl-C's KeyboardInterrupt
 
-    @staticmethod
-    def _interrupt(signum: int, frame: Any) -> None:
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self.signalled = True
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     def _hold(self, signum: int, frame: Any) -> None:
@@ -131,7 +135,7 @@ class Completion:
 def resume_command(args: Iterable[str]) -> str:
     """The command line that runs what an incomplete run left: the same arguments, with --evals-resume."""
     args = [a for a in args if a != "--evals-fresh"]
-    if "--evals-resume" not in args:
+    if not any(a == "--evals-resume" or a.startswith("--evals-resume=") for a in args):
         args.append("--evals-resume")
     return shlex.join(["pytest", *args])
 

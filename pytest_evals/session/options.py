@@ -8,6 +8,7 @@ the default). Domain modules raise a :class:`~pytest_evals.errors.ConfigError` f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,12 +29,25 @@ from ..errors import ConfigError
 from ..scoring.gates import Gates
 from ..store.database import DEFAULT_DB
 from .gpus import WORKER_KEY, plan
+from .limit import limit_value
 from .paths import creatable_problem
 from .repeats import repeat_from_option
 from .resume import ResumeState
+from .shards import parse_shard
 from .state import RunState, worker_id
 
 RESUME_WIRE_KEY = "evals_resume"  # workerinput key: the finished cases a worker replays
+
+
+def resume_args(args: list[str]) -> None:
+    """``--evals-resume`` takes an optional run id: a path after it (``pytest --evals-resume suites/``) is
+    not one, so it is left to pytest as a path (``args`` is changed in place, before pytest parses it)."""
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--":
+            return
+        following = args[i + 1]
+        if arg == "--evals-resume" and not (following.isdigit() or following == "latest"):
+            args[i] = "--evals-resume=latest"
 CEILING_WIRE_KEY = "evals_ceiling"  # workerinput key: the worker's channel to the controller's budget ledger
 
 
@@ -67,8 +81,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--evals-concurrency", dest="evals_concurrency", metavar="N", type=int, default=None,
-        help="most requests an HTTP backend has in flight at once, per process (default 8; halves on HTTP "
-        "429 and grows back). ini: evals_concurrency",
+        help="most requests an HTTP backend has in flight at once on each server, per process (default 8; "
+        "halves on HTTP 429 and grows back; openai:NAME@URL1,URL2 has N on each). ini: evals_concurrency",
     )
     group.addoption(
         "--evals-threshold", action="append", dest="evals_threshold", metavar="'GLOB MIN [METRIC=MIN ...]'",
@@ -95,9 +109,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a drop no larger than this is not a regression (default 0). ini: evals_margin",
     )
     group.addoption(
-        "--evals-resume", action="store_true", dest="evals_resume", default=None,
-        help="replay the cases the newest stored run finished (passed or failed) instead of running "
-        "them again; errored, skipped and unfinished cases run. ini: evals_resume",
+        "--evals-resume", nargs="?", const="latest", dest="evals_resume", metavar="RUN", default=None,
+        help="replay the cases a stored run finished (passed or failed) instead of running them again; errored, "
+        "skipped and unfinished cases run. RUN is a run id (pytest-evals runs lists them); without it, the "
+        "newest run. ini: evals_resume",
     )
     group.addoption(
         "--evals-fresh", action="store_true", dest="evals_fresh", default=False,
@@ -138,13 +153,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "appended to $GITHUB_STEP_SUMMARY when that is set. ini: evals_markdown",
     )
     group.addoption(
-        "--evals-limit", dest="evals_limit", metavar="N", type=int, default=None,
+        "--evals-limit", dest="evals_limit", metavar="N", default=None,
         help="run a deterministic subset of N cases per benchmark (the same for every model); the summary "
-        "says N of M. ini: evals_limit",
+        "says N of M. 'all' runs every case, also of tests whose evals_limit marker sets a default subset. "
+        "ini: evals_limit",
     )
     group.addoption(
         "--evals-seed", dest="evals_seed", metavar="S", type=int, default=None,
-        help="which subset --evals-limit takes (default 0). ini: evals_seed",
+        help="which subset --evals-limit takes, and the order --evals-stop-early runs cases in (default 0). "
+        "ini: evals_seed",
+    )
+    group.addoption(
+        "--evals-stop-early", action="store_true", dest="evals_stop_early", default=None,
+        help="run each benchmark's cases in a seeded random order and skip the rest once its pass-rate gate is "
+        "settled (for certain, or by an exact test that keeps the chance of a verdict the full run would not "
+        "give within --evals-alpha); the summary says where each stopped and what that saved. "
+        "ini: evals_stop_early",
+    )
+    group.addoption(
+        "--evals-shard", dest="evals_shard", metavar="K/N|auto", default=None,
+        help="run the K-th of N disjoint parts of the eval cases (after --evals-limit; sizes within one case per "
+        "benchmark), e.g. one part per CI job; 'auto' takes K and N from GitLab CI_NODE_INDEX/CI_NODE_TOTAL or "
+        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, 'auto/N' K from a Kubernetes JOB_COMPLETION_INDEX. "
+        "pytest-evals merge joins the shards' databases. ini: evals_shard",
     )
     group.addoption(
         "--evals-repeat", dest="evals_repeat", metavar="N", type=int, default=None,
@@ -179,6 +210,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("evals_limit", "default --evals-limit", default="")
     parser.addini("evals_markdown", "default --evals-markdown path (relative to rootdir)", default="")
     parser.addini("evals_seed", "default --evals-seed", default="")
+    parser.addini("evals_stop_early", "stop benchmarks early by default (true/false)", type="bool", default=False)
+    parser.addini("evals_shard", "default --evals-shard: K/N, auto or auto/N", default="")
     parser.addini("evals_cache", "default --evals-cache mode: off, use, refresh or replay", default="")
     parser.addini("evals_cache_path", "default --evals-cache-path (relative to rootdir)", default="")
     parser.addini("evals_timeout", "default --evals-timeout in seconds", default="")
@@ -280,8 +313,14 @@ def _read(config: pytest.Config) -> RunState:
     judge_text = _setting(config, "evals_judge", str, None)
     judge = parse_judge([judge_text], "--evals-judge", registry) if judge_text else None
     per_worker = gpus_per_worker(config)
-    limit = _setting(config, "evals_limit", int, None)
-    _require(limit is None or limit >= 1, f"--evals-limit {limit}: must be at least 1 case per benchmark")
+    try:
+        limit = _setting(config, "evals_limit", limit_value, None)
+        limit = limit_value(limit) if isinstance(limit, str) else limit  # the command line's text
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    shard_text = _setting(config, "evals_shard", str, None)
+    shard = parse_shard(shard_text, os.environ, "--evals-shard" if config.getoption("evals_shard") else
+                        "ini evals_shard =") if shard_text else None
 
     markdown = _path(config, "evals_markdown", "") if _setting(config, "evals_markdown", str, None) else None
     if markdown is not None:
@@ -298,12 +337,15 @@ def _read(config: pytest.Config) -> RunState:
         baseline=_setting(config, "evals_baseline", str, None),
         resume=bool(config.getoption("evals_resume") or config.getini("evals_resume"))
         and not config.getoption("evals_fresh"),
+        resume_run=config.getoption("evals_resume") or "latest",
         budget=budget, batch_across_cases=bool(config.getini("evals_batch")), pool=pool, prices=PriceTable(prices), retry=retry,
         worker_id=worker_id(config),
-        limit=limit, seed=_setting(config, "evals_seed", int, 0),
+        limit=limit, limit_given=config.getoption("evals_limit") is not None,
+        seed=_setting(config, "evals_seed", int, 0),
+        stop_early=bool(config.getoption("evals_stop_early") or config.getini("evals_stop_early")),
         repeat=repeat_from_option(_setting(config, "evals_repeat", int, None),
                                   bool(config.getoption("evals_repeat_greedy"))),
-        markdown=markdown,
+        markdown=markdown, shard=shard,
         cache=None if cache_mode == "off" else CallCache(_path(config, "evals_cache_path", DEFAULT_CACHE), cache_mode),
     )
     # no backend of the run gains from batches: no planner, whose plugin would cost every case for nothing
@@ -311,11 +353,14 @@ def _read(config: pytest.Config) -> RunState:
     if batch_size > 1 and batching:
         local = any(not pool.submits(s) for s in batching)
         remote = any(pool.submits(s) for s in batching)
-        state.planner = Planner(window=window_size(batch_size if local else None, concurrency if remote else None,
-                                                 budget is not None),
+        # --evals-concurrency is per server: a spec naming several keeps that many times more in flight
+        in_flight = concurrency * max(len(s.urls) or 1 for s in batching) if remote else None
+        # a budget and --evals-stop-early stop within one batch's worth of cases
+        narrow = budget is not None or state.stop_early
+        state.planner = Planner(window=window_size(batch_size if local else None, in_flight, narrow),
                               # -x/--maxfail and a budget stop the run when a case is reported; reports wait for
                               # earlier cases, so a sliding window would go on starting cases past the stop
-                              sliding=remote and not local and budget is None and not getattr(config.option, "maxfail", 0))
+                              sliding=remote and not local and not narrow and not getattr(config.option, "maxfail", 0))
     if budget is not None:  # the controller's ledger grants every process's reservations
         state.ceiling = (Ceiling(ask=asker(config.workerinput[CEILING_WIRE_KEY]))  # type: ignore[attr-defined]
                          if state.is_worker else Ceiling(Ledger(budget)))

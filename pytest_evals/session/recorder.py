@@ -47,7 +47,8 @@ class CaseLog:
     sample: Sample | None = None  # which sample of a repeated case (--evals-repeat)
     repeat_of: str | None = None  # a sample's case: its nodeid without the sample id
     usage_error: str | None = None  # the case ended on a usage error (the run exits with status 4)
-    limited: tuple[int, int] | None = None  # --evals-limit: (cases kept, cases in all) of its benchmark
+    limited: tuple[int, int, int] | None = None  # --evals-limit: (kept, in all, 1 if by its marker) of its benchmark
+    greedy_once: bool = False  # a later sample of a greedy case under --evals-repeat, skipped: its case ran once
 
     def note_phase(self, report: pytest.TestReport, call: pytest.CallInfo[Any]) -> None:
         self.duration_s += report.duration
@@ -105,6 +106,7 @@ class CaseLog:
             "threshold": [list(self.threshold.minimums), self.threshold.source] if self.threshold else None,
             "usage_error": self.usage_error,
             "limited": list(self.limited) if self.limited else None,
+            "greedy_once": self.greedy_once,
         }
 
 
@@ -120,5 +122,6 @@ def record_from_data(data: dict[str, Any]) -> tuple[CaseRecord, Threshold | None
     record = CaseRecord(CaseRow(**data["case"]), [CallRow(**c) for c in data["calls"]],
                         [TurnRow(**t) for t in data.get("turns", ())],
                         [ToolCallRow(**t) for t in data.get("tool_calls", ())], usage_error=data.get("usage_error"),
-                        limited=tuple(data["limited"]) if data.get("limited") else None)
+                        limited=tuple(data["limited"]) if data.get("limited") else None,
+                        greedy_once=bool(data.get("greedy_once")))
     return record, marker

@@ -8,8 +8,10 @@ whether its samples disagree (flaky). A benchmark's pass rate and metrics are th
 each case's mean over its samples, with a bootstrap interval that resamples cases, so samples of one
 case are not counted as independent evidence.
 
-Sampling a call at temperature 0 N times gives one answer N times; such a call is a usage error unless
-the repeat says ``greedy=True`` (``--evals-repeat-greedy``).
+Sampling a call at temperature 0 N times gives one answer N times. Under ``--evals-repeat`` (a whole
+suite, some of whose tests are greedy) such a case runs once: its first sample runs, the others are
+skipped and the summary says so. A test's own ``evals_repeat`` marker asks for samples of that test, so
+there a greedy call is a usage error unless the marker says ``greedy=True`` (or ``--evals-repeat-greedy``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class RepeatError(ConfigError):
 class Repeat:
     count: int
     greedy: bool = False  # the user means N samples at temperature 0 (e.g. to measure nondeterminism)
+    from_option: bool = False  # --evals-repeat / ini, not the test's marker: a greedy case runs once
 
 
 def repeat_from_marker(mark: pytest.Mark, where: str) -> Repeat:
@@ -51,7 +54,7 @@ def _checked(repeat: Repeat, where: str, what: str) -> Repeat:
 def repeat_from_option(count: int | None, greedy: bool) -> Repeat | None:
     if count is None:
         return None
-    return _checked(Repeat(count, greedy), "--evals-repeat", "--evals-repeat")
+    return _checked(Repeat(count, greedy, from_option=True), "--evals-repeat", "--evals-repeat")
 
 
 def case_of(nodeid: str, index: int, count: int) -> str:

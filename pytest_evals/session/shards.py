@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from ..errors import ConfigError
-from .limit import _rank, case_identity
+from .limit import case_identity, case_rank
 from .recorder import benchmark_of
 
 # (scheduler, its index variable, the first index's value, its count variable; None: N from auto/N)
@@ -122,7 +122,7 @@ def _from_scheduler(environ: Mapping[str, str], count: int | None, where: str) -
 def deal(cases: list[str], count: int, seed: int, benchmark: str) -> dict[str, int]:
     """Each case's shard (0 to count - 1): sizes within one of each other; a case where its digest points
     unless its shard is full (module docstring)."""
-    digests = {case: int(_rank(seed, benchmark, case), 16) for case in cases}
+    digests = {case: int(case_rank(seed, benchmark, case), 16) for case in cases}
     size, extra = divmod(len(cases), count)
     # which shards take one case more turns with the benchmark, so that a run of many small benchmarks
     # does not load one shard with every benchmark's extra case

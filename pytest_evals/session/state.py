@@ -29,6 +29,7 @@ from .interruption import SignalGuard
 from .recorder import CaseLog
 from .repeats import SAMPLE_PARAM, Repeat
 from .resume import ResumeState, case_key
+from .shards import Shard
 
 # --- attributes on test reports (they travel from xdist workers to the controller) -------------------
 RECORD_ATTR = "evals_record"  # on a case's teardown report: its record (CaseLog.to_record)
@@ -69,13 +70,17 @@ class RunState:
     gpu_plan: GpuPlan | None = None  # the controller's plan for its workers (--evals-gpus-per-worker)
     gpus: str | None = None  # the GPUs this process is pinned to
     resume_state: ResumeState | None = None  # the finished cases to replay (--evals-resume)
+    resume_run: str = "latest"  # --evals-resume RUN: the run to replay from (latest: the newest)
     signals: SignalGuard = field(default_factory=SignalGuard)  # SIGTERM as Ctrl-C; signals held while finishing
     cache: CallCache | None = None  # --evals-cache (None: off); each process opens the file itself
     repeat: Repeat | None = None  # --evals-repeat: samples of every eval case (a test's marker wins)
-    limit: int | None = None  # --evals-limit: cases per benchmark
-    seed: int = 0  # --evals-seed: which subset --evals-limit takes
+    limit: int | None = None  # --evals-limit (or ini evals_limit): cases per benchmark; 0: all (limit.EVERY)
+    limit_given: bool = False  # on the command line: it wins over evals_limit markers, which win over ini
+    seed: int = 0  # --evals-seed: which subset --evals-limit takes (and --evals-stop-early's order)
+    stop_early: bool = False  # --evals-stop-early
     markdown: Path | None = None  # --evals-markdown: where the run's Markdown summary goes
     ceiling: Ceiling | None = None  # --evals-budget: this process's side of the run's ledger (calls reserve)
+    shard: Shard | None = None  # --evals-shard: which part of the eval cases this run is
 
     @property
     def is_worker(self) -> bool:
@@ -99,7 +104,7 @@ served_key = pytest.StashKey[ModelSpec]()  # the spec --evals-route sends the ca
 marker_problem_key = pytest.StashKey[str]()  # a bad marker seen on a worker: the case fails with it
 case_key_key = pytest.StashKey[str]()
 case_log_key = pytest.StashKey[CaseLog]()  # what the case gathers while it runs
-limit_key = pytest.StashKey[tuple[int, int]]()  # --evals-limit: (cases kept, cases in all) of its benchmark
+limit_key = pytest.StashKey[tuple[int, int, int]]()  # --evals-limit: (cases kept, cases in all, 1 if by its marker) of its benchmark
 
 
 def spec_of(item: pytest.Item) -> ModelSpec | None:

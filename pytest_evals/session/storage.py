@@ -54,9 +54,10 @@ def _process_alive(pid: int) -> bool:
 class RunStorage:
     """The store of this run: opened once, its row written with the first case, closed at the end."""
 
-    def __init__(self, config: pytest.Config, path: Path) -> None:
+    def __init__(self, config: pytest.Config, path: Path, shard: str | None = None) -> None:
         self.config = config
         self.path = path
+        self.shard = shard  # --evals-shard's K/N, stored with the run's row
         self.store: Store | None = None
         self.run_id: int | None = None
         self.started_at = now()
@@ -102,6 +103,7 @@ class RunStorage:
                 plugin_version=__version__,
                 started_at=self.started_at,
                 pid=os.getpid(),
+                shard=self.shard,
             )
         return self.run_id
 
@@ -116,12 +118,13 @@ class RunStorage:
         except sqlite3.Error as exc:
             self.write_error = str(self.open().error(exc))
 
-    def write_benchmarks(self, rows: list[dict], repeated: list[dict]) -> None:
-        """The run's scores and verdicts; a failure is kept (every case was committed before it)."""
+    def write_benchmarks(self, rows: list[dict], repeated: list[dict], facts: dict[str, str | None]) -> None:
+        """The run's scores and verdicts, and what they came from (``facts``: the gate settings, a shard's
+        suite); a failure is kept (every case was committed before it)."""
         if self.store is None or self.run_id is None or self.write_error:
             return
         try:
-            self.store.record_benchmarks(self.run_id, rows, repeated)
+            self.store.record_benchmarks(self.run_id, rows, repeated, facts)
         except sqlite3.Error as exc:
             self.write_error = str(self.store.error(exc))
             self.cases_stored = True

@@ -13,12 +13,13 @@ import pytest
 from .._pytest_internals import terminal_writer
 from ..backends.specs import ModelSpec
 from ..calls.routing import TASKS
-from ..report.tables import WHY_COLUMN, format_table, reason_lines, verdict_table
+from ..report.tables import WHY_COLUMN, failing_line, format_table, reason_lines, verdict_table
 from ..report.usage import Usage
 from ..scoring.gates import Gates
 from .controller import Controller
 from .interruption import resume_command
 from .state import WRONG, WRONG_ATTR, RunState
+from .stop_early import saving_lines
 
 
 class TerminalPlugin:
@@ -82,14 +83,9 @@ class TerminalPlugin:
 
     def _say_failing(self, session: pytest.Session) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        verdicts = self.controller.verdicts
-        failing = [v for v in verdicts if not v.holds and not v.incomplete]
-        if reporter is None or not failing:
-            return
-        shown = "; ".join(f"{v.benchmark} [{v.model}]: {(v.usage_errors + v.reasons)[0]}" for v in failing[:3])
-        more = f"; and {len(failing) - 3} more" if len(failing) > 3 else ""
-        reporter.write_line(f"evals: {len(failing)} of {len(verdicts)} gate{'s' * (len(verdicts) != 1)} fail{'s' * (len(failing) == 1)} "
-                            f"(exit status {int(session.exitstatus)}): {shown}{more}", red=True, bold=True)
+        line = failing_line(self.controller.verdicts, int(session.exitstatus))
+        if reporter is not None and line is not None:
+            reporter.write_line(line, red=True, bold=True)
 
     def _say_incomplete(self) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -130,12 +126,18 @@ class TerminalPlugin:
                           f"margin {c.gates.margin:g})")
             if c.baseline_note:
                 tr.write_line(c.baseline_note)
-        for line in repeat_lines(c.gates):
+        for line in repeat_lines(c.gates, c.greedy_once):
             tr.write_line(line, yellow="flaky" in line)
+        for (benchmark, model), cases in sorted(c.greedy_once.items()):
+            tr.write_line(f"evals-repeat: {benchmark} [{model}]: {len(cases)} case{'s' * (len(cases) != 1)} ran once, "
+                          "not repeated: greedy calls (temperature 0) give every sample the same answer; "
+                          "--evals-repeat-greedy repeats them anyway", yellow=True)
         if c.limited:
-            parts = [f"{benchmark} {kept} of {total}" for benchmark, (kept, total) in sorted(c.limited.items())]
-            tr.write_line(f"evals-limit: a subset of cases (seed {self.state.seed}), cases run of cases in all: "
-                          + "; ".join(parts), yellow=True)
+            tr.write_line(limit_line(c.limited, self.state.seed), yellow=True)
+        for line in skipped_files(tr):
+            tr.write_line(line, yellow=True)
+        for line in saving_lines(c.stopped_early):
+            tr.write_line(line)
         tr.write_line("")
         for line in format_table(*verdict_table(c.verdicts), text_columns=(WHY_COLUMN,)):
             tr.write_line(line)
@@ -199,11 +201,32 @@ def wrong_answers(tr: pytest.TerminalReporter) -> None:
         tr.write_line(f"{report.nodeid}: {getattr(report, WRONG_ATTR, '')}")
 
 
-def repeat_lines(gates: Gates) -> list[str]:
-    """How many cases ran as samples, and which of them are flaky (their samples disagree)."""
+def skipped_files(tr: pytest.TerminalReporter) -> list[str]:
+    """Whole files skipped at collection (a suite whose data or package is missing), with their reasons:
+    pytest shows them only as an ``s`` and, with ``-rs``, in its short summary."""
+    lines = []
+    for report in tr.stats.get("skipped", []):
+        if isinstance(report, pytest.CollectReport) and isinstance(report.longrepr, tuple):
+            lines.append(f"skipped: {report.nodeid}: {report.longrepr[2].removeprefix('Skipped: ')}")
+    return lines
+
+
+def limit_line(limited: dict[str, tuple[int, int, int]], seed: int) -> str:
+    """Which benchmarks ran a subset, and how to run all of a subset its marker chose."""
+    parts = [f"{benchmark} {kept} of {total}" + (" (its evals_limit marker)" if by_marker else "")
+             for benchmark, (kept, total, by_marker) in sorted(limited.items())]
+    line = f"evals-limit: a subset of cases (seed {seed}), cases run of cases in all: " + "; ".join(parts)
+    if any(by_marker for _, _, by_marker in limited.values()):
+        line += "; --evals-limit all runs every case"
+    return line
+
+
+def repeat_lines(gates: Gates, ran_once: dict[tuple[str, str], set[str]]) -> list[str]:
+    """How many cases ran as samples, and which of them are flaky (their samples disagree); a benchmark whose
+    cases all ran once (greedy, under --evals-repeat) has its own line."""
     lines = []
     for (benchmark, model), scores in gates.scores.items():
-        if not scores.repeated:
+        if not scores.repeated or set(scores.repeated) <= ran_once.get((benchmark, model), set()):
             continue
         counts = sorted({s.count for s in scores.repeated.values()})
         flaky = scores.flaky

@@ -1,9 +1,8 @@
-"""What the run's verdicts become besides the terminal summary: the store's ``benchmarks`` and
-``repeated_cases`` rows, JUnit XML properties, and the Markdown summary for CI pages."""
+"""What the run's verdicts become besides the terminal summary and the store's rows
+(``scoring.verdict_rows``): JUnit XML properties, and the Markdown summary for CI pages."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,34 +11,6 @@ import pytest
 from .._pytest_internals import junit_xml
 from ..report import markdown
 from ..scoring.gates import Gates, Verdict
-
-
-def benchmark_rows(verdicts: list[Verdict]) -> list[dict]:
-    rows = []
-    for v in verdicts:
-        minimums = dict(v.threshold.minimums)
-        for position, (metric, estimate) in enumerate(v.estimates.items()):
-            rows.append({
-                "benchmark": v.benchmark, "model": v.model, "metric": metric, "n": estimate.n,
-                "errors": v.errors, "value": estimate.value, "low": estimate.low, "high": estimate.high,
-                "minimum": minimums.get(metric), "threshold_source": v.threshold.source,
-                "verdict": v.row_label(metric, position == 0) or None,  # this row's own check
-                "reason": "; ".join((*v.usage_errors, *v.reasons)) or None,
-            })
-    return rows
-
-
-def repeated_rows(gates: Gates) -> list[dict]:
-    """One row per repeated case: its samples taken together."""
-    rows = []
-    for (benchmark, model), scores in gates.scores.items():
-        for nodeid, samples in scores.repeated.items():
-            rows.append({"benchmark": benchmark, "model": model, "nodeid": nodeid, "samples": samples.count,
-                         "scored": samples.scored, "passed": samples.passed, "errors": samples.errors,
-                         "pass_rate": samples.pass_rate(),
-                         "pass_at_k": json.dumps({str(k): v for k, v in samples.pass_at().items()}),
-                         "flaky": int(samples.flaky)})
-    return rows
 
 
 def add_junit_properties(config: pytest.Config, verdicts: list[Verdict]) -> None:

@@ -2,7 +2,9 @@
 
 Tables (columns say their unit):
 
-- ``runs``: one row per pytest session: arguments, git revision, models, start/end, status, cost.
+- ``runs``: one row per pytest session: arguments, git revision, models, start/end, status, cost; a shard's
+  ``K/N`` (``--evals-shard``), the suite it collected, the gate settings its verdicts came from, and for a
+  run ``pytest-evals merge`` made, the shards it came from.
 - ``cases``: one row per case per model: outcome, duration, input/output text, error, scores, case key,
   the run it was resumed from, cost, the spec that served it, its GPUs.
 - ``calls``: one row per model call (every attempt): kind, role, spec, latency, TTFT, TPOT, tokens, cost,
@@ -31,6 +33,7 @@ from .rows import CaseRecord, now
 DEFAULT_DB = ".evals/evals.sqlite"  # under rootdir for pytest; in the current directory for the CLI
 CASE_TABLES = ("calls", "turns", "tool_calls")  # rows that belong to one case
 RUN_TABLES = (*CASE_TABLES, "cases", "benchmarks", "repeated_cases")  # every table with a run_id
+RUN_FACTS = {"gates", "suite"}  # runs columns written with the verdicts
 
 
 def _import_sqlite_utils() -> Any:
@@ -151,13 +154,14 @@ class Store:
 
     # --- writes (the controller only) -------------------------------------------------------------
     def start_run(self, *, args: list[str], rootdir: str, git_revision: str | None, models: list[str],
-                  hostname: str, plugin_version: str, started_at: str | None = None, pid: int | None = None) -> int:
+                  hostname: str, plugin_version: str, started_at: str | None = None, pid: int | None = None,
+                  shard: str | None = None) -> int:
         with self.transaction():
             cursor = self.db.execute(
                 "INSERT INTO runs (started_at, status, args, rootdir, git_revision, models, hostname, plugin_version,"
-                " pid) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                " pid, shard) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 [started_at or now(), json.dumps(args), rootdir, git_revision, json.dumps(models), hostname,
-                 plugin_version, pid],
+                 plugin_version, pid, shard],
             )
         return int(cursor.lastrowid)
 
@@ -219,14 +223,8 @@ class Store:
         return int(self.db.conn.execute(sql, (*ids, *row.values())).lastrowid)
 
     def record_benchmarks(self, run_id: int, rows: list[dict[str, Any]],
-                          repeated: Sequence[dict[str, Any]] = ()) -> None:
-        with self.transaction():
-            self.db.execute("DELETE FROM benchmarks WHERE run_id = ?", [run_id])
-            self.db.execute("DELETE FROM repeated_cases WHERE run_id = ?", [run_id])
-            for row in rows:
-                self._insert("benchmarks", (run_id,), row)
-            for row in repeated:
-                self._insert("repeated_cases", (run_id,), row)
+                          repeated: Sequence[dict[str, Any]] = (), facts: dict[str, str | None] | None = None) -> None:
+        write_verdicts(self, run_id, rows, repeated, facts or {})
 
     # --- queries --------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
@@ -317,3 +315,21 @@ class Store:
 
     def close(self) -> None:
         self.db.conn.close()
+
+
+def write_verdicts(store: Store, run_id: int, rows: list[dict[str, Any]], repeated: Sequence[dict[str, Any]],
+                   facts: dict[str, str | None]) -> None:
+    """A run's verdicts (``benchmarks`` and ``repeated_cases`` rows, replacing any) in one transaction, with
+    ``facts``: the columns of its ``runs`` row that say what they came from (:data:`RUN_FACTS`)."""
+    unknown = set(facts) - RUN_FACTS
+    if unknown:
+        raise ValueError(f"not a column written with the verdicts: {', '.join(sorted(unknown))}")
+    with store.transaction():
+        for column, value in facts.items():
+            store.db.execute(f"UPDATE runs SET {column} = ? WHERE id = ?", [value, run_id])
+        store.db.execute("DELETE FROM benchmarks WHERE run_id = ?", [run_id])
+        store.db.execute("DELETE FROM repeated_cases WHERE run_id = ?", [run_id])
+        for row in rows:
+            store._insert("benchmarks", (run_id,), row)
+        for row in repeated:
+            store._insert("repeated_cases", (run_id,), row)

@@ -231,6 +231,23 @@ def _m011_repeats(db: sqlite_utils.Database) -> None:
     db["repeated_cases"].create_index(["run_id"])
 
 
+def _m012_shards(db: sqlite_utils.Database) -> None:
+    db["runs"].add_column("shard", str)  # --evals-shard: "K/N", the K-th of N parts; NULL: not a shard
+    # JSON: the suite the run collected before the shard split ({"digest": ..., "tests": {benchmark: eval
+    # tests}}): the shards of one suite share it, and a merged run knows what it should hold
+    db["runs"].add_column("suite", str)
+    # JSON: what decided its verdicts besides its cases (threshold lines, markers, error rate, alpha, margin,
+    # the baseline run's id): `pytest-evals gate` and `merge` decide them again from the stored cases
+    db["runs"].add_column("gates", str)
+    db["runs"].add_column("merged_from", str)  # JSON: a merged run's shards: [{"database", "run", "shard"}]
+
+
+def _m013_servers(db: sqlite_utils.Database) -> None:
+    # the URL of the server that answered the call (HTTP backends; of a spec naming several servers,
+    # openai:NAME@URL1,URL2, the one chosen); NULL for local backends and calls answered from the cache
+    db["calls"].add_column("server", str)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
@@ -243,4 +260,6 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("009_completion_timings_costs", _m009_completion_timings_costs),
     ("010_call_cache", _m010_call_cache),
     ("011_repeats", _m011_repeats),
+    ("012_shards", _m012_shards),
+    ("013_servers", _m013_servers),
 ]

@@ -49,6 +49,7 @@ class CallRow:
     cached_input_tokens: int | None = None
     cached_output_tokens: int | None = None
     cached_cost_usd: float | None = None  # what the recorded call would cost at this run's price
+    server: str | None = None  # the URL of the server that answered (HTTP backends; one of a fleet's)
 
 
 @dataclass
@@ -86,7 +87,8 @@ class CaseRecord:
     turns: list[TurnRow] = field(default_factory=list)
     tool_calls: list[ToolCallRow] = field(default_factory=list)
     usage_error: str | None = None  # not stored: the case ended on a usage error (exit status 4)
-    limited: tuple[int, int] | None = None  # not stored: --evals-limit's (cases kept, in all) of its benchmark
+    limited: tuple[int, int, int] | None = None  # not stored: --evals-limit's (kept, in all, 1 if by marker)
+    greedy_once: bool = False  # not stored: a greedy sample under --evals-repeat, skipped (its case ran once)
 
 
 @dataclass

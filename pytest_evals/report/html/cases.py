@@ -9,6 +9,7 @@ A CSS counter, which hidden rows do not increment, says how many cases are shown
 from __future__ import annotations
 
 import json
+import os
 from html import escape
 from typing import Any
 
@@ -31,6 +32,52 @@ def case_label(case: dict[str, Any]) -> str:
     if at >= 0:
         params = params[:at] + params[at + len(token) - 1:]
     return params[1:-1] or nodeid[:nodeid.index("[")].rsplit("::", 1)[-1]
+
+
+def own_inputs(cases: list[dict[str, Any]], shared: dict[str, str] | None = None) -> dict[int, str]:
+    """Each case's own input, as the input column's summary: a conversation's last user message (not its
+    system prompt); a prompt without what it shares with the other cases of its benchmark (the few-shot
+    examples before the question), cut at a line's start; a prompt alone in its benchmark, its last paragraph.
+    ``shared``: where ``cases`` are a page of a bigger run, what each benchmark's inputs share over all its
+    cases (a benchmark named there has several)."""
+    texts: dict[str, list[dict[str, Any]]] = {}
+    for case in cases:
+        if case.get("input_text"):
+            texts.setdefault(case["benchmark"], []).append(case)
+    found = {}
+    for benchmark, group in texts.items():
+        several = len(group) > 1 or benchmark in (shared or {})
+        common = (shared or {}).get(benchmark)
+        if common is None:
+            common = os.path.commonprefix([c["input_text"] for c in group]) if len(group) > 1 else ""
+        cut = common.rfind("\n") + 1  # back to a line's start: "Q: " shared does not cut a question
+        for case in group:
+            text = case["input_text"]
+            own = _last_user_message(text) or (text[cut:] if several else _last_paragraph(text))
+            found[case["id"]] = own.strip() or text
+    return found
+
+
+def _last_user_message(text: str) -> str | None:
+    """A chat's last ``user: `` message (as calls record messages, one ``role: content`` each), up to the
+    next message; None for a plain prompt."""
+    at = text.rfind("\nuser: ")
+    if at < 0 and not text.startswith("user: "):
+        return None
+    message = text[at + 1:]  # (at -1: the text starts with the message)
+    ends = [i for i in (message.find(f"\n{role}: ") for role in ("assistant", "tool", "system", "user")) if i > 0]
+    return message[:min(ends)] if ends else message
+
+
+def _last_reply(turns: list[dict[str, Any]]) -> str | None:
+    """A conversation's last answer, the output column's summary beside its last user message."""
+    replies = [t["content"] for t in turns if t["role"] == "assistant" and t.get("content")]
+    return replies[-1] if replies else None
+
+
+def _last_paragraph(text: str) -> str:
+    paragraphs = [p for p in text.strip().split("\n\n") if p.strip()]
+    return paragraphs[-1] if paragraphs else text
 
 
 def _ids(values: list[str], prefix: str) -> dict[str, str]:
@@ -112,9 +159,9 @@ def _tool_call(call: dict[str, Any]) -> str:
 
 
 def case_section(cases: list[dict[str, Any]], turns: list[dict[str, Any]],
-                 tool_calls: list[dict[str, Any]]) -> tuple[str, str]:
+                 tool_calls: list[dict[str, Any]], shared: dict[str, str] | None = None) -> tuple[str, str]:
     """Every case of a run in one table, filterable by outcome, benchmark and (several models) model:
-    (its CSS, its HTML)."""
+    (its CSS, its HTML). ``shared``: as for :func:`own_inputs`, where ``cases`` are one page of a run."""
     if not cases:
         return "", '<p class="muted">no cases recorded</p>'
     by_case: dict[int, tuple[list, list]] = {}
@@ -139,6 +186,7 @@ def case_section(cases: list[dict[str, Any]], turns: list[dict[str, Any]],
         groups.append(_filter_group("fm", "model", [(model_cls[m], ellipsize(m, 40), m, count("model", m))
                                                     for m in models]))
     rows = []
+    own = own_inputs(cases, shared)
     for case in cases:
         conversation, calls = by_case.get(case["id"], ([], []))
         sample = f' <span class="muted">sample {case["sample"]}/{case["samples"]}</span>' if case.get("sample") else ""
@@ -148,8 +196,9 @@ def case_section(cases: list[dict[str, Any]], turns: list[dict[str, Any]],
             f'<tr><td class="name" title="{escape(case["benchmark"])}">{escape(ellipsize(names[case["benchmark"]], 20))}</td>'
             f'<td class="name" title="{escape(case["nodeid"])}">{escape(ellipsize(case_label(case), 13))}{sample}</td>'
             f'<td class="name" title="{escape(case["model"])}">{escape(case["model"])}</td><td class="outcome">{escape(outcome_label(case["outcome"]))}{took}</td>'
-            f'<td>{scores_text(case.get("scores"))}</td><td>{text_block(case.get("input_text"))}</td>'
-            f'<td>{text_block(case.get("output_text"))}</td><td>{text_block(case.get("error"))}</td></tr>')
+            f'<td>{scores_text(case.get("scores"))}</td><td>{text_block(case.get("input_text"), summary=own.get(case["id"]))}</td>'
+            f'<td>{text_block(case.get("output_text"), summary=_last_reply(conversation))}</td>'
+            f'<td>{text_block(case.get("error"))}</td></tr>')
         if conversation:
             messages = sum(1 for t in conversation if t["role"] != "tool")
             summary = f"conversation: {plural(messages, 'message')}" + (f", {plural(len(calls), 'tool call')}" if calls else "")

@@ -95,12 +95,12 @@ def clip(text: str, limit: int = TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more characters)"
 
 
-def text_block(text: str | None, preview: int = PREVIEW) -> str:
+def text_block(text: str | None, preview: int = PREVIEW, summary: str | None = None) -> str:
     """A text as it fits in a table cell: short single lines as they are, longer ones collapsed in a
-    ``<details>`` whose summary is their first line."""
+    ``<details>`` whose summary is their first line (or ``summary``'s: the part a person looks for)."""
     if not text:
         return '<span class="muted">-</span>'
-    first = text.strip().split("\n", 1)[0]
+    first = (summary or text).strip().split("\n", 1)[0]
     if "\n" not in text.strip() and len(text) <= preview // 2:
         return f"<pre>{escape(text)}</pre>" if "  " in text else escape(text)
     shown = first if len(first) <= preview else first[:preview] + "…"

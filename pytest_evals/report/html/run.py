@@ -19,6 +19,7 @@ from typing import Any
 from ...scoring.power import minimum_strength
 from ...scoring.stats import PASS_RATE, Estimate, scores_of, wilson
 from ...store.database import Store
+from ..browse import outcome_label
 from .cases import case_section, matrix_section
 from .charts import histogram, score_chart
 from .page import metric_label, number, page, run_meta, short_names
@@ -89,7 +90,7 @@ def render(store: Store, run_id: int) -> str:
     matrix_css, matrix = matrix_section(cases)
     cases_css, case_table = case_section(cases, store.rows("turns", run_id), store.rows("tool_calls", run_id))
     counts = {o: sum(c["outcome"] == o for c in cases) for o in dict.fromkeys(c["outcome"] for c in cases)}
-    tally = ", ".join(f"{n} {o}" for o, n in counts.items())
+    tally = ", ".join(f"{n} {outcome_label(o)}" for o, n in counts.items())
     matrix_part = (f"<h2>Cases × models</h2>{matrix}" if matrix else "")
     body = f"""<h2>Scores with 95% intervals</h2>
 <p class="muted">Bars: score (green: gate held, red: gate failed, blue: no gate); whiskers: 95% interval (Wilson

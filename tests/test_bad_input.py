@@ -55,7 +55,7 @@ def test_a_threshold_on_a_missing_metric_fails_only_its_own_row(fake_project: py
     result = fake_project.runpytest("--model=fake:a")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines([
-        "test_gate.py::test_bench*pass_rate*4*0*100.0%*>=50%*PASS",
+        "test_gate.py::test_bench*pass_rate*4*0*100.0%*>=50%*PASS*interval clears it by 1 case",
         "*f1*4*0.5*-",  # reported, no minimum: no verdict of its own
         "*rouge*-*>=0.3*FAIL  no case recorded it",
         "FAIL test_gate.py::test_bench [[]fake:a[]]: threshold on metric 'rouge' (marker), but no case recorded it*",
@@ -230,14 +230,17 @@ def test_a_route_or_judge_that_cannot_serve_names_its_own_option(fake_project: p
 
 
 def test_greedy_calls_of_a_repeated_suite_are_one_line_each(fake_project: pytest.Pytester) -> None:
+    """A test whose own marker asks for samples but whose calls are greedy: one line per case (under
+    --evals-repeat such a test runs once instead: tests/test_repeats.py)."""
     fake_project.makepyfile(test_a="""
         import pytest
 
+        @pytest.mark.evals_repeat(3)
         @pytest.mark.parametrize("i", range(4))
         def test_a(model, i):
             assert model.generate(f"q{i}").text
     """)
-    result = fake_project.runpytest_subprocess("--model=fake:a", "--evals-repeat=3")
+    result = fake_project.runpytest_subprocess("--model=fake:a")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = result.stdout.str().split("= ERRORS =", 1)[1].split("short test summary")[0]
     lines = [line for line in errors.splitlines()[1:] if line.strip() and not line.startswith("=")]

@@ -308,3 +308,15 @@ def test_pages_render_in_headless_chromium(browser: str, project: pytest.Pyteste
         assert len(shots[name]) > 40_000, f"{name}.png looks blank ({len(shots[name])} bytes)"
     assert shots["chosen"] != shots["report"]
     assert shots["chosen"] == shots["pruned"], "the CSS filters do not hide the rows they should"
+
+
+def test_a_run_gated_on_a_baseline_says_what_drop_it_could_detect(project: pytest.Pytester) -> None:
+    """The single-run page's strength column, as the terminal's: against the baseline the run was gated on
+    (stored with the run), the drop its comparison had 80% power to detect."""
+    result = project.runpytest(*MODELS, "--evals-baseline=1")
+    terminal = [l for l in result.outlines if "test_suite.py::test_bench" in l and "fake:a" in l and "pass_rate" in l]
+    detect = re.search(r"80% power for a drop of [\d.]+ points", terminal[0]).group(0)
+    table = write_page(project, "3").split("the same figures as a table", 1)[1]
+    row = re.search(r"<tr><td>test_suite.py::test_bench</td><td>fake:a</td><td>pass rate</td>.*?</tr>", table).group(0)
+    assert detect in row
+    assert "power for a drop" not in write_page(project, "2", name="two.html").split("the same figures as a table")[1]

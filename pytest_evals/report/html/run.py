@@ -12,12 +12,13 @@ Two runs compared on one page: ``htmlcompare``.
 
 from __future__ import annotations
 
+import json
 import math
 from html import escape
 from typing import Any
 
-from ...scoring.power import minimum_strength
-from ...scoring.stats import PASS_RATE, Estimate, scores_of, wilson
+from ...scoring.power import could_detect, minimum_strength
+from ...scoring.stats import PASS_RATE, Estimate, compare, scores_of, wilson
 from ...store.database import Store
 from ..browse import outcome_label
 from .cases import case_section, matrix_section
@@ -50,14 +51,40 @@ def strength(r: dict[str, Any]) -> str:
     return minimum_strength(r["metric"], r["minimum"], estimate, passes if wilsons else None)
 
 
-def _score_row(r: dict[str, Any]) -> str:
+def detect_notes(store: Store, run: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """Against the baseline the run was gated on (its stored gate settings, ``runs.gates``), the drop each
+    benchmark's comparison had 80% power to detect, as the terminal's strength column says it."""
+    try:
+        settings = json.loads(run.get("gates") or "null") or {}
+    except ValueError:
+        return {}
+    base = settings.get("baseline")
+    if not base or store.run(base) is None:
+        return {}
+    before, after = scores_of(store.cases(base)), scores_of(store.cases(run["id"]))
+    notes = {}
+    for key in after.keys() & before.keys():
+        comparison = compare(after[key], before[key], settings["alpha"])
+        text = could_detect(comparison.paired, len(comparison.to_fail), len(comparison.to_pass), settings["alpha"],
+                            settings["margin"])
+        if text:
+            notes[key] = text
+    return notes
+
+
+def _score_row(r: dict[str, Any], notes: dict[tuple[str, str], str] | None = None) -> str:
     interval = "-" if r["low"] is None else f"{number(r['low'])} – {number(r['high'])}"
     minimum = "-" if r.get("minimum") is None else format(r["minimum"], "g")
     verdict = r.get("verdict") or ""
     return (f"<tr><td>{escape(r['benchmark'])}</td><td>{escape(r['model'])}</td>"
             f"<td>{escape(metric_label(r['metric']))}</td><td class='num'>{r['n']}</td>"
             f"<td class='num'>{number(r['value'])}</td><td class='num'>{interval}</td><td class='num'>{minimum}</td>"
-            f"<td class='{verdict}'>{(verdict or '-').upper()}</td><td>{escape(strength(r))}</td></tr>")
+            f"<td class='{verdict}'>{(verdict or '-').upper()}</td><td>{escape(_strength_text(r, notes))}</td></tr>")
+
+
+def _strength_text(r: dict[str, Any], notes: dict[tuple[str, str], str] | None) -> str:
+    detect = (notes or {}).get((r["benchmark"], r["model"])) if r["metric"] == PASS_RATE else None
+    return "; ".join(filter(None, (strength(r), detect)))
 
 
 def latency_section(calls: list[dict[str, Any]]) -> str:
@@ -86,7 +113,8 @@ def render(store: Store, run_id: int) -> str:
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     charts = "".join(f"<h3>{escape(metric_label(m))}</h3><div class='chart'>{score_chart(rows, m, names)}</div>"
                      for m in metrics)
-    table = "".join(_score_row(r) for r in rows)
+    notes = detect_notes(store, run) if run else {}
+    table = "".join(_score_row(r, notes) for r in rows)
     matrix_css, matrix = matrix_section(cases)
     cases_css, case_table = case_section(cases, store.rows("turns", run_id), store.rows("tool_calls", run_id))
     counts = {o: sum(c["outcome"] == o for c in cases) for o in dict.fromkeys(c["outcome"] for c in cases)}

@@ -92,3 +92,17 @@ def test_cases_that_never_vary_do_not_make_the_interval_a_point() -> None:
         assert constant.value == value and constant.format_interval(False) == "no variation"
     spread = score_estimate([0.0, 1.0, 0.0, 1.0], share=False)
     assert spread.low is not None and spread.low < spread.value < spread.high  # the bootstrap, as before
+
+
+def test_cases_that_ran_once_under_repeats_are_scored_as_cases_run_once() -> None:
+    """Greedy cases under --evals-repeat run their first sample only: their pass rate is a proportion over
+    cases with Wilson's interval (not a bootstrap of three 0/1 values, [0%, 100%]) and there is no pass@k."""
+    from pytest_evals.scoring.stats import BenchmarkScores, wilson
+
+    scores = BenchmarkScores("b", "m")
+    for case, outcome in (("c1", "passed"), ("c2", "failed"), ("c3", "failed")):
+        scores.add(f"t[{case}-s1of2]", outcome, None, f"t[{case}]", 0, 2)
+        scores.add(f"t[{case}-s2of2]", "skipped", None, f"t[{case}]", 1, 2)
+    assert not scores.sampled and scores.pass_rate() == wilson(1, 3) and scores.pass_at() == {}
+    scores.add("t[c1-s2of2]", "failed", None, "t[c1]", 1, 2)  # now one case has two samples
+    assert scores.sampled and scores.pass_rate().low == 0.0 and "pass@2" in scores.pass_at()

@@ -220,7 +220,7 @@ class Gates:
             verdicts.append(Verdict(benchmark, model, threshold, estimates, errors, tuple(reasons), comparison,
                                     tuple(usage), incomplete=benchmark in incomplete, why=tuple(why),
                                     alpha=self.alpha, margin=self.margin,
-                                    passes=None if scores.repeated else scores.count("passed")))
+                                    passes=None if scores.sampled else scores.count("passed")))
         return verdicts
 
 

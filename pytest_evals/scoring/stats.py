@@ -221,8 +221,14 @@ class BenchmarkScores:
             grouped.setdefault(self.case_of.get(nodeid, nodeid), []).append(value)
         return [math.fsum(v) / len(v) for v in grouped.values()]
 
+    @property
+    def sampled(self) -> bool:
+        """Whether a case has more than one scored sample: the pass rate is then a mean over cases of their
+        rates over samples. (A greedy case under --evals-repeat runs once: it is a case like any other.)"""
+        return any(c.scored > 1 for c in self.repeated.values())
+
     def pass_rate(self) -> Estimate:
-        if not self.repeated:
+        if not self.sampled:
             return wilson(self.count("passed"), self.scored)
         scored = {n: float(o == "passed") for n, o in self.outcomes.items() if o in ("passed", "failed")}
         return score_estimate(self._per_case(scored), share=True)
@@ -234,7 +240,7 @@ class BenchmarkScores:
     def pass_at(self) -> dict[str, Estimate]:
         """pass@k over the repeated cases, for k in 5, 10 and the number of samples (k > 1): the mean of each
         case's unbiased pass@k, over the cases with at least k scored samples, bootstrapped over cases."""
-        if not self.repeated:
+        if not self.sampled:
             return {}
         count = max(c.count for c in self.repeated.values())
         found = {}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,24 +31,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-STUB_SERVER = Path(__file__).resolve().parents[1] / "tests" / "stubserver.py"
+from http_concurrency import STUB_SERVER, SUITE, free_port  # the same stub server, suite and port helper
+
 FLEETS = (1, 2, 4)
-
-SUITE = '''
-import pytest
-
-
-@pytest.mark.evals_threshold(0.0)
-@pytest.mark.parametrize("i", range({n}))
-def test_request(model, i):
-    assert model.generate(f"request {{i}}", max_tokens=4).text == f"echo:request {{i}}"
-'''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

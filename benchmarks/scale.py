@@ -31,31 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BACKEND = '''
-from pytest_evals.backends.base import Backend, Reply
-
-
-class Instant(Backend):
-    capabilities = frozenset({"generate"})
-
-    def generate(self, requests):
-        return [Reply(text=r.prompt, prompt_tokens=1, completion_tokens=1) for r in requests]
-
-
-def pytest_evals_register_backends(register):
-    register("instant", Instant)
-'''
-
-BARE_FIXTURE = '''
-import types
-
-import pytest
-
-
-@pytest.fixture
-def model():
-    return types.SimpleNamespace(generate=lambda prompt: types.SimpleNamespace(text=prompt))
-'''
+from overhead import BACKEND, BARE_FIXTURE  # the same instant backend and bare model fixture
 
 SUITE = '''
 import pytest

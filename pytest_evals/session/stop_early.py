@@ -36,6 +36,18 @@ class Stop:
     cost: float | None = 0.0  # their cost, None where one was unknown
 
 
+@dataclass
+class Tally:
+    """A benchmark's (per model) cases so far, counted as they end (a count over the gates' outcomes at every
+    case would cost the whole benchmark each time)."""
+
+    ran: int = 0  # passed, failed or errored
+    passed: int = 0
+    errors: int = 0
+    calls: int = 0  # model calls of the cases run (for the saving's estimate)
+    cost: float | None = 0.0  # their cost, None where one was unknown
+
+
 class StopEarlyPlugin:
     def __init__(self, config: pytest.Config, state: RunState, controller: Controller) -> None:
         self.config = config
@@ -43,7 +55,7 @@ class StopEarlyPlugin:
         self.controller = controller
         self.totals: dict[tuple[str, str], int] = {}  # (benchmark, model) -> cases collected
         self.stops: dict[tuple[str, str], Stop] = {}
-        self.spent: dict[tuple[str, str], tuple[int, float | None]] = {}  # calls and cost of the cases run
+        self.tallies: dict[tuple[str, str], Tally] = {}
         controller.stopped_early = self.stops
 
     @pytest.hookimpl(trylast=True)  # after --evals-limit's subset
@@ -84,22 +96,25 @@ class StopEarlyPlugin:
         return result
 
     def _check(self, data: dict) -> None:
-        key = (data["case"]["benchmark"], data["case"]["model"])
-        calls, cost = self.spent.get(key, (0, 0.0))
+        key, outcome = (data["case"]["benchmark"], data["case"]["model"]), data["case"]["outcome"]
+        tally = self.tallies.setdefault(key, Tally())
         made = [c for c in data["calls"] if c.get("role") == "model"]
         costs = [c.get("cost_usd") for c in made]
-        self.spent[key] = (calls + len(made), None if cost is None or None in costs else cost + sum(costs))
+        tally.ran += 1
+        tally.passed += outcome == "passed"
+        tally.errors += outcome == "error"
+        tally.calls += len(made)
+        tally.cost = None if tally.cost is None or None in costs else tally.cost + sum(costs)
         scores = self.controller.gates.scores.get(key)
         if scores is None or key in self.stops or key not in self.totals:
             return
         minimums = dict(self.controller.gates.threshold_for(key[0]).minimums)
         if set(minimums) != {PASS_RATE} or scores.repeated or self.controller.baseline is not None:
             return  # only a pass-rate gate, on single samples, without a baseline, can stop early
-        ran = sum(1 for o in scores.outcomes.values() if o in ("passed", "failed", "error"))
-        settled = settle(scores.count("passed"), scores.count("error"), ran, self.totals[key], minimums[PASS_RATE],
+        settled = settle(tally.passed, tally.errors, tally.ran, self.totals[key], minimums[PASS_RATE],
                          self.controller.gates.alpha)
-        if settled is not None and ran < self.totals[key]:
-            self.stops[key] = Stop(settled, minimums[PASS_RATE], calls=self.spent[key][0], cost=self.spent[key][1])
+        if settled is not None and tally.ran < self.totals[key]:
+            self.stops[key] = Stop(settled, minimums[PASS_RATE], calls=tally.calls, cost=tally.cost)
 
 
 def usage_problem(config: pytest.Config, state: RunState) -> str | None:

@@ -274,19 +274,6 @@ class Store:
             raise LookupError(f"no run {run_id} in {self.path}; `pytest-evals runs` lists them")
         return run_id
 
-    def finished_cases(self, run_id: int) -> dict[str, tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]:
-        """Cases of a run that ended with an answer (passed or failed), by case key, with their rows
-        (``{"calls": [...], "turns": [...], "tool_calls": [...]}``)."""
-        cases = {row["id"]: row for row in self.db.query(
-            "SELECT * FROM cases WHERE run_id = ? AND case_key IS NOT NULL AND outcome IN ('passed', 'failed')",
-            [run_id])}
-        rows: dict[int, dict[str, list[dict[str, Any]]]] = {case_id: {t: [] for t in CASE_TABLES} for case_id in cases}
-        for table in CASE_TABLES:
-            for item in self.db.query(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY id", [run_id]):
-                if item["case_id"] in rows:
-                    rows[item["case_id"]][table].append(item)
-        return {row["case_key"]: (row, rows[case_id]) for case_id, row in cases.items()}
-
     def benchmarks(self, run_id: int) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM benchmarks WHERE run_id = ? ORDER BY id", [run_id]))
 

@@ -19,9 +19,8 @@ from typing import Any, Iterator
 from ...store.database import Store
 from ..browse import outcome_label
 from .cases import OUTCOMES, case_section, matrix_section
-from .charts import score_chart
-from .page import ellipsize, metric_label, page, plural, run_meta, short_names
-from .run import _score_row, latency_section, render, score_rows
+from .page import ellipsize, page, plural, run_meta, short_names
+from .run import latency_section, render, score_rows, scores_section
 
 PAGE_CASES = 2000  # cases on one page; a run with more is split into a summary and pages of cases
 KINDS = (("all", "all cases", ""), ("open", "not passed", " AND outcome != 'passed'"))  # (file part, label, SQL)
@@ -140,11 +139,7 @@ def _summary(store: Store, run_id: int, groups: dict[str, dict[str, int]], names
              links: dict[str, dict[str, list[str]]], count: int, folder: str, per_page: int) -> str:
     run = store.run(run_id) or {}
     rows = score_rows(store, run_id)
-    chart_names = short_names([r["benchmark"] for r in rows] + list(groups))
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    charts = "".join(f"<h3>{escape(metric_label(m))}</h3><div class='chart'>{score_chart(rows, m, chart_names)}</div>"
-                     for m in metrics)
-    table = "".join(_score_row(r) for r in rows)
+    scores = scores_section(rows, short_names([r["benchmark"] for r in rows] + list(groups)))
     outcomes = [o for o in OUTCOMES if any(o in g for g in groups.values())]
     outcomes += sorted({o for g in groups.values() for o in g} - set(OUTCOMES))
     totals = {o: sum(g.get(o, 0) for g in groups.values()) for o in outcomes}
@@ -160,13 +155,7 @@ def _summary(store: Store, run_id: int, groups: dict[str, dict[str, int]], names
     calls = store.db.conn.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE run_id = ?", [run_id])
     columns = [d[0] for d in calls.description]
     latency = latency_section([dict(zip(columns, row)) for row in calls])
-    body = f"""<h2>Scores with 95% intervals</h2>
-<p class="muted">Bars: score (green: gate held, red: gate failed, blue: no gate); whiskers: 95% interval (Wilson
-for pass rates, bootstrap for means); amber tick: threshold. Hover a row for its figures and full name.</p>
-{charts}
-<details><summary>the same figures as a table</summary>
-<table><tr><th>benchmark</th><th>model</th><th>metric</th><th>n</th><th>score</th><th>95% interval</th>
-<th>threshold</th><th>verdict</th><th>strength</th></tr>{table}</table></details>
+    body = f"""{scores}
 <h2>Cases ({count}{": " + tally if tally else ""})</h2>
 <p class="muted">{plural(count, "case")}, more than one page holds ({per_page}): each benchmark's cases are on pages
 of {per_page} in the folder {escape(folder)}/ beside this file, with their texts, conversations and filters (and

@@ -51,9 +51,10 @@ def strength(r: dict[str, Any]) -> str:
     return minimum_strength(r["metric"], r["minimum"], estimate, passes if wilsons else None)
 
 
-def detect_notes(store: Store, run: dict[str, Any]) -> dict[tuple[str, str], str]:
+def detect_notes(store: Store, run: dict[str, Any], cases: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """Against the baseline the run was gated on (its stored gate settings, ``runs.gates``), the drop each
-    benchmark's comparison had 80% power to detect, as the terminal's strength column says it."""
+    benchmark's comparison had 80% power to detect, as the terminal's strength column says it. ``cases``:
+    the run's, as already read."""
     try:
         settings = json.loads(run.get("gates") or "null") or {}
     except ValueError:
@@ -61,7 +62,7 @@ def detect_notes(store: Store, run: dict[str, Any]) -> dict[tuple[str, str], str
     base = settings.get("baseline")
     if not base or store.run(base) is None:
         return {}
-    before, after = scores_of(store.cases(base)), scores_of(store.cases(run["id"]))
+    before, after = scores_of(store.cases(base)), scores_of(cases)
     notes = {}
     for key in after.keys() & before.keys():
         comparison = compare(after[key], before[key], settings["alpha"])
@@ -105,28 +106,34 @@ def latency_section(calls: list[dict[str, Any]]) -> str:
             f'<div class="charts">{histograms or "<p class=muted>no calls recorded</p>"}</div>')
 
 
-def render(store: Store, run_id: int) -> str:
-    run = store.run(run_id) or {}
-    rows = score_rows(store, run_id)
-    cases = store.cases(run_id)
-    names = short_names([r["benchmark"] for r in rows] + [c["benchmark"] for c in cases])
+def scores_section(rows: list[dict[str, Any]], names: dict[str, str],
+                   notes: dict[tuple[str, str], str] | None = None) -> str:
+    """The run's scores: a chart per metric, and the same figures (with each gate's strength) as a table."""
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     charts = "".join(f"<h3>{escape(metric_label(m))}</h3><div class='chart'>{score_chart(rows, m, names)}</div>"
                      for m in metrics)
-    notes = detect_notes(store, run) if run else {}
     table = "".join(_score_row(r, notes) for r in rows)
-    matrix_css, matrix = matrix_section(cases)
-    cases_css, case_table = case_section(cases, store.rows("turns", run_id), store.rows("tool_calls", run_id))
-    counts = {o: sum(c["outcome"] == o for c in cases) for o in dict.fromkeys(c["outcome"] for c in cases)}
-    tally = ", ".join(f"{n} {outcome_label(o)}" for o, n in counts.items())
-    matrix_part = (f"<h2>Cases × models</h2>{matrix}" if matrix else "")
-    body = f"""<h2>Scores with 95% intervals</h2>
+    return f"""<h2>Scores with 95% intervals</h2>
 <p class="muted">Bars: score (green: gate held, red: gate failed, blue: no gate); whiskers: 95% interval (Wilson
 for pass rates, bootstrap for means); amber tick: threshold. Hover a row for its figures and full name.</p>
 {charts}
 <details><summary>the same figures as a table</summary>
 <table><tr><th>benchmark</th><th>model</th><th>metric</th><th>n</th><th>score</th><th>95% interval</th>
-<th>threshold</th><th>verdict</th><th>strength</th></tr>{table}</table></details>
+<th>threshold</th><th>verdict</th><th>strength</th></tr>{table}</table></details>"""
+
+
+def render(store: Store, run_id: int) -> str:
+    run = store.run(run_id) or {}
+    rows = score_rows(store, run_id)
+    cases = store.cases(run_id)
+    names = short_names([r["benchmark"] for r in rows] + [c["benchmark"] for c in cases])
+    notes = detect_notes(store, run, cases) if run else {}
+    matrix_css, matrix = matrix_section(cases)
+    cases_css, case_table = case_section(cases, store.rows("turns", run_id), store.rows("tool_calls", run_id))
+    counts = {o: sum(c["outcome"] == o for c in cases) for o in dict.fromkeys(c["outcome"] for c in cases)}
+    tally = ", ".join(f"{n} {outcome_label(o)}" for o, n in counts.items())
+    matrix_part = (f"<h2>Cases × models</h2>{matrix}" if matrix else "")
+    body = f"""{scores_section(rows, names, notes)}
 {matrix_part}
 <h2>Cases ({len(cases)}{": " + tally if tally else ""})</h2>
 {case_table}

@@ -180,3 +180,15 @@ def test_a_request_that_failed_is_not_shared_with_a_later_equal_one() -> None:
         backend.close()
     assert backend.submitted == [["bad", "slow"], ["bad"]]
     assert results == {0: ["alone:bad", "alone:slow"], 1: ["alone:bad"]}  # each met the failure, then called alone
+
+
+def test_a_stop_marks_the_bodies_whose_requests_were_never_sent() -> None:
+    """A body parked for a round that will not run (or waiting for room in the budget) raises a stop marked
+    not sent, so that no call is recorded for it; a flight's requests were sent, so its stop is not marked."""
+    from pytest_evals.calls.planner import NOT_SENT, _halt
+
+    made = iter([RuntimeError("stop 1"), RuntimeError("stop 2")])
+    unsent, sent = _halt(lambda: next(made), RuntimeError("shared"), sent=False), _halt(lambda: next(made),
+                                                                                        RuntimeError("shared"), sent=True)
+    assert getattr(unsent.stop, NOT_SENT, False) and not getattr(sent.stop, NOT_SENT, False)
+    assert str(unsent.stop) == "stop 1" and str(sent.stop) == "stop 2"

@@ -33,7 +33,7 @@ from .cache import CacheView
 from .ceiling import BudgetRefused, Ceiling, Hold
 from .conversation import MAX_ROUNDS, Conversation, Transcript
 from .metering import Price
-from .planner import Planner, Served
+from .planner import NOT_SENT, Planner, Served
 from .reliability import NO_RETRY, CircuitBreaker, RetryPolicy, call_with_retries
 from .routing import KIND_TASK, cannot_serve
 from .sampling import GreedyOnce, GreedyRepeat, Sample, greedy_line, greedy_once_line
@@ -258,6 +258,10 @@ class Model:
                     raise
                 raise BackendError(f"{self._name}: {type(exc).__name__}: {exc}") from exc
             except BaseException as exc:  # the run stops (Ctrl-C, a window's case skipped): never answered
+                if getattr(exc, NOT_SENT, False):  # stopped before its requests were sent: not a call, no cost
+                    self._calls.remove(row)
+                    _settle(holds, 0.0)
+                    raise
                 _settle(holds, None)
                 row.latency_s = watch.elapsed()
                 row.error = f"not answered: {type(exc).__name__}: {exc}"

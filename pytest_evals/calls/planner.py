@@ -59,6 +59,9 @@ class Ask:
     sample: int
 
 
+NOT_SENT = "evals_not_sent"  # on a stop raised in a body whose requests never left this process: no call
+
+
 @dataclass
 class Answer:
     """What a round gives a parked call: its results and the backend call's time (``shared``: the call
@@ -111,6 +114,18 @@ class Body(greenlet.greenlet):
         self.case = case
         self.planner = planner
         self.gr_context = contextvars.copy_context()  # the body sees the context variables the window saw
+
+
+def _halt(stop: Callable[[], BaseException | None], stopping: BaseException, sent: bool) -> Answer:
+    """The stop a parked body raises instead of an answer: its own exception, marked (``NOT_SENT``) where its
+    requests never left this process (a round not run, a body waiting for room in the budget), so that no
+    call is recorded for them; a flight's requests were sent, and what they cost is unknown."""
+    own = stop()
+    if own is None:
+        return Answer(None, stop=stopping)
+    if not sent:
+        setattr(own, NOT_SENT, True)
+    return Answer(None, stop=own)
 
 
 class Planner:
@@ -225,8 +240,9 @@ class Planner:
                 for flight in flying:
                     for future in flight.futures:
                         future.cancel()
-                ready = [(b, Answer(None, stop=stop() or stopping)) for b in
-                         [b for b, _ in local] + [f.body for f in flying] + aside]
+                ready = ([(b, _halt(stop, stopping, sent=False)) for b, _ in local]
+                         + [(f.body, _halt(stop, stopping, sent=True)) for f in flying]
+                         + [(b, _halt(stop, stopping, sent=False)) for b in aside])
                 local, flying, aside = [], {}, []
                 in_flight.clear()
             elif (done := landed()):

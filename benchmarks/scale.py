@@ -1,6 +1,6 @@
 """Growth with the number of cases: 1k, 10k and 100k trivial cases, the plugin against bare pytest.
 
-    python benchmarks/scale.py [--sizes 1000,10000,100000] [--json FILE] [--no-chromium]
+    python benchmarks/scale.py [--sizes 1000,10000,100000] [--json FILE] [--no-chromium] [--no-bytecode-cache]
 
 For each size N, one folder holds a test file of two parametrized tests (two benchmarks, N/2 cases
 each) that each make one model call to an instant in-process backend (only the plugin's work is
@@ -17,6 +17,12 @@ timed). Measured in order, each a whole process (wall time and the process's own
 - ``pytest-evals export`` (JSON Lines to a file) and ``pytest-evals cases -k`` (a pattern that matches
   one case in ten): time and peak RSS, to see whether memory grows with the run;
 - the database's size.
+
+The processes run with Python's own default, bytecode caching on (``PYTHONDONTWRITEBYTECODE`` is taken
+out of their environment), after one warm-up ``--co`` per folder has written the caches (pytest's
+rewritten test and plugin modules too), as on a user's machine from the second run on.
+``--no-bytecode-cache`` keeps the variable where it is set (this project's development machine sets it):
+every process then compiles every module it imports, about half a second more per process.
 """
 
 from __future__ import annotations
@@ -49,11 +55,13 @@ def test_long(model, i):
 
 
 CPU: dict[str, float] = {}  # the last measure's CPU seconds (user + system, with its waited-for children)
+BYTECODE = {"cache": True}  # whether the measured processes may write and read bytecode caches
 
 
 def measure(argv: list[str], cwd: Path, out: Path | None = None) -> tuple[float, float]:
     """Run argv to completion: (wall seconds, peak RSS in MiB of that process); its CPU seconds in CPU."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")
+           and not (BYTECODE["cache"] and k == "PYTHONDONTWRITEBYTECODE")}
     sink = open(out if out is not None else os.devnull, "wb")
     errors = tempfile.TemporaryFile()
     with sink:
@@ -110,6 +118,9 @@ def one_size(n: int, root: Path, browser: str | None) -> dict[str, float]:
         (folder / "test_scale.py").write_text(SUITE.format(half=n // 2, rest=n - n // 2))
     db = plugin / "evals.sqlite"
     row: dict[str, float] = {"cases": n}
+    if BYTECODE["cache"]:  # warm-up: the bytecode caches written, as from a user's second run on
+        measure(pytest_argv("--co", "-p", "no:evals"), bare)
+        measure(pytest_argv("--co", "--model=instant:m", f"--evals-db={db}"), plugin)
     row["bare_s"], row["bare_rss"] = measure(pytest_argv("-p", "no:evals"), bare)
     row["bare_cpu"] = CPU["last"]
     row["run_s"], row["run_rss"] = measure(pytest_argv("--model=instant:m", f"--evals-db={db}"), plugin)
@@ -194,7 +205,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--no-chromium", action="store_true")
+    parser.add_argument("--no-bytecode-cache", action="store_true",
+                        help="keep PYTHONDONTWRITEBYTECODE where it is set: every process compiles what it imports")
     args = parser.parse_args()
+    BYTECODE["cache"] = not args.no_bytecode_cache
+    print(f"bytecode caches: {'on (warmed up)' if BYTECODE['cache'] else 'as the environment says'}; "
+          f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '(unset)')} here", flush=True)
     browser = None if args.no_chromium else next(
         (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     rows = []

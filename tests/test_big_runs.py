@@ -12,8 +12,10 @@ import pytest
 from pytest_evals.report.browse import case_filter, export_text, show_cases
 from pytest_evals.report.html.cases import own_inputs
 from pytest_evals.report.html.pages import write_report
+from pytest_evals.session.recorder import benchmark_of
+from pytest_evals.store.copies import Copy, copy_cases
 from pytest_evals.store.database import Store
-from pytest_evals.store.reads import case_rows, finished_index, iter_cases
+from pytest_evals.store.reads import finished_index, iter_cases, resumed_chain
 from pytest_evals.store.rows import CallRow, CaseRecord, CaseRow, TurnRow
 
 PROMPT = "Answer with a number.\n\nQ: 1 + 1?\nA: 2\n\nQ: what is {i} + {i}?"
@@ -63,14 +65,71 @@ def test_iter_cases_gives_each_case_its_own_rows_in_order(store: Store) -> None:
         next(iter_cases(store, 1, ("cases",)))
 
 
-def test_finished_index_and_case_rows_hold_what_a_replay_copies(store: Store) -> None:
+def test_finished_index_holds_what_a_replay_needs(store: Store) -> None:
     index = finished_index(store, 1)
     assert len(index) == 10  # 11 cases, the errored one is not finished
-    case_id, nodeid, outcome, error, _ = index["v1:alpha3"]
-    assert (nodeid, outcome, error) == ("test_alpha.py::test_alpha[c3-fake:a]", "failed", "wrong")
-    row, rows = case_rows(store, index["v1:alpha4"][0])
-    assert row["case_key"] == "v1:alpha4" and len(rows["calls"]) == 1 and len(rows["turns"]) == 2
-    assert case_rows(store, 10_000) is None
+    case_id, nodeid, outcome, error, duration, scores, run = index["v1:alpha3"]
+    assert (nodeid, outcome, error, duration, json.loads(scores), run) == (
+        "test_alpha.py::test_alpha[c3-fake:a]", "failed", "wrong", 0.01, {"f1": 0.3}, 1)
+    assert store.cases(1)[[c["id"] for c in store.cases(1)].index(case_id)]["case_key"] == "v1:alpha3"
+
+
+def _columns(store: Store, table: str, run_id: int, skip: tuple[str, ...]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in skip} for row in store.rows(table, run_id)] \
+        if table != "cases" else [{k: v for k, v in row.items() if k not in skip} for row in store.cases(run_id)]
+
+
+def test_copy_cases_copies_cases_with_their_rows_inside_sqlite(store: Store) -> None:
+    index = finished_index(store, 1)
+    wanted = ["v1:alpha4", "v1:alpha3", "v1:alpha1"]  # 2 turns; wrong; one call
+    new = store.start_run(args=[], rootdir="/", git_revision=None, models=["fake:a"], hostname="h",
+                          plugin_version="0", resumed_run=1)
+    copies = [Copy(index[k][0], index[k][1], benchmark_of(index[k][1]), "alias", "gw1") for k in wanted]
+    made = copy_cases(store, new, [*copies, Copy(10_000, "gone", "gone", "alias", None)])
+    assert made[3] is None and all(made[:3]) and len(set(made[:3])) == 3
+    copied = store.cases(new)
+    assert [c["case_key"] for c in copied] == wanted
+    assert {(c["model"], c["worker"], c["resumed_from"], c["run_id"]) for c in copied} == {("alias", "gw1", 1, new)}
+    skip = ("id", "run_id", "case_id", "model", "worker", "resumed_from")
+    originals = {c["case_key"]: c for c in _columns(store, "cases", 1, ("run_id", "model", "worker", "resumed_from"))}
+    for case in _columns(store, "cases", new, ("run_id", "model", "worker", "resumed_from")):
+        original = originals[case["case_key"]]
+        assert case.pop("id") != original.pop("id") and case == original  # everything else as stored
+    for table in ("calls", "turns"):
+        mine = _columns(store, table, new, skip)
+        theirs = [r for r, full in zip(_columns(store, table, 1, skip), store.rows(table, 1))
+                  if full["case_id"] in {index[k][0] for k in wanted}]
+        assert sorted(map(repr, mine)) == sorted(map(repr, theirs)) and mine  # (alpha4: 2 turns)
+    # copied again (a case reported twice): replaced, not doubled; a copy of a copy names where it ran
+    again = copy_cases(store, new, copies[:1])
+    assert len(store.cases(new)) == 3 and again[0] not in made
+    later = store.start_run(args=[], rootdir="/", git_revision=None, models=["fake:a"], hostname="h",
+                            plugin_version="0", resumed_run=new)
+    copy_cases(store, later, [Copy(again[0], copies[0].nodeid, copies[0].benchmark, "a", None)])
+    assert store.cases(later)[0]["resumed_from"] == 1
+
+
+def test_the_next_resume_takes_what_a_killed_resume_did_not_copy(store: Store) -> None:
+    """Run 3 resumed run 1 and was killed having copied two cases and run one again (an error now): run
+    3's index has its own finished cases, and run 1's that run 3 holds nothing of; once run 3 finished,
+    only its own."""
+    index = finished_index(store, 1)
+    killed = store.start_run(args=[], rootdir="/", git_revision=None, models=["fake:a"], hostname="h",
+                             plugin_version="0", resumed_run=1)
+    copy_cases(store, killed, [Copy(index[k][0], index[k][1], benchmark_of(index[k][1]), "fake:a", None)
+                               for k in ("v1:alpha0", "v1:alpha3")])
+    store.record_case(killed, _record("alpha", 6, "error"))
+    assert resumed_chain(store, killed) == [killed, 1]
+    chained = finished_index(store, killed)
+    assert set(chained) == set(index) - {"v1:alpha6"}
+    assert chained["v1:alpha0"][6] == killed and chained["v1:alpha1"][6] == 1
+    store.finish_run(killed, exit_status=0, status="interrupted")
+    assert set(finished_index(store, killed)) == set(chained)
+    store.finish_run(killed, exit_status=0, status="finished")
+    assert resumed_chain(store, killed) == [killed] and set(finished_index(store, killed)) == {"v1:alpha0", "v1:alpha3"}
+    store.delete_runs([1])  # a run deleted: the chain ends where it is gone
+    store.finish_run(killed, exit_status=0, status="interrupted")
+    assert resumed_chain(store, killed) == [killed]
 
 
 def test_cases_and_export_read_case_by_case_as_before(store: Store) -> None:

@@ -198,6 +198,38 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing_finished(
     assert f"evals-resume: {len(committed)} of {CASES} cases already done in run 1" in resumed.stdout
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2", "--evals-batch-size", "1"]], ids=["serial", "xdist"])
+def test_a_resume_killed_in_its_turn_loses_nothing_and_repeats_nothing(
+        project: pytest.Pytester, workers: list[str]) -> None:
+    """Run 1 stores c05-c11. Run 2 resumes it with every case: c00-c04 run first, then c05 and c06 are
+    replayed, and it is killed before those copies were due (a batch is copied when it is full, when a
+    case that ran is written, or at the end). Run 3 takes c05-c11 from run 1, through run 2."""
+    first = run(project, *workers, "-k", "not (c00 or c01 or c02 or c03 or c04)")
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert sorted(outcomes(project, 1)) == [nodeid(f"c{i:02d}") for i in range(5, CASES)]
+    (project.path / "executed.log").unlink()
+    killed = run(project, *workers, "--evals-resume", EVALS_KILL_AFTER="7")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
+    assert rows(project, "SELECT resumed_run FROM runs WHERE id = 2") == [(1,)]
+    stored = set(outcomes(project, 2))
+    assert stored <= {nodeid(f"c{i:02d}") for i in range(5)}  # only cases that ran: no copy was due
+    assert stored if not workers else True  # serially c00-c04 all ran and were written
+    ran_before = len(executed(project))
+
+    resumed = run(project, *workers, "--evals-resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    done = len(stored) + CASES - 5
+    assert f"evals-resume: {done} of {CASES} cases already done in run 2 (with run 1, which it resumed)" \
+        in resumed.stdout
+    ran_again = {nodeid(case) for case in executed(project)[ran_before:]}
+    assert ran_again == {nodeid(f"c{i:02d}") for i in range(5)} - stored  # nothing stored runs again
+    final = dict(rows(project, "SELECT nodeid, resumed_from FROM cases WHERE run_id = 3"))
+    assert len(final) == CASES
+    assert {final[nodeid(f"c{i:02d}")] for i in range(5, CASES)} == {1}  # where they really ran
+    assert {final[n] for n in stored} <= {2}
+    assert rows(project, "SELECT count(*) FROM calls WHERE run_id = 3") == [(CASES,)]
+
+
 def test_progress_line_on_long_runs(project: pytest.Pytester) -> None:
     project.makeconftest(FAKE_BACKEND + "\nfrom pytest_evals.session.progress import Progress\n"
                          "Progress.FIRST_AFTER_S = 0.2\nProgress.EVERY_S = 0.2\n")

@@ -30,6 +30,8 @@ class Usage:
         self.cached_costs: list[float] = []  # what those would have cost, where their price is known
         self.cached_unpriced = 0  # cached calls of priced models whose cost the recorded figures cannot give
         self.cache_misses = 0  # replayed calls the cache did not hold (their cases errored)
+        self.model_calls = 0  # calls made to the models under test (not a judge's, not the cache's)
+        self.shared_calls = 0  # of those, served from a batch that carried other cases' requests too
 
     def note(self) -> str | None:
         """What the latency columns show, where batches could blur it."""
@@ -45,6 +47,9 @@ class Usage:
         for call in calls:
             key = f"{call.model} (judge)" if call.role == "judge" else model
             groups.setdefault(key, []).append(call)
+            if call.role == "model" and not call.cached:
+                self.model_calls += 1
+                self.shared_calls += bool(call.batched)
         for key, group in groups.items():
             self._add(key, group)
 

@@ -244,8 +244,9 @@ class CasePlugin:
             return None
         log = CaseLog(model=model_name(item, spec), threshold=item.stash.get(threshold_key, None),
                       case_key=key, outcome=finished["outcome"], error=finished.get("error"),
-                      duration_s=finished.get("duration_s") or 0.0, resumed_from=resume.run_id, **_sample(item))
-        replay(item, nextitem, finished, resume.run_id, log.to_record(item.nodeid, self.state.worker_id))
+                      duration_s=finished.get("duration_s") or 0.0, resumed_from=finished.get("run", resume.run_id),
+                      **_sample(item))
+        replay(item, nextitem, finished, log.resumed_from, log.to_record(item.nodeid, self.state.worker_id))
         return True
 
     @pytest.hookimpl(tryfirst=True)

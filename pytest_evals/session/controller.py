@@ -53,8 +53,6 @@ class Controller:
         # cases of a window end together: the time left is estimated once each process's first window ended
         self.progress.warmup = (state.planner.window if state.planner is not None else 1) * (planned_workers(config) or 1)
         self.session: pytest.Session | None = None
-        self.shared_calls = 0  # model calls served from a batch that carried other cases' requests too
-        self.model_calls = 0
         self.completion = Completion()  # which collected tests reported their end
         self.incomplete_reason: str | None = None  # why tests did not run, once the run ends without them
         self.limited: dict[str, tuple[int, int, int]] = {}  # --evals-limit: benchmark -> (kept, in all, by marker)
@@ -94,6 +92,7 @@ class Controller:
             self._load_baseline(self.state.baseline)
         if self.replay is not None:
             self.state.resume_state = self.replay.load(self.state.db_path, self.storage.open, self.state.resume_run)
+            self.storage.resumed_run = self.replay.run_id
 
     def _load_baseline(self, ref: str) -> None:
         path = self.state.db_path
@@ -146,9 +145,14 @@ class Controller:
         if not data:
             self.completion.note(report)
         else:
-            with self.state.signals.deferred():  # committed and counted as ended, or neither
-                if self.record(*record_from_data(data)):
-                    self.completion.note(report)
+            record, marker = record_from_data(data)
+            if self.replay is not None and self.replay.stands_for(record.case):
+                self._replayed(record, marker)  # counted as ended once its copy is committed
+            else:
+                self.copy_replayed()  # the run's cases stay in the order they ended
+                with self.state.signals.deferred():  # committed and counted as ended, or neither
+                    if self.record(record, marker):
+                        self.completion.note(report)
             # written: the terminal keeps every report to the end, so it keeps no copy of the record
             delattr(report, RECORD_ATTR)
         if report.when == "teardown":
@@ -156,22 +160,11 @@ class Controller:
 
     def record(self, record: CaseRecord, marker: Threshold | None) -> bool:
         """Count a case in the usage, budget and gates, and commit it; whether it was committed."""
-        copied = self.replay.copied(record.case) if self.replay is not None else None
-        record = copied or record
         case = record.case
-        if record.limited is not None:
-            self.limited[case.benchmark] = record.limited
-        if record.greedy_once:
-            self.greedy_once.setdefault((case.benchmark, case.model), set()).add(case.repeat_of or case.nodeid)
         self.usage.add(case.model, record.calls)
-        made = [c for c in record.calls if c.role == "model" and not c.cached]  # the cache's: no call made
-        self.model_calls += len(made)
-        self.shared_calls += sum(1 for c in made if c.batched)  # of the same calls (a judge's are not counted)
         if case.resumed_from is None and case.cost_usd is not None:  # a replayed case cost nothing now
             self._spend(case.cost_usd)
-        self._stop(self.spending.refusals(self.progress.done))  # a call refused (any worker's): no more cases
-        self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker, case.repeat_of,
-                       None if case.sample is None else case.sample - 1, case.samples, record.usage_error)
+        self._count(record, marker)
         if self.storage.write_error:
             return False
         # If the database fails mid-run (disk full, a lock held too long), stop the session with one
@@ -180,6 +173,35 @@ class Controller:
         if self.storage.write_error and self.session is not None:
             self.session.shouldfail = f"evals: cannot record cases: {self.storage.write_error}"
         return not self.storage.write_error
+
+    def _count(self, record: CaseRecord, marker: Threshold | None) -> None:
+        """A case in the gates (and what --evals-limit and --evals-repeat say of it)."""
+        case = record.case
+        if record.limited is not None:
+            self.limited[case.benchmark] = record.limited
+        if record.greedy_once:
+            self.greedy_once.setdefault((case.benchmark, case.model), set()).add(case.repeat_of or case.nodeid)
+        self._stop(self.spending.refusals(self.progress.done))  # a call refused (any worker's): no more cases
+        self.gates.add(case.benchmark, case.model, case.nodeid, case.outcome, case.scores, marker, case.repeat_of,
+                       None if case.sample is None else case.sample - 1, case.samples, record.usage_error)
+
+    def _replayed(self, record: CaseRecord, marker: Threshold | None) -> None:
+        """A replayed case: in the gates now with its stored scores, copied with its batch (``session.replay``)."""
+        assert self.replay is not None
+        record.case.scores = self.replay.stored_scores(record.case)
+        self._count(record, marker)
+        if self.replay.queue(record.case):
+            self.copy_replayed()
+
+    def copy_replayed(self) -> None:
+        """Copy the queued replayed cases into this run, count them as ended, their stored calls in the usage."""
+        if self.replay is None or not self.replay.pending:
+            return
+        copied = self.replay.copy(self.storage, self.models, self.state.signals, self.completion.ended.add)
+        if self.storage.write_error and self.session is not None:
+            self.session.shouldfail = f"evals: cannot record cases: {self.storage.write_error}"
+        for model, calls in copied:
+            self.usage.add(model, calls)
 
     def _spend(self, cost: float) -> None:
         """The controller adds up what every worker reports and stops the session at the budget."""
@@ -200,6 +222,7 @@ class Controller:
     def pytest_sessionfinish(self, session: pytest.Session) -> object:
         """Decide the gates and store the run before pytest's terminal summary and JUnit file are written."""
         self.progress.stop()
+        self.copy_replayed()
         if session.exitstatus == pytest.ExitCode.USAGE_ERROR and self.run_id is None:
             return (yield)  # a usage error (a bad marker, option or spec) before any case: no run, no resume advice
         missing = self.completion.missing

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .. import __version__
+from ..store.copies import Copy, copy_cases
 from ..store.database import Store, StoreError
 from ..store.rows import CaseRecord, now
 from .options import usage_error
@@ -64,6 +65,7 @@ class RunStorage:
         self.write_error: str | None = None  # the first write that failed; later cases are not written
         self.cases_stored = False  # the failed write came after every case was committed
         self.finish_error: str | None = None  # the run's row could not be closed (it still says 'running')
+        self.resumed_run: int | None = None  # --evals-resume: the run it resumes, stored with the run's row
 
     @property
     def args(self) -> list[str]:
@@ -104,6 +106,7 @@ class RunStorage:
                 started_at=self.started_at,
                 pid=os.getpid(),
                 shard=self.shard,
+                resumed_run=self.resumed_run,
             )
         return self.run_id
 
@@ -117,6 +120,19 @@ class RunStorage:
             self.write_error = str(exc)
         except sqlite3.Error as exc:
             self.write_error = str(self.open().error(exc))
+
+    def copy_cases(self, copies: list[Copy], models: list[str]) -> list[int | None]:
+        """Stored cases copied into this run in one transaction (``store.copies``); their new ids (None: the
+        stored case is gone). A failure is kept as ``write_error``, and nothing of the batch is written."""
+        if self.write_error:
+            return [None] * len(copies)
+        try:
+            return copy_cases(self.open(), self.ensure_run(models), copies)
+        except (StoreError, pytest.UsageError) as exc:
+            self.write_error = str(exc)
+        except sqlite3.Error as exc:
+            self.write_error = str(self.open().error(exc))
+        return [None] * len(copies)
 
     def write_benchmarks(self, rows: list[dict], repeated: list[dict], facts: dict[str, str | None]) -> None:
         """The run's scores and verdicts, and what they came from (``facts``: the gate settings, a shard's

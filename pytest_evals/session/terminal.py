@@ -115,12 +115,14 @@ class TerminalPlugin:
             shown = os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
             line = usage.cache_line(shown, self.state.cache.mode, bool(self.state.prices.prices))
             tr.write_line(line, yellow=usage.cache_misses > 0)
-        if c.model_calls and self.state.settings.batch_size > 1:
-            tr.write_line(f"evals-batch: {c.shared_calls} of {c.model_calls} model calls served from batches "
-                          f"across cases; {c.model_calls - c.shared_calls} one at a time")
+        made, shared = usage.model_calls, usage.shared_calls
+        if made and self.state.settings.batch_size > 1:
+            tr.write_line(f"evals-batch: {shared} of {made} model calls served from batches "
+                          f"across cases; {made - shared} one at a time")
         self._spending(tr)
         if c.replay is not None and c.replay.replayed:
-            tr.write_line(f"evals-resume: {c.replay.replayed} cases replayed from run {c.replay.run_id}, not run again")
+            tr.write_line(f"evals-resume: {c.replay.replayed} cases replayed from {c.replay.runs_text()}, "
+                          "not run again")
         if c.baseline_id is not None:
             tr.write_line(f"baseline: run {c.baseline_id} (paired by case; alpha {c.gates.alpha:g}, "
                           f"margin {c.gates.margin:g})")

@@ -3,8 +3,8 @@
 Tables (columns say their unit):
 
 - ``runs``: one row per pytest session: arguments, git revision, models, start/end, status, cost; a shard's
-  ``K/N`` (``--evals-shard``), the suite it collected, the gate settings its verdicts came from, and for a
-  run ``pytest-evals merge`` made, the shards it came from.
+  ``K/N`` (``--evals-shard``), the suite it collected, the gate settings its verdicts came from, for a
+  run ``pytest-evals merge`` made, the shards it came from, and for a resumed run, the run it resumed.
 - ``cases``: one row per case per model: outcome, duration, input/output text, error, scores, case key,
   the run it was resumed from, cost, the spec that served it, its GPUs.
 - ``calls``: one row per model call (every attempt): kind, role, spec, latency, TTFT, TPOT, tokens, cost,
@@ -16,7 +16,8 @@ Tables (columns say their unit):
 
 Only one process writes (the xdist controller, or the lone pytest process). Each case is committed
 with its calls in one transaction as soon as it ends, in WAL mode, so a killed run loses at most the
-cases in flight and never leaves a half-written case.
+cases in flight and never leaves a half-written case. (Cases replayed by ``--evals-resume`` are copied
+in batches, ``store.copies``: a killed resume leaves their originals where the next resume finds them.)
 """
 
 from __future__ import annotations
@@ -155,13 +156,13 @@ class Store:
     # --- writes (the controller only) -------------------------------------------------------------
     def start_run(self, *, args: list[str], rootdir: str, git_revision: str | None, models: list[str],
                   hostname: str, plugin_version: str, started_at: str | None = None, pid: int | None = None,
-                  shard: str | None = None) -> int:
+                  shard: str | None = None, resumed_run: int | None = None) -> int:
         with self.transaction():
             cursor = self.db.execute(
                 "INSERT INTO runs (started_at, status, args, rootdir, git_revision, models, hostname, plugin_version,"
-                " pid, shard) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " pid, shard, resumed_run) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [started_at or now(), json.dumps(args), rootdir, git_revision, json.dumps(models), hostname,
-                 plugin_version, pid, shard],
+                 plugin_version, pid, shard, resumed_run],
             )
         return int(cursor.lastrowid)
 
@@ -194,22 +195,30 @@ class Store:
         """Insert one finished case and its rows in one transaction; a case seen again replaces it."""
         row = dict(record.case.__dict__)
         row["scores"] = json.dumps(record.case.scores) if record.case.scores else None
-        conn = self.db.conn
         with self.transaction():
-            # (only a nodeid this store already wrote in this run can have an old row to replace)
-            old = conn.execute(
-                "SELECT id FROM cases WHERE run_id = ? AND nodeid = ?", [run_id, record.case.nodeid]
-            ).fetchone() if (run_id, record.case.nodeid) in self._written else None
-            if old:
-                for table in CASE_TABLES:
-                    conn.execute(f"DELETE FROM {table} WHERE case_id = ?", [old[0]])
-                conn.execute("DELETE FROM cases WHERE id = ?", [old[0]])
+            self.drop_written(run_id, record.case.nodeid)
             case_id = self._insert("cases", (run_id,), row)
             for table, rows in (("calls", record.calls), ("turns", record.turns), ("tool_calls", record.tool_calls)):
                 for item in rows:
                     self._insert(table, (run_id, case_id), item.__dict__)
-        self._written.add((run_id, record.case.nodeid))
+        self.wrote(run_id, record.case.nodeid)
         return case_id
+
+    def drop_written(self, run_id: int, nodeid: str) -> None:
+        """(Inside a transaction.) The case of ``nodeid`` this store wrote in the run before, with its rows:
+        a case seen again replaces it (only a nodeid written here can have an old row)."""
+        if (run_id, nodeid) not in self._written:
+            return
+        conn = self.db.conn
+        old = conn.execute("SELECT id FROM cases WHERE run_id = ? AND nodeid = ?", [run_id, nodeid]).fetchone()
+        if old:
+            for table in CASE_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE case_id = ?", [old[0]])
+            conn.execute("DELETE FROM cases WHERE id = ?", [old[0]])
+
+    def wrote(self, run_id: int, nodeid: str) -> None:
+        """A case of ``nodeid`` is in the run now (committed)."""
+        self._written.add((run_id, nodeid))
 
     def _insert(self, table: str, ids: tuple[int, ...], row: dict[str, Any]) -> int:
         """INSERT of ``row`` after its ids (run_id, then case_id where there is one); the statement

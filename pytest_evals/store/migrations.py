@@ -248,6 +248,12 @@ def _m013_servers(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("server", str)
 
 
+def _m014_resumed_runs(db: sqlite_utils.Database) -> None:
+    # --evals-resume: the run this one resumed, whose finished cases it replays; a later resume of this run
+    # also takes that run's finished cases that this one never copied (it was killed while replaying)
+    db["runs"].add_column("resumed_run", int)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_benchmarks", _m002_benchmarks),
@@ -262,4 +268,5 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("011_repeats", _m011_repeats),
     ("012_shards", _m012_shards),
     ("013_servers", _m013_servers),
+    ("014_resumed_runs", _m014_resumed_runs),
 ]

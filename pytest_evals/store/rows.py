@@ -52,6 +52,9 @@ class CallRow:
     server: str | None = None  # the URL of the server that answered (HTTP backends; one of a fleet's)
 
 
+CALL_FIELDS = tuple(CallRow.__dataclass_fields__)  # a stored calls row's columns that make a CallRow
+
+
 @dataclass
 class TurnRow:
     conversation: int

@@ -100,9 +100,13 @@ def test_copy_cases_copies_cases_with_their_rows_inside_sqlite(store: Store) -> 
         theirs = [r for r, full in zip(_columns(store, table, 1, skip), store.rows(table, 1))
                   if full["case_id"] in {index[k][0] for k in wanted}]
         assert sorted(map(repr, mine)) == sorted(map(repr, theirs)) and mine  # (alpha4: 2 turns)
-    # copied again (a case reported twice): replaced, not doubled; a copy of a copy names where it ran
+    # copied again (a case reported twice), in a later batch or twice in one: replaced, not doubled
     again = copy_cases(store, new, copies[:1])
     assert len(store.cases(new)) == 3 and again[0] not in made
+    twice = copy_cases(store, new, [copies[1], copies[1]])
+    assert len(store.cases(new)) == 3 and [c["id"] for c in store.cases(new)][-1] == twice[1]
+    assert len(store.rows("calls", new)) == sum(len(rows["calls"]) for _, rows in iter_cases(store, new, ("calls",)))
+    # a copy of a copy names the run where the case ran
     later = store.start_run(args=[], rootdir="/", git_revision=None, models=["fake:a"], hostname="h",
                             plugin_version="0", resumed_run=new)
     copy_cases(store, later, [Copy(again[0], copies[0].nodeid, copies[0].benchmark, "a", None)])
@@ -122,7 +126,8 @@ def test_the_next_resume_takes_what_a_killed_resume_did_not_copy(store: Store) -
     assert resumed_chain(store, killed) == [killed, 1]
     chained = finished_index(store, killed)
     assert set(chained) == set(index) - {"v1:alpha6"}
-    assert chained["v1:alpha0"][6] == killed and chained["v1:alpha1"][6] == 1
+    assert chained["v1:alpha0"][0] in {c["id"] for c in store.cases(killed)}  # its copy, which ran in run 1
+    assert chained["v1:alpha0"][6] == chained["v1:alpha1"][6] == 1
     store.finish_run(killed, exit_status=0, status="interrupted")
     assert set(finished_index(store, killed)) == set(chained)
     store.finish_run(killed, exit_status=0, status="finished")

@@ -189,6 +189,8 @@ class Controller:
         """A replayed case: in the gates now with its stored scores, copied with its batch (``session.replay``)."""
         assert self.replay is not None
         record.case.scores = self.replay.stored_scores(record.case)
+        # in the gates before it is queued: a signal in between leaves a case in the gates that is not
+        # counted as ended (its benchmark is INCOMPLETE), never one counted as ended that the gates lack
         self._count(record, marker)
         if self.replay.queue(record.case):
             self.copy_replayed()

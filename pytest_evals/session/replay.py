@@ -138,7 +138,7 @@ class ReplaySource:
                     storage.write_case(CaseRecord(case, []), models)
                 if not storage.write_error:
                     ended(case.nodeid)
-        self.replayed += sum(case_id is not None for case_id in made)
-        stored = calls_of(self.store, [c.case_id for c in copies])  # type: ignore[arg-type]
-        return [(case.model, [CallRow(**{k: row[k] for k in CALL_FIELDS}) for row in stored[copy.case_id]])
-                for case, copy, case_id in zip(cases, copies, made) if case_id is not None]
+            self.replayed += sum(case_id is not None for case_id in made)
+            stored = calls_of(self.store, [c.case_id for c in copies])  # type: ignore[arg-type]
+            return [(case.model, [CallRow(**{k: row[k] for k in CALL_FIELDS}) for row in stored[copy.case_id]])
+                    for case, copy, case_id in zip(cases, copies, made) if case_id is not None]

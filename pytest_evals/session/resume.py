@@ -5,10 +5,11 @@ resolved model (``calls.pool.model_identity``: the spec without the options its 
 transport, plus a fingerprint of its weights or revision), and the test function's source. Timeouts,
 batch sizes, concurrency and the number of workers do not enter it.
 
-With ``--evals-resume`` the controller reads the newest run once and hands the finished cases
-(passed or failed) to the processes that run tests as a :class:`ResumeState` (through ``workerinput``
-under xdist: workers never open the database, so remote ``--tx`` workers work too). A case whose key
-is finished is replayed (``session.cases``) and the controller copies its stored rows (``session.replay``).
+With ``--evals-resume`` the controller reads the newest run once (with the runs an interrupted resume
+resumed) and hands the finished cases (passed or failed) to the processes that run tests as a
+:class:`ResumeState` (through ``workerinput`` under xdist: workers never open the database, so remote
+``--tx`` workers work too). A case whose key is finished is replayed (``session.cases``) and the
+controller copies the stored case into the new run (``session.replay``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class ResumeState:
     """What a process that runs tests needs to replay: the run, and its finished cases by key."""
 
     run_id: int
-    finished: dict[str, dict[str, Any]]  # key -> {"outcome", "error", "duration_s"}
+    finished: dict[str, dict[str, Any]]  # key -> {"outcome", "error", "duration_s", "run": the run it ran in}
 
     def to_wire(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "finished": self.finished}

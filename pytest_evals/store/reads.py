@@ -42,15 +42,15 @@ def resumed_chain(store: Store, run_id: int) -> list[int]:
 
 
 def finished_index(store: Store, run_id: int) -> dict[str, Finished]:
-    """Case key -> (case id, nodeid, outcome, error, duration_s, scores as JSON, run id) of the run's
+    """Case key -> (case id, nodeid, outcome, error, duration_s, scores as JSON, the run it ran in) of the run's
     finished cases, and of the runs it resumed (:func:`resumed_chain`) where no newer one has a case of that
     key: a resume killed before it copied every replayed case leaves them in the run it resumed."""
     index: dict[str, Finished] = {}
     seen: set[str] = set()  # keys of a newer run in the chain, any outcome: its record of the case stands
     for run in resumed_chain(store, run_id):
         cursor = store.db.conn.execute(
-            "SELECT case_key, id, nodeid, outcome, error, duration_s, scores, run_id FROM cases WHERE run_id = ? "
-            "AND case_key IS NOT NULL ORDER BY id", [run])
+            "SELECT case_key, id, nodeid, outcome, error, duration_s, scores, coalesce(resumed_from, run_id) "
+            "FROM cases WHERE run_id = ? AND case_key IS NOT NULL ORDER BY id", [run])
         newer = set(seen) if run != run_id else ()
         for row in cursor:
             if row[0] in newer:

@@ -31,6 +31,7 @@ from typing import Sequence
 
 from .calls.cache import DEFAULT_CACHE
 from .report.tables import format_table
+from .scoring.power import stored_strength
 from .scoring.stats import PASS_RATE, compare, regression_reasons, scores_of
 from .store.database import DEFAULT_DB, Store, StoreError
 
@@ -119,10 +120,12 @@ def cmd_show(store: Store, args: argparse.Namespace) -> list[str]:
         rows.append([b["benchmark"], b["model"], b["metric"], str(b["n"]), str(b["errors"]),
                      "-" if b["value"] is None else fmt(b["value"]),
                      "-" if b["low"] is None else f"[{fmt(b['low'])}, {fmt(b['high'])}]",
-                     "-" if b["minimum"] is None else f">={fmt(b['minimum'])}", (b["verdict"] or "").upper()])
+                     "-" if b["minimum"] is None else f">={fmt(b['minimum'])}", (b["verdict"] or "").upper(),
+                     stored_strength(b)])
     if rows:
-        header = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict"]
-        lines += ["", *format_table(header, rows)]
+        header = ["benchmark", "model", "metric", "n", "errors", "score", "95% interval", "threshold", "verdict",
+                  "strength"][:10 if any(row[-1] for row in rows) else 9]  # (the default gate has none to say)
+        lines += ["", *format_table(header, [row[:len(header)] for row in rows])]
         lines += [f"FAIL {b['benchmark']} [{b['model']}]: {b['reason']}"
                   for b in store.benchmarks(run_id) if b["reason"] and b["metric"] == PASS_RATE]
     else:

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from statistics import NormalDist
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .stats import (
     CONFIDENCE,
@@ -404,3 +404,15 @@ def _check_baseline(drop: float, discordance: float) -> None:
     if drop > discordance:
         raise PlanError(f"a drop of {drop:g} needs at least that share of cases to flip, but --discordance is "
                         f"{discordance:g}; the discordance is at least the drop")
+
+
+def stored_strength(r: dict[str, Any]) -> str:
+    """What a stored gate row (``benchmarks``) could tell (:func:`minimum_strength`): its pass count where
+    its interval is Wilson's (cases run once), none for the default gate (every case must pass: no interval
+    clears 100%). For ``pytest-evals show`` and the HTML report."""
+    if r.get("minimum") is None or (r.get("threshold_source") or "").startswith("default") or r["value"] is None:
+        return ""
+    estimate = Estimate(r["value"], r["low"], r["high"], r["n"])
+    passes = round(r["value"] * r["n"])
+    wilsons = r["metric"] == PASS_RATE and r["low"] is not None and math.isclose(wilson(passes, r["n"]).low, r["low"])
+    return minimum_strength(r["metric"], r["minimum"], estimate, passes if wilsons else None)

@@ -13,12 +13,11 @@ Two runs compared on one page: ``htmlcompare``.
 from __future__ import annotations
 
 import json
-import math
 from html import escape
 from typing import Any
 
-from ...scoring.power import could_detect, minimum_strength
-from ...scoring.stats import PASS_RATE, Estimate, compare, scores_of, wilson
+from ...scoring.power import could_detect, stored_strength
+from ...scoring.stats import PASS_RATE, compare, scores_of
 from ...store.database import Store
 from ..browse import outcome_label
 from .cases import case_section, matrix_section
@@ -38,17 +37,6 @@ def score_rows(store: Store, run_id: int) -> list[dict[str, Any]]:
                        "value": estimate.value, "low": estimate.low, "high": estimate.high,
                        "minimum": None, "verdict": None})
     return result
-
-
-def strength(r: dict[str, Any]) -> str:
-    """What a stored gate row could tell (``power.minimum_strength``): its pass count where its interval is
-    Wilson's (cases run once), none for the default gate (every case must pass: no interval clears 100%)."""
-    if r.get("minimum") is None or (r.get("threshold_source") or "").startswith("default") or r["value"] is None:
-        return ""
-    estimate = Estimate(r["value"], r["low"], r["high"], r["n"])
-    passes = round(r["value"] * r["n"])
-    wilsons = r["metric"] == PASS_RATE and r["low"] is not None and math.isclose(wilson(passes, r["n"]).low, r["low"])
-    return minimum_strength(r["metric"], r["minimum"], estimate, passes if wilsons else None)
 
 
 def detect_notes(store: Store, run: dict[str, Any], cases: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
@@ -85,7 +73,7 @@ def _score_row(r: dict[str, Any], notes: dict[tuple[str, str], str] | None = Non
 
 def _strength_text(r: dict[str, Any], notes: dict[tuple[str, str], str] | None) -> str:
     detect = (notes or {}).get((r["benchmark"], r["model"])) if r["metric"] == PASS_RATE else None
-    return "; ".join(filter(None, (strength(r), detect)))
+    return "; ".join(filter(None, (stored_strength(r), detect)))
 
 
 def latency_section(calls: list[dict[str, Any]]) -> str:

@@ -105,7 +105,7 @@ class ReplaySource:
     # --- copies ---------------------------------------------------------------------------------------
     def stands_for(self, case: CaseRow) -> bool:
         """Whether a record is a replayed case whose stored case this run copies."""
-        return case.resumed_from is not None and case.case_key in self.index and self.store is not None
+        return case.resumed_from is not None and case.case_key in self.index
 
     def stored_scores(self, case: CaseRow) -> dict[str, Any] | None:
         scores = self.index[case.case_key][5]  # type: ignore[index]

@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -23,6 +24,8 @@ from ..store.database import Store, StoreError
 from ..store.rows import CaseRecord, now
 from .options import usage_error
 from .paths import creatable_problem
+
+T = TypeVar("T")
 
 
 def git_revision(path: str) -> str | None:
@@ -112,27 +115,25 @@ class RunStorage:
 
     def write_case(self, record: CaseRecord, models: list[str]) -> None:
         """One case in one transaction; a failure is kept as ``write_error`` (nothing later is written)."""
-        if self.write_error:
-            return
-        try:
-            self.open().record_case(self.ensure_run(models), record)
-        except (StoreError, pytest.UsageError) as exc:
-            self.write_error = str(exc)
-        except sqlite3.Error as exc:
-            self.write_error = str(self.open().error(exc))
+        self._write(lambda store: store.record_case(self.ensure_run(models), record))
 
     def copy_cases(self, copies: list[Copy], models: list[str]) -> list[int | None]:
-        """Stored cases copied into this run in one transaction (``store.copies``); their new ids (None: the
+        """Stored cases copied into this run in one transaction (``store.copies``): their new ids (None: the
         stored case is gone). A failure is kept as ``write_error``, and nothing of the batch is written."""
+        made = self._write(lambda store: copy_cases(store, self.ensure_run(models), copies))
+        return made if made is not None else [None] * len(copies)
+
+    def _write(self, write: Callable[[Store], T]) -> T | None:
+        """``write`` on the store unless a write failed before; a failure is kept as ``write_error``."""
         if self.write_error:
-            return [None] * len(copies)
+            return None
         try:
-            return copy_cases(self.open(), self.ensure_run(models), copies)
+            return write(self.open())
         except (StoreError, pytest.UsageError) as exc:
             self.write_error = str(exc)
         except sqlite3.Error as exc:
             self.write_error = str(self.open().error(exc))
-        return [None] * len(copies)
+        return None
 
     def write_benchmarks(self, rows: list[dict], repeated: list[dict], facts: dict[str, str | None]) -> None:
         """The run's scores and verdicts, and what they came from (``facts``: the gate settings, a shard's

@@ -217,7 +217,7 @@ class Store:
             conn.execute("DELETE FROM cases WHERE id = ?", [old[0]])
 
     def wrote(self, run_id: int, nodeid: str) -> None:
-        """A case of ``nodeid`` is in the run now (committed)."""
+        """A case of ``nodeid`` is in the run now (or once the transaction it was written in commits)."""
         self._written.add((run_id, nodeid))
 
     def _insert(self, table: str, ids: tuple[int, ...], row: dict[str, Any]) -> int:
